@@ -1,0 +1,209 @@
+"""The `llama-recipe` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The LLaMA-1 pretraining recipe: corpus build, mixture, tokenizer, token shards and training, as Prefect flows.",
+)
+
+RUNS = Path("runs")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _use_server(prefect_home: Path, ephemeral: bool) -> str:
+    """Point Prefect at one local server (started in the background if none answers)."""
+    if ephemeral:
+        return "ephemeral"
+    from flows.server import ensure_server
+
+    typer.echo(f"prefect: using a local server (home {prefect_home}) ...")
+    url = ensure_server(prefect_home)
+    typer.echo(f"prefect: {url}  (UI: {url.removesuffix('/api')})")
+    return url
+
+
+@app.command()
+def samples(
+    out: Path = typer.Option(..., help="Folder to write the raw sample inputs to."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
+    scale: float = typer.Option(1.0, help="Size multiplier (1.0 is the demo size)."),
+) -> None:
+    """Write raw inputs for all seven sources in their real formats."""
+    from pipeline.samples import write_samples
+
+    manifest = write_samples(out, seed=seed, scale=scale)
+    for source, info in manifest["sources"].items():
+        typer.echo(f"{source:<14} {len(info['files']):>3} files  {info.get('documents', '?'):>6} documents")
+    typer.echo(f"wrote {out} (manifest: {out / 'SAMPLES.json'})")
+
+
+@app.command()
+def stages() -> None:
+    """List the stage names, one per line."""
+    from pipeline.stage import load_stages
+
+    for name, cls in sorted(load_stages().items(), key=lambda kv: (kv[1].source or "", kv[0])):
+        doc = (cls.description or (cls.__doc__ or "").strip().split("\n")[0]).strip()
+        typer.echo(f"{name:<20} {cls.source or '-':<14} {doc}")
+
+
+@app.command("run-stage")
+def run_stage_command(
+    name: str = typer.Argument(..., help="Stage name (see `llama-recipe stages`)."),
+    input: List[Path] = typer.Option(..., "--input", "-i", help="Input files, globs or stage folders (repeatable)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The stage folder to write."),
+    config: str = typer.Option("{}", help="Stage config as JSON, e.g. '{\"threshold\": 0.5}'."),
+    ref: List[str] = typer.Option([], help="Referenced stage outputs as NAME=FOLDER (repeatable)."),
+) -> None:
+    """Run one stage outside any flow, writing the stage-folder contract."""
+    from pipeline.documents import StageError
+    from pipeline.stage import get_stage, run_stage
+
+    try:
+        refs = dict(r.split("=", 1) for r in ref)
+        stage = get_stage(name)(json.loads(config), refs)
+        manifest = run_stage(stage, list(input), output, progress=lambda n, i, t: typer.echo(f"{n}: part {i}/{t}"))
+    except (StageError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{name}: {manifest['docs_in']} in, {manifest['docs_kept']} kept, {manifest['docs_rejected']} rejected "
+        f"{manifest['rejected_by_reason']} → {output}"
+    )
+
+
+@app.command()
+def build(
+    spec: Path = typer.Option(..., help="Build spec (YAML), or a name in data_specs/ such as `demo`."),
+    out: Path = typer.Option(..., help="Build folder (stages/, mixture/, tokenizer/, tokens/)."),
+    inputs: Path = typer.Option(Path("."), help="Folder the spec's input patterns are relative to."),
+    force: bool = typer.Option(False, help="Recompute every stage even when its output is up to date."),
+    ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server instead of a local server."),
+) -> None:
+    """Build the corpus of a spec: every source's stages, mixture, tokenizer, token shards."""
+    from pipeline.documents import StageError
+    from pipeline.spec import load_spec
+
+    try:
+        load_spec(spec)
+    except StageError as exc:
+        _fail(str(exc))
+    _use_server(out.parent / "prefect", ephemeral)
+    from flows.corpus import build_corpus
+
+    result = build_corpus(str(spec), str(inputs), str(out), force)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def pretrain(
+    tokens: Path = typer.Option(..., help="Token-shard folder (a build's tokens/)."),
+    out: Path = typer.Option(..., help="Run folder for metrics, checkpoints and summary."),
+    spec: Optional[Path] = typer.Option(None, help="Take the training settings from this spec's `train` section."),
+    preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, 7B, ...)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    nproc: Optional[int] = typer.Option(None, help="Processes per node for torchrun."),
+    ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
+) -> None:
+    """Launch the pretraining flow (torchrun) on token shards."""
+    from pipeline.spec import TrainSpec, load_spec
+
+    train = load_spec(spec).train if spec else TrainSpec()
+    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "nproc": nproc}.items() if v is not None}
+    train = train.model_copy(update=overrides)
+    _use_server(out.parent / "prefect", ephemeral)
+    from flows.pretrain import pretrain as pretrain_flow
+
+    summary = pretrain_flow(str(tokens), str(out), train.model_dump(mode="json"))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("model-info")
+def model_info(preset: str = typer.Argument(..., help="7B, 13B, 33B, 65B or a small CPU preset.")) -> None:
+    """Print a preset's architecture and exact parameter count (built on the meta device) as JSON."""
+    from model.presets import model_info as info
+
+    try:
+        typer.echo(json.dumps(info(preset), indent=2))
+    except KeyError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(4200, help="Port on 127.0.0.1."),
+    home: Path = typer.Option(RUNS / "prefect", help="Prefect home (SQLite database, server log)."),
+    stop: bool = typer.Option(False, help="Stop the background server started from this home."),
+) -> None:
+    """Start the Prefect server and UI on 127.0.0.1 (in the background; reused by later commands)."""
+    from flows.server import ensure_server, stop_server
+
+    if stop:
+        typer.echo("stopped" if stop_server(home) else "no server started from this home")
+        return
+    url = ensure_server(home, port=port)
+    typer.echo(f"Prefect UI: {url.removesuffix('/api')}   (stop with: llama-recipe ui --stop)")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(RUNS / "demo", help="Everything goes under this folder."),
+    seed: int = typer.Option(0, help="Seed for the sample inputs."),
+    scale: float = typer.Option(1.0, help="Sample size multiplier."),
+    spec: Path = typer.Option(Path("demo"), help="Build spec (default: data_specs/demo.yaml)."),
+    force: bool = typer.Option(False, help="Recompute stages even when up to date."),
+    ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
+) -> None:
+    """Offline end to end: samples, the full corpus build, tokenizer, token shards, a 2-process training run."""
+    from pipeline.spec import load_spec
+    from pipeline.samples import write_samples
+
+    started = time.time()
+    spec_model = load_spec(spec)
+    samples_dir = out / "samples"
+    stamp = samples_dir / "SAMPLES.json"
+    wanted = {"seed": seed, "scale": scale}
+    if not stamp.exists() or {k: json.loads(stamp.read_text()).get(k) for k in wanted} != wanted:
+        typer.echo(f"[1/3] writing sample inputs to {samples_dir} (seed {seed}, scale {scale})")
+        write_samples(samples_dir, seed=seed, scale=scale)
+    else:
+        typer.echo(f"[1/3] sample inputs already in {samples_dir}")
+    url = _use_server(out.parent / "prefect", ephemeral)
+    typer.echo("[2/3] corpus build → mixture → tokenizer → token shards → [3/3] pretraining (progress below)")
+    from flows.recipe import recipe
+    from flows.summary import render_summary
+
+    recipe(str(spec), str(samples_dir), str(out), force)
+    extra = {"prefect UI": url.removesuffix("/api") if url != "ephemeral" else "(ephemeral: no UI)"}
+    extra["wall time"] = f"{time.time() - started:.0f} s"
+    text = render_summary(spec_model, out, extra)
+    (out / "SUMMARY.md").write_text(text)
+    typer.echo("\n" + text)
+
+
+def main() -> None:
+    # Keep Prefect's own telemetry off everywhere the CLI runs.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

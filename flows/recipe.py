@@ -1,0 +1,23 @@
+"""The whole recipe as one flow: corpus build → mixture → tokenizer → token shards → pretraining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows.corpus import build_corpus
+from flows.pretrain import pretrain
+from pipeline.spec import load_spec
+
+
+@flow(name="recipe")
+def recipe(spec_path: str, inputs_dir: str, out_dir: str, force: bool = False, train: bool = True) -> dict[str, Any]:
+    spec = load_spec(spec_path)
+    out = Path(out_dir)
+    build = build_corpus(spec_path, inputs_dir, str(out / "build"), force)
+    result: dict[str, Any] = {"build": build}
+    if train:
+        result["train"] = pretrain(build["tokens"], str(out / "train"), spec.train.model_dump(mode="json"))
+    return result

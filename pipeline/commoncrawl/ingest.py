@@ -1,0 +1,213 @@
+"""cc_ingest: Common Crawl WET files -> Documents (the first box of CCNet, LLaMA §2).
+
+Reads WET files (gzip with one member per record, as Common Crawl ships them, or plain) with
+fastwarc. Only `conversion` records are pages; warcinfo and any other record types are skipped
+and not counted. The page is laid out as cc_net's `process_wet_file.parse_doc` does it: every line
+stripped, empty lines dropped, the first line is the page title (kept in meta["title"]), the rest
+is the text; pages shorter than cc_net's `min_len` (300 characters) are rejected.
+
+Broken input never stops the build. fastwarc, as of 2.0, does not report every defect itself, so
+the reader checks three things and rejects a row for each defect, then reads on from the next
+record it can find:
+  - a record whose body is shorter than its Content-Length (the length was wrong, or the file ends
+    inside the record): fastwarc would otherwise swallow the records that follow into its body;
+  - a parse error (bad header, gzip data error): the reader resynchronizes on the next gzip member
+    or the next "WARC/1." line;
+  - a gzip file whose last member is truncated: fastwarc stops silently there, so the members
+    from the last record it returned to the end of the file are checked with zlib.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from pipeline.documents import Document, StageError
+from pipeline.stage import Stage, StageConfig
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_VERSION_RE = re.compile(rb"WARC/1\.[01]\r?\n")
+_UUID_RE = re.compile(r"urn:uuid:([0-9a-fA-F-]+)")
+
+
+class IngestConfig(StageConfig):
+    # cc_net CCShardReader(min_len=300): pages with fewer characters (after the title) are dropped.
+    min_length: int = 300
+    # Pages whose bytes are not UTF-8 (the WET text is UTF-8 by spec): reject when more than this
+    # fraction of the decoded characters are U+FFFD replacements. Our choice; cc_net assumes UTF-8.
+    max_replacement_fraction: float = 0.01
+
+
+class CCIngest(Stage):
+    name = "cc_ingest"
+    source = "cc"
+    reads = "raw"
+    raw_patterns = ("*.warc.wet.gz", "*.warc.wet", "*.wet.gz")
+    Config = IngestConfig
+    description = "Common Crawl WET pages -> Documents (cc_net layout, min length 300)"
+
+    def read(self, path: Path) -> Iterator[Document]:
+        path = Path(path)
+        if not path.is_file():
+            raise StageError(f"{path}: input file not found")
+        size = path.stat().st_size
+        if size == 0:
+            yield self._broken(path, 0, "empty_file")
+            return
+        seen_ids: set[str] = set()  # per file: CC record ids are unique, a repeat is a malformed file
+        reported: set[int] = set()
+        gzipped = _is_gzip(path)
+        with open(path, "rb") as fh:
+            start: int | None = 0
+            last_pos = 0
+            in_broken_region = False  # a failed resync attempt is the same defect, not a new row
+            while start is not None:
+                fh.seek(start)
+                read_any = False
+                resync_from = None
+                try:
+                    for record in ArchiveIterator(fh, parse_http=False):
+                        pos = last_pos = record.stream_pos
+                        body = record.reader.read() if record.reader is not None else b""
+                        declared = _int_or_none(record.headers.get("Content-Length"))
+                        if record.record_id is None or declared is None or len(body) < declared:
+                            why = "no_record_header" if record.record_id is None else "content_length_mismatch"
+                            if pos not in reported:
+                                reported.add(pos)
+                                yield self._broken(path, pos, f"unreadable_record:{why}")
+                            resync_from = pos + 1
+                            break
+                        read_any = True
+                        in_broken_region = False
+                        if record.record_type == WarcRecordType.conversion:
+                            yield self._page(path, pos, record, body, seen_ids)
+                except OSError as exc:  # fastwarc reports parse and decompression errors as OSError
+                    error_at = last_pos if read_any else start
+                    if not (in_broken_region and not read_any) and error_at not in reported:
+                        reported.add(error_at)
+                        yield self._broken(path, error_at, f"unreadable_record:{_reason_of(exc)}")
+                    in_broken_region = True
+                    resync_from = error_at + 1
+                start = _next_record_start(fh, resync_from, gzipped) if resync_from is not None else None
+        if gzipped:
+            broken_at = _truncated_gzip_member(path, last_pos)
+            if broken_at is not None and broken_at not in reported:
+                yield self._broken(path, broken_at, "unreadable_record:truncated_gzip")
+
+    # -- documents
+    def _page(self, path: Path, pos: int, record, body: bytes, seen_ids: set[str]) -> Document:
+        headers = record.headers
+        match = _UUID_RE.search(record.record_id or "")
+        native = match.group(1).lower() if match else (record.record_id or "").strip("<>")
+        doc_id = f"cc/{native}"
+        if doc_id in seen_ids:
+            doc_id = f"cc/{native}@{path.name}:{pos}"
+        seen_ids.add(doc_id)
+        raw = body.decode("utf-8", errors="replace")
+        lines = [line.strip() for line in raw.split("\n")]
+        lines = [line for line in lines if line]
+        title, text = (lines[0], "\n".join(lines[1:])) if lines else ("", "")
+        meta = {
+            "url": headers.get("WARC-Target-URI"),
+            "date": headers.get("WARC-Date"),
+            "digest": headers.get("WARC-Block-Digest"),
+            "length": len(body),
+            "title": title,
+            "file": path.name,
+            "offset": pos,
+        }
+        language = headers.get("WARC-Identified-Content-Language")
+        if language:
+            meta["cc_language"] = language  # CC's own CLD2 guess, kept for comparison with cc_langid
+        doc = Document(id=doc_id, text=text, source="cc", meta=meta)
+        if raw and raw.count("\ufffd") / len(raw) > self.config.max_replacement_fraction:
+            return doc.reject("invalid_utf8")
+        if len(text) < self.config.min_length:
+            return doc.reject("too_short")
+        return doc
+
+    @staticmethod
+    def _broken(path: Path, offset: int, reason: str) -> Document:
+        return Document(
+            id=f"cc/{path.name}@{offset}", text="", source="cc", meta={"file": path.name, "offset": offset}
+        ).reject(reason)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(3) == GZIP_MAGIC
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reason_of(exc: Exception) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(exc).lower()).strip("_")[:60] or type(exc).__name__.lower()
+
+
+def _next_record_start(fh: BinaryIO, offset: int, gzipped: bool, chunk: int = 1 << 20) -> int | None:
+    """The offset of the next gzip member (gzipped file) or "WARC/1.x" line at or after `offset`."""
+    fh.seek(offset)
+    base = offset
+    tail = b""
+    while True:
+        block = fh.read(chunk)
+        if not block:
+            return None
+        data = tail + block
+        if gzipped:
+            found = data.find(GZIP_MAGIC)
+            at = found if found >= 0 else -1
+        else:
+            match = WARC_VERSION_RE.search(data)
+            at = match.start() if match else -1
+            # a record starts at the beginning of a line (or at the very offset we resume from)
+            while match and at > 0 and base + at != offset and data[at - 1 : at] != b"\n":
+                match = WARC_VERSION_RE.search(data, at + 1)
+                at = match.start() if match else -1
+        if at >= 0:
+            return base + at
+        keep = 16
+        tail = data[-keep:]
+        base += len(data) - len(tail)
+
+
+def _truncated_gzip_member(path: Path, start: int, chunk: int = 1 << 16) -> int | None:
+    """Check the gzip members from `start` to the end of the file; the offset of the first member
+    that does not decompress to its end, or None when they are all whole."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        member_start = start
+        decomp = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        consumed = start
+        pending = b""
+        while True:
+            data = pending or fh.read(chunk)
+            pending = b""
+            if not data:
+                return None if decomp.eof or consumed == member_start else member_start
+            try:
+                decomp.decompress(data)
+            except zlib.error:
+                return member_start
+            if decomp.eof:
+                used = len(data) - len(decomp.unused_data)
+                consumed += used
+                pending = decomp.unused_data
+                member_start = consumed
+                decomp = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                if not pending:
+                    nxt = fh.read(chunk)
+                    if not nxt:
+                        return None
+                    pending = nxt
+            else:
+                consumed += len(data)

@@ -1,0 +1,137 @@
+"""Build specs: the declarative description of a corpus build (data_specs/*.yaml), validated at load.
+
+A spec names, per source, its raw inputs and its chain of stages with their configs, then the
+mixture (Table 1), the tokenizer, the token shards and the training run. Everything is checked
+when the spec is loaded — unknown stages, config keys, sources, shares that do not sum to one — so
+a typo fails in the first second of a build, not after hours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.documents import SOURCES, StageError
+from pipeline.mixture import MixtureConfig
+from pipeline.stage import Stage, load_stages
+from pipeline.token_shards import TokenShardsConfig
+from pipeline.tokenizer import TokenizerConfig
+
+SPEC_DIR = Path(__file__).resolve().parents[1] / "data_specs"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(Strict):
+    # Glob patterns of raw input files, relative to the build's inputs folder unless absolute.
+    inputs: list[str]
+    # Stage name -> config overrides, in the order the stages run.
+    stages: dict[str, dict[str, Any]]
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (v or {}) for k, v in value.items()}
+        return value
+
+
+class TrainSpec(Strict):
+    preset: str = "tiny"
+    nproc: int = 2  # torchrun --nproc_per_node
+    steps: int = 200
+    seq_len: int = 256
+    batch_size: int = 8  # sequences per rank per micro-step
+    grad_accum: int = 1
+    lr: float | None = None  # None: the preset's (Table 2 for the paper's sizes)
+    warmup_steps: int = 20  # the paper: 2000
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    ckpt_every: int = 100
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class BuildSpec(Strict):
+    name: str
+    description: str = ""
+    sources: dict[str, SourceSpec]
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    token_shards: TokenShardsConfig = Field(default_factory=TokenShardsConfig)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "BuildSpec":
+        registry = load_stages()
+        producers: dict[str, str] = {}
+        for source, spec in self.sources.items():
+            if source not in SOURCES:
+                raise ValueError(f"unknown source {source!r}; sources are {', '.join(SOURCES)}")
+            if not spec.stages:
+                raise ValueError(f"source {source!r} has no stages")
+            for position, (name, config) in enumerate(spec.stages.items()):
+                if name not in registry:
+                    raise ValueError(f"{source}: unknown stage {name!r}; see `llama-recipe stages`")
+                stage_cls = registry[name]
+                if stage_cls.source not in (None, source):
+                    raise ValueError(f"{source}: stage {name!r} belongs to source {stage_cls.source!r}")
+                if (position == 0) != (stage_cls.reads == "raw"):
+                    raise ValueError(f"{source}: {name!r} — the first stage of a source reads raw files, the others read documents")
+                try:
+                    stage_cls.Config(**config)
+                except ValidationError as exc:
+                    raise ValueError(f"{source}.{name}: invalid config: {exc}") from exc
+                producers[name] = source
+        for source, spec in self.sources.items():
+            for name in spec.stages:
+                for ref in registry[name].references:
+                    if ref not in producers:
+                        raise ValueError(f"{source}.{name} needs stage {ref!r}, which no source of this spec runs")
+        for source in self.mixture.sources:
+            if source not in self.sources:
+                raise ValueError(f"mixture names source {source!r}, which the spec does not build")
+        return self
+
+    # -- the DAG
+    def stage_classes(self) -> dict[str, type[Stage]]:
+        registry = load_stages()
+        return {name: registry[name] for spec in self.sources.values() for name in spec.stages}
+
+    def source_order(self) -> list[str]:
+        """Sources ordered so that a source whose stages reference another's output runs after it."""
+        registry = load_stages()
+        producer = {name: src for src, spec in self.sources.items() for name in spec.stages}
+        needs = {
+            src: {producer[ref] for name in spec.stages for ref in registry[name].references} - {src}
+            for src, spec in self.sources.items()
+        }
+        order: list[str] = []
+        while len(order) < len(needs):
+            ready = [s for s in self.sources if s not in order and needs[s] <= set(order)]
+            if not ready:
+                raise StageError(f"circular stage references between sources: {needs}")
+            order += ready
+        return order
+
+
+def load_spec(path: Path | str) -> BuildSpec:
+    """Load and validate a spec file; a bare name like `demo` means data_specs/demo.yaml."""
+    path = Path(path)
+    if not path.exists() and (SPEC_DIR / f"{path}.yaml").exists():
+        path = SPEC_DIR / f"{path}.yaml"
+    if not path.is_file():
+        raise StageError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StageError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return BuildSpec(**(raw or {}))
+    except ValidationError as exc:
+        raise StageError(f"{path}: invalid spec:\n{exc}") from exc
