@@ -92,7 +92,9 @@ def build_source(
     inputs = raw_inputs
     for name, config in stages.items():
         output = str(Path(stages_dir) / name)
-        refs = {ref: (outputs | available_refs)[ref] for ref in get_stage(name).references}
+        stage_cls, known = get_stage(name), outputs | available_refs
+        refs = {ref: known[ref] for ref in stage_cls.references}
+        refs |= {ref: known[ref] for ref in stage_cls.optional_references if ref in known}
         stage_task(name, config, inputs, output, refs, force)
         outputs[name] = output
         inputs = [output]

@@ -184,6 +184,14 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
 
 
+PACKAGE_VERSION = "0.1.0"
+
+
+def code_version_of(module_file: str | Path) -> str:
+    """Package version plus a digest of the module's source: editing a stage changes its identity."""
+    return f"{PACKAGE_VERSION}+{hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:12]}"
+
+
 def stage_identity(config: dict[str, Any], code_version: str, input_digests: list[str]) -> str:
     """What a stage's output depends on: its config, its code and the bytes of its inputs. Two runs
     with the same identity produce the same folder, so a build can reuse it instead of recomputing."""

@@ -18,7 +18,6 @@ reports the real realized tokens and shares.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -40,14 +39,14 @@ from pipeline.documents import (
     read_documents,
     read_manifest,
 )
-from pipeline.stage import PACKAGE_VERSION
+from pipeline.documents import code_version_of
 
 log = logging.getLogger(__name__)
 
 STAGE_NAME = "mixture"
 REPEATS_COLUMN = "repeats"
 NOT_SAMPLED = "not_sampled"
-CODE_VERSION = f"{PACKAGE_VERSION}+{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]}"
+CODE_VERSION = code_version_of(__file__)
 
 
 class SourceShare(BaseModel):

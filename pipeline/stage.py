@@ -17,7 +17,6 @@ one kept + one rejected part per input part, counts that reconcile, an atomic ma
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib
 import inspect
 import sys
@@ -31,6 +30,7 @@ from pipeline.documents import (
     Document,
     StageError,
     StageFolder,
+    code_version_of,
     annotation_types_of,
     is_complete,
     kept_parts,
@@ -40,8 +40,6 @@ from pipeline.documents import (
     sha256_file,
     stage_identity,
 )
-
-PACKAGE_VERSION = "0.1.0"
 
 # Modules that define stages; importing them fills the registry.
 STAGE_MODULES = (
@@ -75,6 +73,7 @@ class Stage:
     raw_patterns: ClassVar[tuple[str, ...]] = ()  # for raw readers given a directory
     columns: ClassVar[dict[str, pa.DataType]] = {}
     references: ClassVar[tuple[str, ...]] = ()  # names of other stages whose output it needs
+    optional_references: ClassVar[tuple[str, ...]] = ()  # used when the build runs them
     Config: ClassVar[type[StageConfig]] = StageConfig
     description: ClassVar[str] = ""
 
@@ -111,8 +110,7 @@ class Stage:
     def code_version(cls) -> str:
         """Package version plus a digest of the module that defines the stage: a change to the
         stage's code changes its identity (used for reuse decisions and recorded in the manifest)."""
-        source = inspect.getsource(sys.modules[cls.__module__])
-        return f"{PACKAGE_VERSION}+{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+        return code_version_of(inspect.getfile(sys.modules[cls.__module__]))
 
 
 def load_stages() -> dict[str, type[Stage]]:

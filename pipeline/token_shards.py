@@ -31,7 +31,6 @@ sample, which are tokenized only to be counted).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -53,7 +52,7 @@ from pipeline.documents import (
     sha256_file,
 )
 from pipeline.mixture import REPEATS_COLUMN
-from pipeline.stage import PACKAGE_VERSION
+from pipeline.documents import code_version_of
 from pipeline.tokenizer import load_tokenizer, tokenizer_model_path
 
 STAGE_NAME = "token_shards"
@@ -64,7 +63,7 @@ OFFSET_DTYPE = np.dtype("<i8")
 SPLITS = ("train", "val")
 EMPTY_DOCUMENT = "empty_document"
 ENCODE_BATCH = 256
-CODE_VERSION = f"{PACKAGE_VERSION}+{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]}"
+CODE_VERSION = code_version_of(__file__)
 
 
 class TokenShardsConfig(BaseModel):
@@ -277,7 +276,7 @@ def write_token_shards(
                 "tokens_per_source": {s: tokens_per_source[s] for s in sources},
                 "train_tokens_per_source": {s: emitted["train"][s] for s in sources},
                 "unique_tokens_per_source": {s: unique_tokens[s] for s in sources},
-                "target_share": {s: mixture_sources.get(s, {}).get("target_share") for s in sources},
+                "target_share": {s: mixture_sources.get(s, {}).get("target_share", 0.0) for s in sources},
                 "realized_share": {s: round(tokens_per_source[s] / total, 6) for s in sources},
                 "epochs": {
                     s: round(tokens_per_source[s] / unique_tokens[s], 6) if unique_tokens[s] else 0.0 for s in sources
@@ -381,8 +380,3 @@ class TokenShards:
         windows = np.stack([self.tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
 
-
-def describe(path: Path | str) -> str:
-    """One-line summary of a token_shards folder (for logs and the CLI)."""
-    stats = read_manifest(path)["stats"]
-    return json.dumps({k: stats[k] for k in ("total_tokens", "split_tokens", "realized_share", "epochs")})

@@ -32,13 +32,13 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.documents import StageError, StageFolder, is_complete, kept_parts, read_documents, read_manifest, sha256_file
 from pipeline.mixture import REPEATS_COLUMN
-from pipeline.stage import PACKAGE_VERSION
+from pipeline.documents import code_version_of
 
 log = logging.getLogger(__name__)
 
 STAGE_NAME = "tokenizer"
 MODEL_FILE = "tokenizer.model"
-CODE_VERSION = f"{PACKAGE_VERSION}+{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]}"
+CODE_VERSION = code_version_of(__file__)
 
 
 class TokenizerConfig(BaseModel):

@@ -104,7 +104,7 @@ def test_prefect_shows_one_task_run_per_stage(recipe_run, tiny_spec):
 
     async def task_run_names() -> list[str]:
         async with get_client() as client:
-            runs = await client.read_task_runs(limit=1000)
+            runs = await client.read_task_runs(limit=200)
             # Only the recipe's own runs (a later test builds again).
             return [r.name for r in runs if r.state and r.state.is_completed() and r.start_time <= state.timestamp]
 

@@ -7,18 +7,25 @@ stripped, empty lines dropped, the first line is the page title (kept in meta["t
 is the text; pages shorter than cc_net's `min_len` (300 characters) are rejected.
 
 Broken input never stops the build. fastwarc, as of 2.0, does not report every defect itself, so
-the reader checks three things and rejects a row for each defect, then reads on from the next
-record it can find:
-  - a record whose body is shorter than its Content-Length (the length was wrong, or the file ends
-    inside the record): fastwarc would otherwise swallow the records that follow into its body;
-  - a parse error (bad header, gzip data error): the reader resynchronizes on the next gzip member
-    or the next "WARC/1." line;
+the reader checks each one, rejects one row per defect ("unreadable_record:<why>", id
+"cc/<file>@<offset>") and reads on from the next record it can find:
+  - a record whose body is shorter than its Content-Length: fastwarc would otherwise swallow the
+    records that follow into its body;
+  - in a plain file, bytes after the declared body that are not blank lines + the next record
+    (fastwarc's quirks mode, needed for LF-only files, would skip to the next record silently);
+  - a parse error (bad header, gzip data error): resynchronize on the next gzip member or the next
+    "WARC/1." line;
   - a gzip file whose last member is truncated: fastwarc stops silently there, so the members
-    from the last record it returned to the end of the file are checked with zlib.
+    from the last record it returned to the end of the file are checked with zlib;
+  - a non-empty file with no WARC record at all, and an empty file ("empty_file").
+A WARC-Record-ID seen twice in one file (a malformed file) gets "@<file>:<offset>" appended.
+Record offsets (meta["offset"], ids of broken rows) are fastwarc's `stream_pos`: the byte offset of
+the record's gzip member in CC's layout, of the record itself in a plain file.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from pathlib import Path
@@ -40,6 +47,11 @@ class IngestConfig(StageConfig):
     # Pages whose bytes are not UTF-8 (the WET text is UTF-8 by spec): reject when more than this
     # fraction of the decoded characters are U+FFFD replacements. Our choice; cc_net assumes UTF-8.
     max_replacement_fraction: float = 0.01
+    # A plain WET record whose Content-Length disagrees with the file is rejected
+    # ("unreadable_record:content_length_mismatch", WARC 1.0 makes the length authoritative).
+    # False: read it up to the next "WARC/1.x" line instead, as cc_net's line-based reader does,
+    # and keep it with meta["content_length_mismatch"] = True (gzip files: always trusted).
+    trust_content_length: bool = True
 
 
 class CCIngest(Stage):
@@ -61,21 +73,49 @@ class CCIngest(Stage):
         seen_ids: set[str] = set()  # per file: CC record ids are unique, a repeat is a malformed file
         reported: set[int] = set()
         gzipped = _is_gzip(path)
+        records_read = 0
         with open(path, "rb") as fh:
             start: int | None = 0
             last_pos = 0
+            last_member = 0
             in_broken_region = False  # a failed resync attempt is the same defect, not a new row
             while start is not None:
                 fh.seek(start)
                 read_any = False
                 resync_from = None
                 try:
-                    for record in ArchiveIterator(fh, parse_http=False):
+                    # quirks_mode accepts LF-only line endings (hand-made files such as cc_net's
+                    # test sample) but resyncs silently after a wrong Content-Length, so it is
+                    # only used on plain files, where `_body_end` checks each record boundary.
+                    for record in ArchiveIterator(fh, parse_http=False, quirks_mode=not gzipped):
                         pos = last_pos = record.stream_pos
+                        if gzipped and os.pread(fh.fileno(), 3, pos) == GZIP_MAGIC:
+                            last_member = pos  # a record that starts a gzip member (CC's layout)
+                        if records_read == 0 and pos != start:
+                            reported.add(start)
+                            yield self._broken(path, start, "unreadable_record:not_a_warc_record")
+                        records_read += 1
                         body = record.reader.read() if record.reader is not None else b""
                         declared = _int_or_none(record.headers.get("Content-Length"))
-                        if record.record_id is None or declared is None or len(body) < declared:
-                            why = "no_record_header" if record.record_id is None else "content_length_mismatch"
+                        why = None
+                        if record.record_id is None:
+                            why = "no_record_header"
+                        elif declared is None or len(body) < declared:
+                            why = "content_length_mismatch"
+                        elif not gzipped and not _ends_cleanly(fh, _body_end(fh, pos, declared)):
+                            why = "content_length_mismatch"
+                        if why == "content_length_mismatch" and not gzipped and not self.config.trust_content_length:
+                            # cc_net's own reader splits on "WARC/1.0" lines and never reads the
+                            # length; do the same for this record and keep it, flagged.
+                            next_start = _next_record_start(fh, pos + 1, gzipped)
+                            body = _read_between(fh, _body_end(fh, pos, 0), next_start)
+                            if record.record_type == WarcRecordType.conversion:
+                                doc = self._page(path, pos, record, body, seen_ids)
+                                doc.meta["content_length_mismatch"] = True
+                                yield doc
+                            resync_from = pos + 1
+                            break
+                        if why:
                             if pos not in reported:
                                 reported.add(pos)
                                 yield self._broken(path, pos, f"unreadable_record:{why}")
@@ -93,9 +133,14 @@ class CCIngest(Stage):
                     in_broken_region = True
                     resync_from = error_at + 1
                 start = _next_record_start(fh, resync_from, gzipped) if resync_from is not None else None
+        if records_read == 0 and not reported:
+            yield self._broken(path, 0, "unreadable_record:not_a_warc_record")
         if gzipped:
-            broken_at = _truncated_gzip_member(path, last_pos)
-            if broken_at is not None and broken_at not in reported:
+            # From the last member boundary seen: cheap for CC's one-member-per-record files; a file
+            # compressed as a single member is checked from its start.
+            broken_at = _truncated_gzip_member(path, last_member)
+            # (not when a broken record inside that member was already reported)
+            if broken_at is not None and not any(offset >= broken_at for offset in reported):
                 yield self._broken(path, broken_at, "unreadable_record:truncated_gzip")
 
     # -- documents
@@ -178,6 +223,26 @@ def _next_record_start(fh: BinaryIO, offset: int, gzipped: bool, chunk: int = 1 
         keep = 16
         tail = data[-keep:]
         base += len(data) - len(tail)
+
+
+def _body_end(fh: BinaryIO, pos: int, content_length: int) -> int:
+    """In a plain WET file: where the body of the record at `pos` ends if its length is right
+    (headers end at the first blank line, CRLF or LF)."""
+    head = os.pread(fh.fileno(), 1 << 16, pos)
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
+    return pos + (min(ends) if ends else len(head)) + content_length
+
+
+def _ends_cleanly(fh: BinaryIO, body_end: int) -> bool:
+    """After a body come blank lines, then the next "WARC/" record or the end of the file;
+    anything else means the Content-Length is wrong."""
+    after = os.pread(fh.fileno(), 64, body_end).lstrip(b"\r\n")
+    return after == b"" or after.startswith(b"WARC/")
+
+
+def _read_between(fh: BinaryIO, begin: int, end: int | None) -> bytes:
+    fh.seek(begin)
+    return (fh.read(end - begin) if end is not None else fh.read()).rstrip(b"\r\n")
 
 
 def _truncated_gzip_member(path: Path, start: int, chunk: int = 1 << 16) -> int | None:

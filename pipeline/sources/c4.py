@@ -20,7 +20,7 @@ import json
 import re
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from pipeline.documents import Document, read_documents
 from pipeline.stage import Stage, StageConfig
@@ -31,7 +31,7 @@ SOURCE = "c4"
 # c4_ingest
 
 
-def _file_stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     """'c4-train.00000-of-01024.json.gz' -> 'c4-train.00000-of-01024' (ids must not depend on compression)."""
     name = path.name
     for suffix in (".gz", ".jsonl", ".json"):
@@ -40,13 +40,68 @@ def _file_stem(path: Path) -> str:
     return name
 
 
+def _excerpt(raw: bytes) -> str:
+    return raw[:200].decode("utf-8", "replace")
+
+
+def read_json_lines(path: Path, source: str) -> Iterator[tuple[int, dict[str, Any]] | Document]:
+    """Stream a JSON-lines file (plain or gzip): (1-based line number, object) for each readable
+    line, or a rejected Document for what cannot be read, so a reader never drops anything silently:
+      unreadable_record:<why>  a line that is not UTF-8 / not JSON / not an object
+      truncated_file           a gzip cut short: lines before the damage are yielded, the rest is one row
+      unreadable_file          a corrupt gzip stream
+      empty_file               zero bytes, or only blank lines (blank lines carry no record)
+    Shared by the C4 and GitHub readers (both are JSON lines)."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    line_number = 0
+    emitted = False
+
+    def rejected(reason: str, line: int, excerpt: str = "") -> Document:
+        return Document(
+            id=f"{source}/{path.name}@{line}",
+            text=excerpt,
+            source=source,
+            meta={"file": path.name, "line": line},
+            reason=reason,
+        )
+
+    with opener(path, "rb") as fh:  # a missing file raises here: run_stage reports it
+        try:
+            for raw in fh:
+                line_number += 1
+                if not raw.strip():
+                    continue
+                emitted = True
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield rejected("unreadable_record:invalid utf-8", line_number, _excerpt(raw))
+                    continue
+                except json.JSONDecodeError as exc:
+                    yield rejected(f"unreadable_record:invalid json ({exc.msg})", line_number, _excerpt(raw))
+                    continue
+                if not isinstance(record, dict):
+                    yield rejected("unreadable_record:not a json object", line_number, _excerpt(raw))
+                    continue
+                yield line_number, record
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            why = "truncated_file" if isinstance(exc, EOFError) else "unreadable_file"
+            yield rejected(f"{why}:{type(exc).__name__}: {exc}", line_number + 1)
+            return
+    if not emitted:
+        yield rejected("empty_file", 0)
+
+
 class C4Ingest(Stage):
     """One Document per JSON line of the allenai/c4 release.
 
-    id "c4/<file stem>/<line number>" (1-based line number within the file: the release has no
-    native id, and file + line is stable across rebuilds). The release calls the crawl time
+    id "c4/<file stem>/<line number>" (1-based line within the file: the release has no native id,
+    and file + line is stable across rebuilds; two input files with the same stem in different
+    folders would collide, which the release's naming avoids). The release calls the crawl time
     `timestamp`; some copies (e.g. OLMo's test fixture) call it `date`: both are accepted.
-    Blank lines carry no record and are skipped; every other line comes out once, kept or rejected.
+    Unreadable lines/files become rejected rows (see read_json_lines); a record without a string
+    `text` is "unreadable_record:missing text".
     """
 
     name = "c4_ingest"
@@ -60,66 +115,33 @@ class C4Ingest(Stage):
 
     def read(self, path: Path) -> Iterator[Document]:
         path = Path(path)
-        stem = _file_stem(path)
-        opener = gzip.open if path.name.endswith(".gz") else open
-        line_number = 0
-        emitted = False
-        with opener(path, "rb") as fh:  # a missing file raises here: run_stage reports it
-            try:
-                for raw in fh:
-                    line_number += 1
-                    if not raw.strip():
-                        continue
-                    emitted = True
-                    yield self._record(raw, stem, path.name, line_number)
-            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-                # A truncated or corrupt gzip: the lines before the damage were already yielded; the
-                # rest of the file becomes one rejected row so the loss shows in the manifest.
-                why = "truncated_file" if isinstance(exc, EOFError) else "unreadable_file"
+        stem = file_stem(path)
+        for item in read_json_lines(path, SOURCE):
+            if isinstance(item, Document):
+                yield item
+                continue
+            line_number, record = item
+            text = record.get("text")
+            if not isinstance(text, str):
+                why = "missing text" if text is None else "text is not a string"
                 yield Document(
-                    id=f"{SOURCE}/{path.name}@{line_number + 1}",
-                    text="",
+                    id=f"{SOURCE}/{path.name}@{line_number}",
+                    text=json.dumps(record, ensure_ascii=False)[:200],
                     source=SOURCE,
-                    meta={"file": path.name, "line": line_number + 1},
-                    reason=f"{why}:{type(exc).__name__}: {exc}",
+                    meta={"file": path.name, "line": line_number},
+                    reason=f"unreadable_record:{why}",
                 )
-                return
-        if not emitted:  # zero bytes, or only blank lines
-            yield Document(id=f"{SOURCE}/{path.name}@0", text="", source=SOURCE, meta={"file": path.name}).reject(
-                "empty_file"
-            )
-
-    def _record(self, raw: bytes, stem: str, file_name: str, line_number: int) -> Document:
-        def unreadable(why: str) -> Document:
-            excerpt = raw[:200].decode("utf-8", "replace")
-            return Document(
-                id=f"{SOURCE}/{file_name}@{line_number}",
-                text=excerpt,
+                continue
+            yield Document(
+                id=f"{SOURCE}/{stem}/{line_number}",
+                text=text,
                 source=SOURCE,
-                meta={"file": file_name, "line": line_number},
-                reason=f"unreadable_record:{why}",
+                meta={
+                    "url": record.get("url"),
+                    "timestamp": record.get("timestamp", record.get("date")),
+                    "file": path.name,
+                },
             )
-
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            return unreadable("invalid utf-8")
-        except json.JSONDecodeError as exc:
-            return unreadable(f"invalid json ({exc.msg})")
-        if not isinstance(record, dict):
-            return unreadable("not a json object")
-        text = record.get("text")
-        if text is None:
-            return unreadable("missing text")
-        if not isinstance(text, str):
-            return unreadable("text is not a string")
-        timestamp = record.get("timestamp", record.get("date"))
-        return Document(
-            id=f"{SOURCE}/{stem}/{line_number}",
-            text=text,
-            source=SOURCE,
-            meta={"url": record.get("url"), "timestamp": timestamp, "file": file_name},
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +310,7 @@ class C4Quality(Stage):
         return [_span_digest(normalized[i : i + n]) for i in range(len(normalized) - n + 1)]
 
     def prepare(self, inputs: list[Path]) -> dict:
+        self._span_owner, self._sentences_removed, self._pages_touched = {}, 0, 0  # a fresh run
         if not self.config.span_dedup:
             return {}
         spans_seen = 0
@@ -340,4 +363,7 @@ class C4Quality(Stage):
         return [" ".join(sentences) for sentences in kept if sentences]
 
     def final_stats(self) -> dict:
-        return {"span_dedup_pages_touched": self._pages_touched, "span_dedup_sentences_removed": self._sentences_removed}
+        return {
+            "span_dedup_pages_touched": self._pages_touched,
+            "span_dedup_sentences_removed": self._sentences_removed,
+        }

@@ -1,0 +1,197 @@
+"""cc_perplexity: CCNet's quality signal, a KenLM 5-gram trained on Wikipedia (CCNet §3.3, LLaMA §2).
+
+prepare():
+  1. English Wikipedia text (the `wikipedia_clean` stage: documents with `language` == "en"; all of
+     them when the column is absent), line by line through cc_net's `normalize_for_lm`;
+  2. a SentencePiece model (unigram, as cc_net's lm_sp models) trained on it;
+  3. the text tokenized with it, a 5-gram KenLM (`lmplz`, then `build_binary`);
+  4. head/tail cutoffs: the 30th and 60th percentiles of the perplexity of a deterministic sample
+     of the input pages (cc_net's cutoff.csv is the same percentiles over a CC sample).
+process(): cc_net's `DocLM`: for each non-empty line, normalize, SentencePiece-encode, KenLM log10
+score of the pieces (with <s> and </s>); doc perplexity = 10 ** (-sum(log10) / sum(pieces + 1)),
+rounded to 1 decimal. Buckets as cc_net's PerplexityBucket: head < 30th pct <= middle < 60th <= tail.
+(cc_net normalizes the whole page before SentencePiece, which removes the newlines with the other
+control characters and scores the page as one line; we score line by line, as DocLM intends.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.documents import Document, StageError, kept_parts, read_documents
+from pipeline.resources import kenlm_binary
+from pipeline.stage import Stage, StageConfig
+from pipeline.text import normalize_for_lm
+
+WIKIPEDIA = "wikipedia_clean"
+
+
+class PerplexityConfig(StageConfig):
+    order: int = 5  # cc_net / LLaMA: 5-gram KenLM
+    sp_vocab_size: int = 8000  # a soft limit (hard_vocab_limit=False) so tiny corpora train
+    sp_model_type: str = "unigram"  # cc_net's lm_sp models are unigram SentencePiece
+    sp_max_sentences: int = 2_000_000  # SentencePiece input_sentence_size (sampled)
+    lmplz_memory: str = "1G"  # lmplz -S; small so several builds can share a machine
+    head_percentile: float = 30  # cc_net PerplexityBucket(percentile_head=30)
+    tail_percentile: float = 60  # cc_net PerplexityBucket(percentile_tail=60)
+    reference_sample: int = 10_000  # input pages scored for the cutoffs (the first N English pages)
+    keep_buckets: list[str] = ["head", "middle"]  # RedPajama v1 keeps head+middle; LLaMA is silent
+    language: str = "en"
+
+
+def wikipedia_lines(folder: Path, language: str) -> Iterator[str]:
+    """The normalized non-empty lines of the Wikipedia pages in `language`."""
+    for part in kept_parts(folder):
+        for doc in read_documents(part):
+            if doc.columns.get("language", language) != language:
+                continue
+            for line in doc.text.split("\n"):
+                normalized = normalize_for_lm(line)
+                if normalized:
+                    yield normalized
+
+
+class PerplexityModel:
+    """SentencePiece + KenLM, loaded from the files prepare() wrote."""
+
+    def __init__(self, sp_model: Path, kenlm_model: Path):
+        import kenlm
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+        self.lm = kenlm.Model(str(kenlm_model))
+
+    def perplexity(self, text: str) -> float | None:
+        log10_sum, length = 0.0, 0
+        for line in text.split("\n"):
+            normalized = normalize_for_lm(line)
+            if not normalized:
+                continue
+            pieces = self.sp.encode(normalized, out_type=str)
+            log10_sum += self.lm.score(" ".join(pieces), bos=True, eos=True)
+            length += len(pieces) + 1
+        if length == 0:
+            return None
+        return round(10.0 ** (-log10_sum / length), 1)
+
+
+def train_perplexity_model(lines: Iterable[str], out: Path, config: PerplexityConfig) -> tuple[Path, Path]:
+    """Train SentencePiece and the KenLM n-gram on normalized lines; returns (sp model, kenlm binary)."""
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory(prefix="cc_perplexity-") as tmp:
+        tmp_dir = Path(tmp)
+        corpus = tmp_dir / "wikipedia.norm.txt"
+        n_lines = 0
+        with open(corpus, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line + "\n")
+                n_lines += 1
+        if n_lines == 0:
+            raise StageError(f"{WIKIPEDIA}: no {config.language} Wikipedia text to train the perplexity model on")
+        prefix = out / "sp"
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(prefix),
+            vocab_size=config.sp_vocab_size,
+            hard_vocab_limit=False,
+            model_type=config.sp_model_type,
+            input_sentence_size=config.sp_max_sentences,
+            shuffle_input_sentence=True,
+            minloglevel=2,
+        )
+        sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+        tokenized = tmp_dir / "wikipedia.sp.txt"
+        with open(corpus, encoding="utf-8") as src, open(tokenized, "w", encoding="utf-8") as dst:
+            for line in src:
+                dst.write(" ".join(sp.encode(line.rstrip("\n"), out_type=str)) + "\n")
+        arpa = tmp_dir / "lm.arpa"
+        _run(
+            [str(kenlm_binary("lmplz")), "-o", str(config.order), "--discount_fallback",
+             "-S", config.lmplz_memory, "-T", str(tmp_dir)],
+            stdin=tokenized, stdout=arpa,
+        )
+        binary = out / f"{config.language}.{config.order}gram.binary"
+        _run([str(kenlm_binary("build_binary")), str(arpa), str(binary)])
+    return Path(str(prefix) + ".model"), binary
+
+
+def _run(cmd: list[str], stdin: Path | None = None, stdout: Path | None = None) -> None:
+    with open(stdin or "/dev/null", "rb") as fin, open(stdout or "/dev/null", "wb") as fout:
+        done = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        raise StageError(f"{cmd[0]} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+
+
+def bucket_of(perplexity: float, head_cutoff: float, tail_cutoff: float) -> str:
+    if perplexity < head_cutoff:
+        return "head"
+    if perplexity < tail_cutoff:
+        return "middle"
+    return "tail"
+
+
+class CCPerplexity(Stage):
+    name = "cc_perplexity"
+    source = "cc"
+    references = (WIKIPEDIA,)
+    columns = {"perplexity": pa.float64(), "bucket": pa.string()}
+    Config = PerplexityConfig
+    description = "KenLM 5-gram (Wikipedia) perplexity; head/middle/tail at the 30th/60th percentiles"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model: PerplexityModel | None = None
+        self.cutoffs: tuple[float, float] | None = None
+
+    def prepare(self, inputs: list[Path]) -> dict[str, Any]:
+        out = self.artifacts or Path(tempfile.mkdtemp(prefix="cc_perplexity-"))
+        sp_model, lm = train_perplexity_model(wikipedia_lines(self.refs[WIKIPEDIA], self.config.language), out, self.config)
+        self.model = PerplexityModel(sp_model, lm)
+        sample = self._reference_perplexities(inputs)
+        if len(sample) == 0:
+            raise StageError(f"{self.name}: no scorable {self.config.language} input page to set the cutoffs on")
+        head, tail = np.percentile(sample, [self.config.head_percentile, self.config.tail_percentile])
+        self.cutoffs = (float(head), float(tail))
+        return {
+            "head_cutoff": self.cutoffs[0],
+            "tail_cutoff": self.cutoffs[1],
+            "reference_pages": int(len(sample)),
+            "sp_vocab_size": self.model.sp.get_piece_size(),
+        }
+
+    def _reference_perplexities(self, inputs: list[Path]) -> np.ndarray:
+        values: list[float] = []
+        for path in inputs:
+            for doc in read_documents(path):
+                if len(values) >= self.config.reference_sample:
+                    return np.array(values)
+                if doc.columns.get("language", self.config.language) != self.config.language:
+                    continue
+                pp = self.model.perplexity(doc.text)
+                if pp is not None:
+                    values.append(pp)
+        return np.array(values)
+
+    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+        if self.model is None or self.cutoffs is None:
+            raise StageError(f"{self.name}: prepare() must run first (use run_stage)")
+        keep = set(self.config.keep_buckets)
+        for doc in docs:
+            pp = self.model.perplexity(doc.text)
+            doc.columns["perplexity"] = pp
+            if pp is None:
+                doc.columns["bucket"] = None
+                doc.reject("no_scorable_text")
+            else:
+                bucket = bucket_of(pp, *self.cutoffs)
+                doc.columns["bucket"] = bucket
+                if bucket not in keep:
+                    doc.reject(f"perplexity_{bucket}")
+            yield doc

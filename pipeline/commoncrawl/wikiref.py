@@ -1,0 +1,176 @@
+"""cc_wikiref: the "used as a reference by Wikipedia" classifier (LLaMA §2; RedPajama-Data v1).
+
+LLaMA: "we trained a linear model to classify pages used as references in Wikipedia v.s. randomly
+sampled pages, and discarded pages not classified as references." As in RedPajama v1, positives
+are the crawled pages whose URL a Wikipedia article cites (`wikipedia_clean` documents carry
+meta["ref_urls"]), negatives an equal number of other pages (chosen with `seed`). The training pages
+are the English pages of `cc_langid` when the build has them — before the perplexity filter, which
+would otherwise decide which cited pages the classifier may learn from — else this stage's input. A fastText
+supervised model (__label__wiki / __label__cc, one page per line, newlines -> spaces) is trained
+on all but a held-out fraction, which measures it. Every page gets `wikiref_score`, the
+probability of __label__wiki; pages under `threshold` (RedPajama: 0.25) are rejected.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.documents import Document, StageError, kept_parts, read_documents
+from pipeline.stage import Stage, StageConfig
+
+WIKIPEDIA = "wikipedia_clean"
+TRAINING_PAGES = "cc_langid"
+WIKI_LABEL, CC_LABEL = "__label__wiki", "__label__cc"
+
+
+def normalize_url(url: str) -> str:
+    """Light URL key: stripped, scheme and host lowercased, no trailing slash, no fragment."""
+    url = url.strip().strip("<>")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    normalized = urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, parts.query, ""))
+    return normalized.rstrip("/")
+
+
+def classifier_text(text: str) -> str:
+    return " ".join(text.split("\n"))
+
+
+class WikiRefConfig(StageConfig):
+    threshold: float = 0.25  # RedPajama v1 cc classifier: keep pages with P(wiki) >= 0.25
+    holdout: float = 0.2  # fraction of each class held out to measure the classifier
+    min_positives: int = 5  # fewer cited pages than this: no classifier can be trained (error)
+    seed: int = 0
+    # fastText supervised settings: small, linear (LLaMA: "a linear model"). fastText's own
+    # defaults (epoch 5, lr 0.1) leave a few-hundred-page training set at P = 0.5 for everything;
+    # lr 0.5 / epoch 10 is the fastText tutorial's setting for small sets.
+    epoch: int = 10
+    lr: float = 0.5
+    word_ngrams: int = 2
+    dim: int = 16
+    bucket: int = 100_000  # n-gram hash buckets; fastText's 2M would make a 128 MB model at dim 16
+
+
+class CCWikiRef(Stage):
+    name = "cc_wikiref"
+    source = "cc"
+    references = (WIKIPEDIA,)
+    optional_references = (TRAINING_PAGES,)
+    columns = {"wikiref_score": pa.float64()}
+    Config = WikiRefConfig
+    description = "fastText classifier: pages Wikipedia cites vs random pages; keep P(wiki) >= 0.25"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model = None
+
+    def cited_urls(self) -> set[str]:
+        urls: set[str] = set()
+        for part in kept_parts(self.refs[WIKIPEDIA]):
+            for doc in read_documents(part, columns=["id", "meta"]):
+                urls.update(normalize_url(u) for u in doc.meta.get("ref_urls", []) or [])
+        return urls
+
+    def prepare(self, inputs: list[Path]) -> dict[str, Any]:
+        import fasttext
+
+        cited = self.cited_urls()
+        if TRAINING_PAGES in self.refs:
+            inputs = kept_parts(self.refs[TRAINING_PAGES])
+        positives: list[str] = []
+        other_rows: list[int] = []
+        row = 0
+        for path in inputs:
+            for doc in read_documents(path):
+                if normalize_url(doc.meta.get("url") or "") in cited:
+                    positives.append(classifier_text(doc.text))
+                else:
+                    other_rows.append(row)
+                row += 1
+        if len(positives) < self.config.min_positives:
+            raise StageError(
+                f"{self.name}: only {len(positives)} training pages are cited by the {WIKIPEDIA} pages "
+                f"({len(cited)} cited URLs); need at least min_positives={self.config.min_positives} "
+                "to train the reference classifier"
+            )
+        rng = np.random.default_rng(self.config.seed)
+        chosen = np.sort(rng.choice(np.array(other_rows, dtype=np.int64), size=min(len(positives), len(other_rows)),
+                                    replace=False))
+        negatives = self._texts_at(inputs, chosen)
+        if not negatives:
+            raise StageError(f"{self.name}: every input page is cited by Wikipedia; no negatives to train on")
+
+        train, held_out = [], []
+        for label, texts in ((WIKI_LABEL, positives), (CC_LABEL, negatives)):
+            order = rng.permutation(len(texts))
+            n_held = int(round(len(texts) * self.config.holdout))
+            held_out += [(label, texts[i]) for i in order[:n_held]]
+            train += [(label, texts[i]) for i in order[n_held:]]
+        train = [train[i] for i in rng.permutation(len(train))]
+
+        out = self.artifacts or Path(tempfile.mkdtemp(prefix="cc_wikiref-"))
+        train_file = out / "wikiref.train.txt"
+        train_file.write_text("".join(f"{label} {text}\n" for label, text in train), encoding="utf-8")
+        # A high learning rate on a small set can diverge ("Encountered NaN"): halve it and retry.
+        lr = self.config.lr
+        for attempt in range(4):
+            try:
+                self.model = fasttext.train_supervised(
+                    input=str(train_file), epoch=self.config.epoch, lr=lr, wordNgrams=self.config.word_ngrams,
+                    dim=self.config.dim, bucket=self.config.bucket, minCount=1, thread=1, verbose=0, seed=self.config.seed,
+                )
+                break
+            except RuntimeError as exc:
+                if "NaN" not in str(exc) or attempt == 3:
+                    raise StageError(f"{self.name}: fastText training failed at lr={lr}: {exc}") from exc
+                lr /= 2
+        self.model.save_model(str(out / "wikiref.bin"))
+        return {"cited_urls": len(cited), "positives": len(positives), "negatives": len(negatives),
+                "train_examples": len(train), "lr_used": lr, "held_out": self._evaluate(held_out)}
+
+    @staticmethod
+    def _texts_at(inputs: list[Path], rows: np.ndarray) -> list[str]:
+        texts: list[str] = []
+        row = 0
+        for path in inputs:
+            for doc in read_documents(path, columns=["id", "text"]):
+                if len(texts) < len(rows) and rows[len(texts)] == row:
+                    texts.append(classifier_text(doc.text))
+                row += 1
+        return texts
+
+    def _evaluate(self, held_out: list[tuple[str, str]]) -> dict[str, Any]:
+        if not held_out:
+            return {"examples": 0}
+        truth = np.array([label == WIKI_LABEL for label, _ in held_out])
+        predicted = np.array([self.score(text) >= self.config.threshold for _, text in held_out])
+        tp = int((truth & predicted).sum())
+        return {
+            "examples": len(held_out),
+            "threshold": self.config.threshold,
+            "precision": tp / int(predicted.sum()) if predicted.any() else None,
+            "recall": tp / int(truth.sum()) if truth.any() else None,
+            "accuracy": float((truth == predicted).mean()),
+        }
+
+    def score(self, text: str) -> float:
+        labels, probs = self.model.predict(classifier_text(text), k=-1)
+        return float(dict(zip(labels, probs)).get(WIKI_LABEL, 0.0))
+
+    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+        if self.model is None:
+            raise StageError(f"{self.name}: prepare() must run first (use run_stage)")
+        for doc in docs:
+            score = min(self.score(doc.text), 1.0)
+            doc.columns["wikiref_score"] = score
+            if score < self.config.threshold:
+                doc.reject("wikiref_below_threshold")
+            yield doc

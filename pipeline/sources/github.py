@@ -1,0 +1,359 @@
+"""GitHub (LLaMA §2: "the public GitHub dataset available on Google BigQuery. We only kept projects
+that are distributed under the Apache, BSD and MIT licenses. Additionally, we filtered low quality
+files with heuristics based on the line length or proportion of alphanumeric characters, and removed
+boilerplate, such as headers, with regular expressions. Finally, we deduplicate the resulting dataset
+at the file level, with exact matches.")
+
+The rules LLaMA does not spell out follow RedPajama v1 (togethercomputer/RedPajama-Data, branch
+rp_v1, data_prep/github/github_clean_dedup_local.py and github_run_filter.py), the open replication.
+
+Stages
+  github_ingest  BigQuery export rows (JSON lines: repo_name, path, content, license, id, ...) -> Documents
+  github_filter  license allow-list, extension whitelist, license-header removal, line/character heuristics
+  github_dedup   exact file-level dedup (sha256 of the text), first occurrence kept
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.documents import Document, read_documents
+from pipeline.sources.c4 import read_json_lines
+from pipeline.stage import Stage, StageConfig
+
+SOURCE = "github"
+
+# ---------------------------------------------------------------------------------------------
+# github_ingest
+
+REQUIRED_FIELDS = ("repo_name", "path", "content")
+
+
+def _as_int(value: Any) -> int | None:
+    """BigQuery's JSON export writes INT64 as strings; accept both."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return bool(value)
+
+
+def _language_names(value: Any) -> list[str]:
+    """`language` is the repo's REPEATED RECORD {name, bytes} from the `languages` table."""
+    if not isinstance(value, list):
+        return []
+    names = [item.get("name") if isinstance(item, dict) else item for item in value]
+    return [n for n in names if isinstance(n, str)]
+
+
+class GithubIngest(Stage):
+    """One Document per exported row. id "github/<repo_name>/<path>"; when the same repo/path comes
+    twice (several refs of one repo in the export), later ones get "@<blob id>" appended (and a
+    counter if even that repeats), so ids stay unique per source. The id set lives in memory for
+    the run (skeleton; fine for the export's scale per shard group).
+
+    Rejections: unreadable_record:<why> (see c4.read_json_lines), missing_field:<field>,
+    binary_file (BigQuery's `binary` flag: no text to train on)."""
+
+    name = "github_ingest"
+    source = SOURCE
+    reads = "raw"
+    raw_patterns = ("*.jsonl.gz", "*.jsonl", "*.json.gz")
+    description = "BigQuery github_repos export rows -> documents"
+
+    class Config(StageConfig):
+        pass
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._ids: set[str] = set()
+
+    def prepare(self, inputs: list[Path]) -> dict:
+        self._ids = set()  # ids are unique per run of the stage
+        return {}
+
+    def read(self, path: Path) -> Iterator[Document]:
+        path = Path(path)
+        for item in read_json_lines(path, SOURCE):
+            if isinstance(item, Document):
+                yield item
+                continue
+            line_number, row = item
+            yield self._document(row, path.name, line_number)
+
+    def _document(self, row: dict[str, Any], file_name: str, line_number: int) -> Document:
+        blob_id = row.get("id")
+        meta = {
+            "repo_name": row.get("repo_name"),
+            "path": row.get("path"),
+            "license": row.get("license"),
+            "blob_id": blob_id,
+            "languages": _language_names(row.get("language")),
+            "size": _as_int(row.get("size")),
+            "copies": _as_int(row.get("copies")),
+            "ref": row.get("ref"),
+            "file": file_name,
+            "line": line_number,
+        }
+        fallback_id = f"{SOURCE}/{file_name}@{line_number}"
+        if _as_bool(row.get("binary")):
+            return Document(id=self._unique(fallback_id), text="", source=SOURCE, meta=meta, reason="binary_file")
+        for field in REQUIRED_FIELDS:
+            value = row.get(field)
+            if not isinstance(value, str) or (field != "content" and not value):
+                return Document(id=self._unique(fallback_id), text="", source=SOURCE, meta=meta).reject(
+                    f"missing_field:{field}"
+                )
+        doc_id = f"{SOURCE}/{row['repo_name']}/{row['path']}"
+        if doc_id in self._ids and blob_id:
+            doc_id = f"{doc_id}@{blob_id}"
+        return Document(id=self._unique(doc_id), text=row["content"], source=SOURCE, meta=meta)
+
+    def _unique(self, doc_id: str) -> str:
+        candidate, n = doc_id, 1
+        while candidate in self._ids:
+            n += 1
+            candidate = f"{doc_id}#{n}"
+        self._ids.add(candidate)
+        return candidate
+
+
+# ---------------------------------------------------------------------------------------------
+# github_filter
+
+# RedPajama v1 extensions_whitelist (rp_v1 data_prep/github/github_run_filter.py), matched as that
+# script does: `path.endswith(whitelist)`, case-sensitive (".C"/".H" are C++), and "Makefile" /
+# "Dockerfile" are whole-name suffixes. RedPajama also skips path == "LICENSE" and *.crt, which
+# this whitelist already excludes.
+REDPAJAMA_EXTENSIONS = (
+    ".asm", ".bat", ".cmd", ".c", ".h", ".cs", ".cpp", ".hpp", ".c++", ".h++", ".cc", ".hh", ".C", ".H",
+    ".cmake", ".css", ".dockerfile", ".f90", ".f", ".f03", ".f08", ".f77", ".f95", ".for", ".fpp", ".go",
+    ".hs", ".html", ".java", ".js", ".jl", ".lua", ".md", ".markdown", ".php", ".php3", ".php4", ".php5",
+    ".phps", ".phpt", ".pl", ".pm", ".pod", ".perl", ".ps1", ".psd1", ".psm1", ".py", ".rb", ".rs", ".sql",
+    ".scala", ".sh", ".bash", ".command", ".zsh", ".ts", ".tsx", ".tex", ".vb", "Dockerfile", "Makefile",
+    ".xml", ".rst", ".m", ".smali",
+)  # fmt: skip
+
+# License-header removal. RedPajama's clean_copyright_comments drops EVERY leading run of
+# "//", "#", "--" lines whatever they say (shebangs and real doc comments included), then the first
+# /* */ block of the top 100 lines if it mentions "copyright". We remove less and say exactly what:
+# the first comment block at the top of the file (after an optional shebang and Python coding
+# line), in the comment syntax of the file's language, only when it mentions copyright, a license
+# or an SPDX identifier; blank lines after it go too. Files of other types are left as they are.
+_HEADER_WORDS = re.compile(r"copyright|licen[cs]e|spdx-license-identifier|\(c\)\s*\d{4}|©", re.IGNORECASE)
+_PRESERVED_PREFIX = re.compile(r"\A(?:#![^\n]*\n)?(?:[ \t]*#[^\n]*coding[:=][^\n]*\n)?")
+_BLOCK_COMMENTS = {
+    "c": re.compile(r"\s*/\*.*?\*/[ \t]*(?:\n|\Z)", re.DOTALL),
+    "html": re.compile(r"\s*<!--.*?-->[ \t]*(?:\n|\Z)", re.DOTALL),
+}
+
+
+def _line_comment_run(marker: str) -> re.Pattern[str]:
+    """Consecutive comment lines, allowing blank lines between paragraphs of the same block."""
+    return re.compile(rf"(?:(?:[ \t]*\n)*[ \t]*{marker}[^\n]*(?:\n|\Z))+")
+
+
+_LINE_COMMENTS = {
+    "slash": _line_comment_run(r"//"),
+    "hash": _line_comment_run(r"#(?!!)"),
+    "dashdash": _line_comment_run(r"--"),
+    "percent": _line_comment_run(r"%"),
+    "semicolon": _line_comment_run(r";"),
+}
+_C_LIKE = ("c", "slash")
+_COMMENT_STYLES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (".c", ".h", ".cs", ".cpp", ".hpp", ".c++", ".h++", ".cc", ".hh", ".C", ".H", ".go", ".java", ".js",
+         ".rs", ".scala", ".ts", ".tsx", ".php", ".swift", ".kt"),
+        _C_LIKE,
+    ),
+    ".css": ("c",),
+    ".m": ("c", "slash", "percent"),  # Objective-C or MATLAB
+    **dict.fromkeys(
+        (".py", ".pyx", ".pxd", ".sh", ".bash", ".zsh", ".command", ".rb", ".pl", ".pm", ".perl", ".ps1",
+         ".psd1", ".psm1", ".cmake", ".jl", ".r", ".R", ".yml", ".yaml", ".toml", ".dockerfile", ".smali",
+         "Makefile", "Dockerfile"),
+        ("hash",),
+    ),
+    **dict.fromkeys((".sql", ".lua", ".hs"), ("dashdash",)),
+    ".tex": ("percent",),
+    ".asm": ("semicolon",),
+    **dict.fromkeys((".html", ".xml", ".md", ".markdown"), ("html",)),
+}  # fmt: skip
+
+
+def comment_styles(path: str) -> tuple[str, ...]:
+    for suffix, styles in _COMMENT_STYLES.items():
+        if path.endswith(suffix):
+            return styles
+    return ()
+
+
+def strip_license_header(text: str, path: str) -> tuple[str, int]:
+    """Remove a leading license/copyright comment block. Returns (text, characters removed)."""
+    styles = comment_styles(path)
+    if not styles:
+        return text, 0
+    prefix = _PRESERVED_PREFIX.match(text).group(0)
+    start = len(prefix)
+    for style in styles:
+        pattern = _BLOCK_COMMENTS.get(style) or _LINE_COMMENTS[style]
+        match = pattern.match(text, start)
+        if match and _HEADER_WORDS.search(match.group(0)):
+            rest = text[match.end() :].lstrip("\n")
+            stripped = prefix + rest
+            return stripped, len(text) - len(stripped)
+    return text, 0
+
+
+# Tokens for the alphabetic-characters-per-token rule. RedPajama counts tokens with the
+# Pythia/GPT-NeoX BPE tokenizer; until the corpus tokenizer exists (issue 4 switches to it) we count
+# word runs and punctuation runs ("==", "):", "#=====" are one token each, as BPE merges such runs).
+# BPE also emits whitespace/indentation tokens, which this count ignores, so the approximation is
+# somewhat more lenient than RedPajama on deeply indented code.
+_TOKEN = re.compile(r"\w+|[^\w\s]+")
+
+
+def file_stats(text: str) -> dict[str, float]:
+    """RedPajama's get_filecontent_stats: lengths over str.splitlines(), the mean as
+    len(text) / line count, the alphanumeric share over the whole text."""
+    line_lengths = [len(line) for line in text.splitlines()]
+    tokens = len(_TOKEN.findall(text))
+    alpha = sum(ch.isalpha() for ch in text)
+    return {
+        "max_line_length": max(line_lengths, default=0),
+        "mean_line_length": len(text) / len(line_lengths) if line_lengths else 0.0,
+        "alnum_fraction": sum(ch.isalnum() for ch in text) / len(text) if text else 0.0,
+        "alpha_per_token": alpha / tokens if tokens else 0.0,
+    }
+
+
+class GithubFilter(Stage):
+    """License allow-list, RedPajama extension whitelist, license-header removal, then RedPajama's
+    per-file heuristics on the stripped text. Rejections, in the order checked:
+      license:<lic>     license not in `licenses` (LLaMA §2: Apache, BSD, MIT); missing -> license:none
+      extension         path not in the RedPajama whitelist
+      empty             nothing left after header removal (RedPajama drops empty records)
+      max_line_length, mean_line_length, alnum_fraction, alpha_per_token  (RedPajama thresholds)
+    Kept documents carry the stripped text and meta["header_chars_removed"]."""
+
+    name = "github_filter"
+    source = SOURCE
+    reads = "documents"
+    description = "license, extension and line/character filters; license headers removed"
+
+    class Config(StageConfig):
+        # LLaMA §2: "projects that are distributed under the Apache, BSD and MIT licenses"; the
+        # names are BigQuery github_repos.licenses values.
+        licenses: list[str] = ["mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause"]
+        # RedPajama v1 github_run_filter.py extensions_whitelist.
+        extensions: list[str] = list(REDPAJAMA_EXTENSIONS)
+        # RedPajama v1 github_run_filter.py: max line length > 1000 -> drop.
+        max_line_length: int = 1000
+        # RedPajama v1: average line length > 100 -> drop.
+        max_mean_line_length: float = 100.0
+        # RedPajama v1: proportion of alphanumeric characters < 0.25 -> drop.
+        min_alnum_fraction: float = 0.25
+        # RedPajama v1: alphabetic characters per token < 1.5 -> drop.
+        min_alpha_per_token: float = 1.5
+        # LLaMA §2: "removed boilerplate, such as headers, with regular expressions".
+        strip_license_headers: bool = True
+
+    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+        c = self.config
+        licenses = {lic.lower() for lic in c.licenses}
+        extensions = tuple(c.extensions)
+        for doc in docs:
+            license_name = doc.meta.get("license")
+            if not license_name or license_name.lower() not in licenses:
+                yield doc.reject(f"license:{license_name or 'none'}")
+                continue
+            path = doc.meta.get("path") or ""
+            if not path.endswith(extensions):
+                yield doc.reject("extension")
+                continue
+            text, removed = strip_license_header(doc.text, path) if c.strip_license_headers else (doc.text, 0)
+            if not text.strip():
+                yield doc.reject("empty")
+                continue
+            stats = file_stats(text)
+            if stats["max_line_length"] > c.max_line_length:
+                yield doc.reject("max_line_length")
+            elif stats["mean_line_length"] > c.max_mean_line_length:
+                yield doc.reject("mean_line_length")
+            elif stats["alnum_fraction"] < c.min_alnum_fraction:
+                yield doc.reject("alnum_fraction")
+            elif stats["alpha_per_token"] < c.min_alpha_per_token:
+                yield doc.reject("alpha_per_token")
+            else:
+                doc.text = text
+                doc.meta["header_chars_removed"] = removed
+                yield doc
+
+
+# ---------------------------------------------------------------------------------------------
+# github_dedup
+
+
+def content_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+class GithubDedup(Stage):
+    """Exact file-level dedup (LLaMA §2 "deduplicate ... at the file level, with exact matches"):
+    sha256 of the document text. prepare() finds, for every digest, its first occurrence across all
+    input parts (part order, then row order); process() keeps that one and rejects the others as
+    "duplicate_file" with meta["duplicate_of"] naming the kept id. Without prepare() (a direct call)
+    the first document seen in the stream is kept. In-memory digest index (skeleton)."""
+
+    name = "github_dedup"
+    source = SOURCE
+    reads = "documents"
+    description = "exact file-level dedup by sha256 of content"
+
+    class Config(StageConfig):
+        pass
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._first: dict[bytes, tuple[int, str]] = {}  # digest -> (ordinal, id) of the kept copy
+        self._prepared = False
+        self._duplicates = 0
+
+    def prepare(self, inputs: list[Path]) -> dict:
+        self._first, self._duplicates = {}, 0  # a fresh run
+        rows = 0
+        for part, path in enumerate(inputs):
+            for row, doc in enumerate(read_documents(path, columns=["id", "text"])):
+                rows += 1
+                self._first.setdefault(content_digest(doc.text), ((part << 32) | row, doc.id))
+        self._prepared = True
+        return {"files": rows, "distinct_contents": len(self._first)}
+
+    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+        for row, doc in enumerate(docs):
+            ordinal = (part << 32) | row
+            digest = content_digest(doc.text)
+            if self._prepared:
+                first_ordinal, first_id = self._first[digest]
+            else:
+                first_ordinal, first_id = self._first.setdefault(digest, (ordinal, doc.id))
+            if first_ordinal != ordinal:
+                self._duplicates += 1
+                doc.meta["duplicate_of"] = first_id
+                yield doc.reject("duplicate_file")
+            else:
+                yield doc
+
+    def final_stats(self) -> dict:
+        return {"duplicates": self._duplicates}

@@ -1,0 +1,152 @@
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from pipeline.documents import Document, kept_parts, read_documents, write_documents
+from pipeline.sources.books import BooksDedup, BooksIngest, content_overlap, shingle_hashes
+from pipeline.stage import run_stage
+
+REAL_GUTENBERG = Path("/work/shared/realdata/gutenberg")
+
+BODY = "\n".join(f"It was the {i}th night, and the moon rose over the quiet town once more." for i in range(40))
+GUTENBERG_FILE = f"""\ufeffThe Project Gutenberg EBook of The Quiet Town, by Jane Example
+
+This eBook is for the use of anyone anywhere at no cost and with
+almost no restrictions whatsoever.
+
+Title: The Quiet Town
+       A Story
+
+Author: Jane Example
+
+Release Date: May 1, 2004 [EBook #12345]
+
+*** START OF THIS PROJECT GUTENBERG EBOOK THE QUIET TOWN ***
+
+
+
+
+Produced by Some Volunteers
+
+THE QUIET TOWN
+
+{BODY}
+
+*** END OF THIS PROJECT GUTENBERG EBOOK THE QUIET TOWN ***
+
+***** This file should be named 12345.txt *****
+Section 1. General Terms of Use and Redistributing Project Gutenberg-tm electronic works
+""".replace("\n", "\r\n")
+
+
+def test_gutenberg_header_footer_and_license_removed(tmp_path):
+    path = tmp_path / "pg12345.txt"
+    path.write_text(GUTENBERG_FILE, encoding="utf-8")
+    (doc,) = BooksIngest({"min_chars": 100}).read(path)
+    assert doc.id == "books/gutenberg/12345" and doc.reason is None
+    assert doc.text.startswith("THE QUIET TOWN\n\nIt was the 0th night")
+    assert doc.text.endswith("It was the 39th night, and the moon rose over the quiet town once more.")
+    for boilerplate in ("Project Gutenberg", "Produced by", "Title:", "\r", "\ufeff", "General Terms"):
+        assert boilerplate not in doc.text
+    assert doc.meta == {"format": "gutenberg", "encoding": "utf-8", "title": "The Quiet Town A Story", "author": "Jane Example"}
+
+
+def test_gutenberg_number_from_header_latin1_fallback_and_too_short(tmp_path):
+    path = tmp_path / "quiet_town.txt"
+    path.write_bytes(GUTENBERG_FILE.replace("\ufeff", "").replace("moon", "lune été").encode("latin-1"))
+    (doc,) = BooksIngest({"min_chars": 100}).read(path)
+    assert doc.id == "books/gutenberg/12345"
+    assert doc.meta["encoding"] == "latin-1" and "lune été" in doc.text
+    (short,) = BooksIngest({"min_chars": 100_000}).read(path)
+    assert short.reason == "too_short"
+
+
+def write_zst(path: Path, lines: list[bytes], cut: int | None = None) -> Path:
+    data = zstandard.ZstdCompressor().compress(b"\n".join(lines) + b"\n")
+    path.write_bytes(data[:cut] if cut else data)
+    return path
+
+
+def test_books3_records_bad_record_truncation_and_empty(tmp_path):
+    rng = random.Random(0)
+    good = [json.dumps({"text": " ".join(str(rng.random()) for _ in range(400)), "meta": {"pile_set_name": "Books3"}}).encode() for _ in range(60)]
+    shard = write_zst(tmp_path / "07.jsonl.zst", good[:2] + [b"{not json", b'{"meta": {}}'] + good[2:3])
+    docs = list(BooksIngest({"min_chars": 100}).read(shard))
+    assert [d.id for d in docs] == [f"books/books3/07/{i}" for i in range(1, 6)]
+    assert [d.reason for d in docs] == [None, None, "unreadable_record:JSONDecodeError", "unreadable_record:no_text", None]
+    assert docs[0].meta == {"pile_set_name": "Books3", "format": "books3"}
+
+    whole = write_zst(tmp_path / "08.jsonl.zst", good)
+    truncated = tmp_path / "09.jsonl.zst"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut = list(BooksIngest({"min_chars": 100}).read(truncated))
+    assert 0 < len(cut) - 1 < 60 and all(d.reason is None for d in cut[:-1])
+    assert cut[-1].reason.startswith("truncated_zstd:")
+
+    empty = tmp_path / "10.jsonl.zst"
+    empty.write_bytes(b"")
+    manifest = run_stage(BooksIngest({"min_chars": 100}), [shard, truncated, empty], tmp_path / "books_ingest")
+    assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"] == 5 + len(cut) + 1
+    assert manifest["rejected_by_reason"] == {"unreadable_record": 2, "truncated_zstd": 1, "empty_file": 1}
+
+
+def random_words(rng: random.Random, n: int) -> list[str]:
+    vocabulary = [f"w{i}" for i in range(5000)]
+    return [rng.choice(vocabulary) for _ in range(n)]
+
+
+def test_overlap_is_share_of_the_smaller_book():
+    words = [f"x{i}" for i in range(100)]
+    a = shingle_hashes(" ".join(words), 5)
+    half = shingle_hashes(" ".join(words[:50]), 5)
+    assert content_overlap(a, half) == 1.0
+    assert content_overlap(a, shingle_hashes("nothing in common at all here", 5)) == 0.0
+
+
+def test_books_dedup_end_to_end(tmp_path):
+    rng = random.Random(1)
+    base = random_words(rng, 4000)
+    books = {
+        "books/gutenberg/1": base,
+        "books/gutenberg/2": base[:3800] + random_words(rng, 150),  # shares ~95% with 1, shorter
+        "books/gutenberg/3": base[:2000] + random_words(rng, 2000),  # shares 50%: kept
+        "books/books3/x/1": base[1000:2500],  # entirely inside book 1 (an excerpt): removed
+        "books/gutenberg/4": random_words(rng, 3000),  # unrelated
+    }
+    docs = [Document(id=i, text=" ".join(w), source="books") for i, w in books.items()]
+    write_documents(tmp_path / "part-0.parquet", docs[:2])
+    write_documents(tmp_path / "part-1.parquet", docs[2:])
+    manifest = run_stage(BooksDedup(), [tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"], tmp_path / "dedup")
+    assert manifest["docs_in"] == 5 and manifest["docs_kept"] == 3
+    assert manifest["rejected_by_reason"] == {"near_duplicate_book": 2}
+    kept = {d.id for p in kept_parts(tmp_path / "dedup") for d in read_documents(p)}
+    assert kept == {"books/gutenberg/1", "books/gutenberg/3", "books/gutenberg/4"}
+    (cluster,) = manifest["stats"]["clusters"]
+    assert cluster["kept"] == "books/gutenberg/1"  # the longest
+    assert cluster["removed"] == ["books/books3/x/1", "books/gutenberg/2"]
+    overlaps = {(p["a"], p["b"]): p["overlap"] for p in cluster["pairs"]}
+    assert overlaps[("books/books3/x/1", "books/gutenberg/1")] == 1.0
+    assert 0.9 < overlaps[("books/gutenberg/1", "books/gutenberg/2")] < 0.97
+
+
+def normalized(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@pytest.mark.skipif(not (REAL_GUTENBERG / "raw").is_dir(), reason=f"real-data sample absent: {REAL_GUTENBERG}")
+def test_real_gutenberg_matches_c_w_strip_headers(tmp_path):
+    manifest = run_stage(BooksIngest(), [REAL_GUTENBERG / "raw"], tmp_path / "ingest")
+    assert manifest["docs_kept"] == 5
+    docs = {d.id: d for p in kept_parts(tmp_path / "ingest") for d in read_documents(p)}
+    assert docs["books/gutenberg/1013"].meta["author"] == "H. G. Wells"
+    assert docs["books/gutenberg/8868"].text.startswith("BOTCHAN (MASTER DARLING)")  # BOM file
+    for clean in sorted((REAL_GUTENBERG / "clean").glob("pg*.txt")):
+        ours = normalized(docs[f"books/gutenberg/{clean.stem[2:]}"].text)
+        expected = normalized(clean.read_text(encoding="utf-8"))
+        assert ours[:200] == expected[:200] and ours[-200:] == expected[-200:], clean.name
+        assert abs(len(ours) - len(expected)) <= 0.03 * len(expected)
+        assert "PROJECT GUTENBERG" not in ours.upper()[-3000:]

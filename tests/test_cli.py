@@ -1,0 +1,74 @@
+"""The llama-recipe command: listing, single-stage runs, model info, spec validation."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline.documents import Document, read_manifest, write_documents
+from pipeline.spec import SPEC_DIR, load_spec
+from pipeline.documents import StageError
+
+runner = CliRunner()
+
+
+def test_stages_lists_one_stage_per_line():
+    result = runner.invoke(app, ["stages"])
+    assert result.exit_code == 0, result.output
+    names = [line.split()[0] for line in result.output.strip().splitlines()]
+    for expected in ("cc_ingest", "cc_line_dedup", "cc_langid", "cc_perplexity", "cc_wikiref", "c4_quality",
+                     "github_filter", "wikipedia_clean", "books_dedup", "arxiv_clean", "stackexchange_ingest"):
+        assert expected in names
+    assert len(names) == len(set(names))
+
+
+def test_model_info_7b_counts_parameters_exactly():
+    result = runner.invoke(app, ["model-info", "7B"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["parameters"] == 6738415616
+
+
+def test_run_stage_outside_a_flow(tmp_path):
+    english = "The quick brown fox jumps over the lazy dog near the river bank every single morning. " * 4
+    french = "Le renard brun rapide saute par-dessus le chien paresseux au bord de la rivière chaque matin. " * 4
+    write_documents(tmp_path / "in.parquet", [Document("cc/1", english, "cc"), Document("cc/2", french, "cc")])
+    result = runner.invoke(
+        app, ["run-stage", "cc_langid", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "out")
+    assert (manifest["docs_kept"], manifest["docs_rejected"]) == (1, 1)
+    assert manifest["rejected_by_reason"] == {"non_english": 1}
+
+
+def test_run_stage_missing_input_names_the_file(tmp_path):
+    missing = tmp_path / "nope.warc.wet.gz"
+    result = runner.invoke(app, ["run-stage", "cc_ingest", "--input", str(missing), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "nope.warc.wet.gz" in result.output
+
+
+def test_shipped_specs_load():
+    for name in ("demo", "llama1"):
+        spec = load_spec(name)
+        assert spec.source_order().index("wikipedia") < spec.source_order().index("cc")
+        assert abs(sum(s.share for s in spec.mixture.sources.values()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda raw: raw["sources"]["cc"]["stages"].update({"cc_langidd": {}}), "unknown stage"),
+        (lambda raw: raw["sources"]["cc"]["stages"]["cc_langid"].update({"treshold": 0.4}), "cc_langid"),
+        (lambda raw: raw["sources"].update({"reddit": raw["sources"]["c4"]}), "unknown source"),
+    ],
+)
+def test_bad_spec_fails_at_load_with_a_clear_message(tmp_path, edit, message):
+    raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(StageError, match=message):
+        load_spec(path)

@@ -1,0 +1,148 @@
+"""Stack Exchange: Posts.xml -> one document per question with its answers sorted by integer score."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+import pytest
+
+from pipeline.documents import kept_parts, read_documents, rejected_parts
+from pipeline.sources.stackexchange import StackExchangeIngest, html_to_text, parse_tags
+from pipeline.stage import run_stage
+
+REAL_SE = Path("/work/shared/realdata/stackexchange/coffee.stackexchange.com/Posts.xml")
+
+
+def post(post_id: int, post_type: int, body: str, **attrs) -> str:
+    """One dump row; like the real dumps, newlines in attributes are written as &#xA; (a literal
+    newline in an XML attribute value is normalized to a space by any parser)."""
+    fields = {"Id": post_id, "PostTypeId": post_type, **attrs, "Body": body}
+    attributes = " ".join(f'{k}="{escape(str(v), quote=True)}"'.replace("\n", "&#xA;") for k, v in fields.items())
+    return f"  <row {attributes} />"
+
+
+def posts_xml(folder: Path, rows: list[str], site: str = "cooking.stackexchange.com", close: bool = True) -> Path:
+    path = folder / site / "Posts.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = '\ufeff<?xml version="1.0" encoding="utf-8"?>\n<posts>\n'
+    text = header + "\n".join(rows) + ("\n</posts>\n" if close else "\n")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SAMPLE_ROWS = [
+    # answers before their question: the reader must still attach them
+    post(11, 2, "<p>Nine points.</p>", ParentId=1, Score="9"),
+    post(12, 2, "<p>Two points.</p>", ParentId=1, Score="2"),
+    post(
+        1,
+        1,
+        "<p>How do I <b>proof</b> yeast?</p><pre><code>if water &gt; 45:\n    wait()\n</code></pre>",
+        Title="Proofing yeast",
+        Score="5",
+        Tags="<baking><yeast>",
+        AcceptedAnswerId="12",
+    ),
+    post(13, 2, "<p>Ten points.</p><ul><li>warm water</li><li>sugar</li></ul>", ParentId=1, Score="10"),
+    post(14, 2, "<p>Also nine, higher id.</p>", ParentId=1, Score="9"),
+    post(2, 1, "<p>Nobody answered me.</p>", Title="Lonely question", Score="0"),
+    post(15, 2, "<p>My question was deleted.</p>", ParentId=99, Score="3"),
+    post(20, 4, "<p>Tag wiki excerpt.</p>"),
+]
+
+
+def test_answers_sorted_by_integer_score_and_html_removed(tmp_path):
+    docs = list(StackExchangeIngest().read(posts_xml(tmp_path, SAMPLE_ROWS)))
+    question = next(d for d in docs if d.id == "stackexchange/cooking.stackexchange.com/1")
+    assert question.reason is None
+    # integer order 10 > 9 > 9 > 2 (string order would put "9" before "10"); ties by answer Id
+    assert question.meta["answer_ids"] == [13, 11, 14, 12]
+    assert question.meta["answer_scores"] == [10, 9, 9, 2]
+    text = question.text
+    assert text.index("Ten points.") < text.index("Nine points.") < text.index("Also nine") < text.index("Two points.")
+    assert text.startswith("Q: Proofing yeast\nHow do I proof yeast?")
+    assert text.count("\n\nA: ") == 4
+    assert "<p>" not in text and "<b>" not in text and "&gt;" not in text
+    assert "if water > 45:\n    wait()" in text  # code block kept with its indentation
+    assert "• warm water" in text  # list items stay readable
+    assert question.meta["accepted_answer_id"] == 12
+    assert question.meta["tags"] == ["baking", "yeast"]
+    assert question.meta["site"] == "cooking.stackexchange.com" and question.meta["question_id"] == 1
+
+
+def test_every_row_is_accounted_for(tmp_path):
+    docs = list(StackExchangeIngest().read(posts_xml(tmp_path, SAMPLE_ROWS)))
+    reasons = {d.id.rsplit("/", 1)[1]: d.reason for d in docs}
+    assert reasons == {"1": None, "2": "no_answers", "15": "orphan_answer", "20": "post_type:4"}
+    # 8 rows = 2 questions + 5 answers (4 inside question 1, 1 orphan) + 1 tag wiki
+    attached = sum(len(d.meta.get("answer_ids", [])) for d in docs)
+    assert len(docs) + attached == len(SAMPLE_ROWS)
+
+
+def test_min_answers_and_sites_config(tmp_path):
+    path = posts_xml(tmp_path, SAMPLE_ROWS)
+    docs = list(StackExchangeIngest({"min_answers": 0}).read(path))
+    assert next(d for d in docs if d.id.endswith("/2")).reason is None
+    docs = list(StackExchangeIngest({"min_answers": 5}).read(path))
+    assert next(d for d in docs if d.id.endswith("/1")).reason == "too_few_answers"
+    docs = list(StackExchangeIngest({"sites": ["coffee.stackexchange.com"]}).read(path))
+    assert [d.reason for d in docs] == ["site_not_selected:cooking.stackexchange.com"]
+
+
+def test_malformed_xml_keeps_questions_read_so_far(tmp_path):
+    rows = SAMPLE_ROWS[:4] + ['  <row Id="30" PostTypeId="1" Body="unterminated']
+    docs = list(StackExchangeIngest().read(posts_xml(tmp_path, rows, close=False)))
+    assert docs[0].id == "stackexchange/cooking.stackexchange.com/1" and docs[0].reason is None
+    assert len(docs[0].meta["answer_ids"]) == 3
+    assert docs[-1].reason.startswith("malformed_xml:")
+    line = int(docs[-1].reason.split(":")[1])
+    assert line >= 7
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.stackexchange.com" / "Posts.xml"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    assert [d.reason for d in StackExchangeIngest().read(path)] == ["empty_file"]
+    no_rows = posts_xml(tmp_path, [], site="norows.stackexchange.com")
+    assert [d.reason for d in StackExchangeIngest().read(no_rows)] == ["empty_file"]
+
+
+def test_run_stage_end_to_end(tmp_path):
+    posts_xml(tmp_path / "dump", SAMPLE_ROWS)
+    small = [post(1, 1, "<p>Q?</p>", Title="T"), post(2, 2, "<p>A.</p>", ParentId=1)]
+    posts_xml(tmp_path / "dump", small, site="b.com")
+    manifest = run_stage(StackExchangeIngest(), [tmp_path / "dump"], tmp_path / "out")
+    assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"] == 5
+    assert manifest["docs_kept"] == 2
+    assert manifest["rejected_by_reason"] == {"no_answers": 1, "orphan_answer": 1, "post_type": 1}
+    ids = {d.id for p in kept_parts(tmp_path / "out") for d in read_documents(p)}
+    assert ids == {"stackexchange/b.com/1", "stackexchange/cooking.stackexchange.com/1"}
+
+
+def test_helpers():
+    assert parse_tags("<a><b-c>") == ["a", "b-c"] and parse_tags("|a|b|") == ["a", "b"] and parse_tags(None) == []
+    html = '<p>See <a href="http://x">this</a> <img src="y" alt="enter image description here"></p>'
+    assert html_to_text(html) == "See this"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_SE.is_file(), reason=f"{REAL_SE} not present (shared real-data samples)")
+def test_real_coffee_dump(tmp_path):
+    manifest = run_stage(StackExchangeIngest(), [REAL_SE.parent.parent], tmp_path / "out")
+    kept = [d for p in kept_parts(tmp_path / "out") for d in read_documents(p)]
+    rejected = [d for p in rejected_parts(tmp_path / "out") for d in read_documents(p)]
+    assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"]
+    questions = kept + [d for d in rejected if d.reason == "no_answers"]
+    assert len(questions) == 225
+    assert sum(len(d.meta["answer_ids"]) for d in kept) == 327  # every answer found its question
+    assert manifest["rejected_by_reason"]["post_type"] == 40  # 20 + 20 tag-wiki rows
+    assert all(d.meta["answer_scores"] == sorted(d.meta["answer_scores"], reverse=True) for d in kept)
+    assert all(d.meta["site"] == "coffee.stackexchange.com" for d in kept)
+    # scores crossing a digit boundary (e.g. 10 vs 9) occur in this dump and come out numerically
+    assert any(max(d.meta["answer_scores"]) >= 10 and min(d.meta["answer_scores"]) < 10 for d in kept)
+    assert not any("<p>" in d.text or "&lt;" in d.text for d in kept)
+    first = next(d for d in kept if d.meta["question_id"] == 1)
+    assert first.text.startswith("Q: How should I store whole bean coffee?")
+    assert first.meta["accepted_answer_id"] == 24
