@@ -62,7 +62,7 @@ def training_lines(train_dir: Path) -> list[str]:
     first, last = s.get("first_loss"), s.get("last_loss")
     lines = [
         f"loss {first:.3f} → {last:.3f} over {s.get('steps')} steps ({s.get('tokens')} tokens, world size {s.get('world_size')})",
-        f"throughput {s.get('tokens_per_s', 0):.0f} tokens/s, {s.get('params', 0):,} parameters",
+        f"throughput {s.get('tokens_per_s', 0):.0f} tokens/s, {s.get('parameters', 0):,} parameters",
     ]
     if s.get("val_loss") is not None:
         lines.append(f"validation loss {s['val_loss']:.3f}")
