@@ -8,8 +8,9 @@ import pytest
 from pipeline.documents import Document, kept_parts, read_documents
 from pipeline.sources.arxiv import ArxivClean, ArxivIngest, strip_comments
 from pipeline.stage import run_stage
+from tests.conftest import REALDATA
 
-REAL_ARXIV = Path("/work/shared/realdata/arxiv")
+REAL_ARXIV = REALDATA / "arxiv"
 FILLER = "This paragraph is ordinary prose about the method and its results. " * 10
 
 

@@ -9,8 +9,9 @@ import zstandard
 from pipeline.documents import Document, kept_parts, read_documents, write_documents
 from pipeline.sources.books import BooksDedup, BooksIngest, content_overlap, shingle_hashes
 from pipeline.stage import run_stage
+from tests.conftest import REALDATA
 
-REAL_GUTENBERG = Path("/work/shared/realdata/gutenberg")
+REAL_GUTENBERG = REALDATA / "gutenberg"
 
 BODY = "\n".join(f"It was the {i}th night, and the moon rose over the quiet town once more." for i in range(40))
 GUTENBERG_FILE = f"""\ufeffThe Project Gutenberg EBook of The Quiet Town, by Jane Example

@@ -11,8 +11,9 @@ import pytest
 from pipeline.documents import Document, kept_parts, read_documents, rejected_parts, write_documents
 from pipeline.sources.c4 import C4Ingest, C4Quality, split_sentences
 from pipeline.stage import run_stage
+from tests.conftest import REALDATA
 
-REAL_C4 = Path("/work/shared/realdata/c4/c4-sample.00000-of-00001.json.gz")
+REAL_C4 = REALDATA / "c4/c4-sample.00000-of-00001.json.gz"
 
 
 def prose(topic: str, n: int = 6) -> list[str]:

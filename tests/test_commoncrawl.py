@@ -21,8 +21,9 @@ from pipeline.commoncrawl.wikiref import CCWikiRef, normalize_url
 from pipeline.documents import Document, StageError, StageFolder, read_documents, rejected_parts, write_documents
 from pipeline.stage import run_stage
 from pipeline.text import normalize_for_lm
+from tests.conftest import REALDATA as SHARED_REALDATA
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "common_crawl"
+REALDATA = SHARED_REALDATA / "common_crawl"
 PROSE = "\n".join(
     [
         "The history of the river valley begins with the first farming villages along its banks.",

@@ -11,8 +11,9 @@ import pytest
 from pipeline.documents import Document, kept_parts, read_documents, rejected_parts, write_documents
 from pipeline.sources.github import GithubDedup, GithubFilter, GithubIngest, strip_license_header
 from pipeline.stage import run_stage
+from tests.conftest import REALDATA
 
-REAL_GITHUB = Path("/work/shared/realdata/github/github_000000000000.jsonl.gz")
+REAL_GITHUB = REALDATA / "github/github_000000000000.jsonl.gz"
 
 CODE = "def add(left, right):\n    total = left + right\n    return total\n"
 

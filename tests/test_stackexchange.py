@@ -10,8 +10,9 @@ import pytest
 from pipeline.documents import kept_parts, read_documents, rejected_parts
 from pipeline.sources.stackexchange import StackExchangeIngest, html_to_text, parse_tags
 from pipeline.stage import run_stage
+from tests.conftest import REALDATA
 
-REAL_SE = Path("/work/shared/realdata/stackexchange/coffee.stackexchange.com/Posts.xml")
+REAL_SE = REALDATA / "stackexchange/coffee.stackexchange.com/Posts.xml"
 
 
 def post(post_id: int, post_type: int, body: str, **attrs) -> str:

@@ -6,10 +6,9 @@ import pytest
 from pipeline.documents import kept_parts, read_documents, rejected_parts
 from pipeline.sources.wikipedia import WikipediaClean, WikipediaIngest, wikitext_to_plain
 from pipeline.stage import run_stage
+from tests.conftest import REALDATA
 
-REAL_DUMP = Path(
-    "/work/shared/realdata/wikipedia/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-)
+REAL_DUMP = REALDATA / "wikipedia/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 ARTICLE = """{{Infobox person|name=Ada|birth_date=1815}}
 '''Ada Lovelace''' was an English [[mathematician]] and writer, chiefly known for her work on
