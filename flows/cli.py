@@ -169,16 +169,19 @@ def demo(
     ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
 ) -> None:
     """Offline end to end: samples, the full corpus build, tokenizer, token shards, a 2-process training run."""
+    import shutil
+
+    from pipeline.samples import generator_version, write_samples
     from pipeline.spec import load_spec
-    from pipeline.samples import write_samples
 
     started = time.time()
     spec_model = load_spec(spec)
     samples_dir = out / "samples"
     stamp = samples_dir / "SAMPLES.json"
-    wanted = {"seed": seed, "scale": scale}
+    wanted = {"seed": seed, "scale": scale, "generator": generator_version()}
     if not stamp.exists() or {k: json.loads(stamp.read_text()).get(k) for k in wanted} != wanted:
         typer.echo(f"[1/3] writing sample inputs to {samples_dir} (seed {seed}, scale {scale})")
+        shutil.rmtree(samples_dir, ignore_errors=True)  # no stale files from another size or version
         write_samples(samples_dir, seed=seed, scale=scale)
     else:
         typer.echo(f"[1/3] sample inputs already in {samples_dir}")

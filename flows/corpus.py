@@ -129,7 +129,7 @@ def resolve_inputs(patterns: list[str], inputs_dir: Path) -> list[str]:
     return [p if Path(p).is_absolute() else str(inputs_dir / p) for p in patterns]
 
 
-@flow(name="build-corpus")
+@flow(name="build-corpus", flow_run_name="build-corpus-{spec_path}")
 def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = False) -> dict[str, Any]:
     """The whole corpus build of a spec: sources, mixture, tokenizer, token shards."""
     spec = load_spec(spec_path)

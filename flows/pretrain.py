@@ -68,7 +68,7 @@ def torchrun_task(tokens_dir: str, run_dir: str, train: TrainSpec) -> dict[str, 
     return run_torchrun(tokens_dir, run_dir, train, log=logger.info)
 
 
-@flow(name="pretrain")
+@flow(name="pretrain", flow_run_name="pretrain-{run_dir}")
 def pretrain(tokens_dir: str, run_dir: str, train: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain on a token-shard folder with torchrun (gloo on CPU, NCCL on GPU)."""
     return torchrun_task(tokens_dir, run_dir, TrainSpec(**(train or {})))

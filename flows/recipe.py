@@ -12,7 +12,7 @@ from flows.pretrain import pretrain
 from pipeline.spec import load_spec
 
 
-@flow(name="recipe")
+@flow(name="recipe", flow_run_name="recipe-{spec_path}")
 def recipe(spec_path: str, inputs_dir: str, out_dir: str, force: bool = False, train: bool = True) -> dict[str, Any]:
     spec = load_spec(spec_path)
     out = Path(out_dir)

@@ -46,6 +46,7 @@ from typing import Any
 
 import zstandard
 
+from pipeline.documents import code_version_of
 from pipeline.samples_prose import (
     ISO639_3,
     EnglishProse,
@@ -57,6 +58,13 @@ from pipeline.samples_prose import (
 
 SAMPLES_MANIFEST = "SAMPLES.json"
 FORMAT_VERSION = 1
+
+
+def generator_version() -> str:
+    """Digest of the generator's code: samples written by another version are written again."""
+    from pipeline import samples_prose
+
+    return code_version_of(__file__) + "/" + code_version_of(samples_prose.__file__).split("+")[1]
 
 
 def write_samples(out: Path, seed: int = 0, scale: float = 1.0) -> dict[str, Any]:
@@ -77,6 +85,7 @@ def write_samples(out: Path, seed: int = 0, scale: float = 1.0) -> dict[str, Any
     sources["stackexchange"] = write_stackexchange(ctx)
     manifest = {
         "format_version": FORMAT_VERSION,
+        "generator": generator_version(),
         "seed": seed,
         "scale": scale,
         "prose": {
@@ -226,10 +235,10 @@ def write_cc(ctx: SampleContext) -> dict[str, Any]:
     year = epoch.year
     languages = ctx.foreign.languages()
     n_cited = ctx.count(90, 10)
-    n_english = ctx.count(380, 32)
-    n_foreign = ctx.count(230, min(len(languages), 10))
-    n_exact, n_near = ctx.count(25, 2), ctx.count(25, 2)
-    n_short, n_gibberish, n_low = ctx.count(25, 2), ctx.count(25, 2), ctx.count(25, 2)
+    n_english = ctx.count(1500, 32)
+    n_foreign = ctx.count(700, min(len(languages), 10))
+    n_exact, n_near = ctx.count(60, 2), ctx.count(60, 2)
+    n_short, n_gibberish, n_low = ctx.count(60, 2), ctx.count(60, 2), ctx.count(60, 2)
 
     sites = [_make_site(ctx, rng, year) for _ in range(max(5, n_english // 6))]
     pages: list[Page] = []
