@@ -356,6 +356,12 @@ def test_wikiref_scores_cited_pages_above_random_pages(tmp_path):
         assert (doc.reason == "wikiref_below_threshold") == (doc.columns["wikiref_score"] < 0.25)
     assert "wikiref.bin" in {Path(a["path"]).name for a in manifest["artifacts"]}
 
+    # Deterministic: a second training on the same pages gives the same scores, bit for bit
+    # (the fastText wheel's uninitialized rows once made this random; see train_classifier).
+    run_stage(CCWikiRef(refs={"wikipedia_clean": wiki}), [part], tmp_path / "again")
+    again = {d.id: d.columns["wikiref_score"] for d in docs_of(tmp_path / "again") + docs_of(tmp_path / "again", rejected=True)}
+    assert again == {i: d.columns["wikiref_score"] for i, d in out.items()}
+
 
 def test_wikiref_without_enough_cited_pages_is_an_error(tmp_path):
     wiki = wikipedia_stand_in(tmp_path / "wikipedia_clean", {TRAIN_TOPICS[0]: ["http://only.example/one"]})
