@@ -138,12 +138,15 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
     final_outputs: dict[str, str] = {}
     for source in spec.source_order():
         source_spec = spec.sources[source]
+        # Pass only the outputs this source's stages reference, so the UI's graph shows the real
+        # dependencies (wikipedia → cc) instead of every earlier source.
+        wanted = {ref for name in source_spec.stages for ref in get_stage(name).references + get_stage(name).optional_references}
         outputs = build_source(
             source,
             source_spec.stages,
             resolve_inputs(source_spec.inputs, Path(inputs_dir)),
             str(build / "stages"),
-            stage_outputs,
+            {name: path for name, path in stage_outputs.items() if name in wanted},
             force,
         )
         stage_outputs |= outputs

@@ -72,3 +72,12 @@ def test_bad_spec_fails_at_load_with_a_clear_message(tmp_path, edit, message):
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(StageError, match=message):
         load_spec(path)
+
+
+def test_samples_command_writes_every_source(tmp_path):
+    result = runner.invoke(app, ["samples", "--out", str(tmp_path / "s"), "--seed", "2", "--scale", "0.05"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "s" / "SAMPLES.json").read_text())
+    assert set(manifest["sources"]) == {"cc", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange"}
+    for info in manifest["sources"].values():
+        assert info["files"] and all((tmp_path / "s" / f).stat().st_size > 0 for f in info["files"])
