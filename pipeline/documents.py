@@ -272,7 +272,7 @@ class StageFolder:
         self.rejected_by_reason: Counter[str] = Counter()
         self.bytes_in = 0
         self.bytes_kept = 0
-        self.extra_docs_in = 0  # for stages that count their own input (readers of raw files)
+        self.measured_bytes_in: int | None = None  # set by count_input for documents stages
         self._outputs: list[Path] = []
         self._rejected: list[Path] = []
         self._started = 0.0
@@ -303,6 +303,11 @@ class StageFolder:
         self._outputs.append(kept)
         self._rejected.append(rejected)
         return PartPair(self, kept, rejected, annotation_types or {})
+
+    def count_input(self, doc: Document) -> None:
+        """Measure the text a documents stage reads, before the stage edits it (line dedup and the
+        cleaners shorten texts); without this, bytes_in is measured on what comes out."""
+        self.measured_bytes_in = (self.measured_bytes_in or 0) + len(doc.text.encode("utf-8", "surrogatepass"))
 
     def count(self, doc: Document) -> None:
         """Account for one document that came out of the stage (kept or rejected)."""
@@ -348,7 +353,7 @@ class StageFolder:
             "docs_kept": self.docs_kept,
             "docs_rejected": docs_rejected,
             "rejected_by_reason": dict(self.rejected_by_reason.most_common()),
-            "bytes_in": self.bytes_in,
+            "bytes_in": self.bytes_in if self.measured_bytes_in is None else self.measured_bytes_in,
             "bytes_kept": self.bytes_kept,
             "wall_time_s": round(time.time() - self._started, 3),
             "stats": self.stats,

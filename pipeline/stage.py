@@ -191,6 +191,12 @@ def is_up_to_date(stage: Stage, inputs: list[Path | str], output: Path | str) ->
     return read_manifest(output).get("identity") == planned_identity(stage, inputs)
 
 
+def _counted(docs: Iterator[Document], folder: StageFolder) -> Iterator[Document]:
+    for doc in docs:
+        folder.count_input(doc)
+        yield doc
+
+
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -222,7 +228,7 @@ def run_stage(
                 types = dict(stage.columns)
             else:
                 types = annotation_types_of(read_schema(path)) | dict(stage.columns)
-                docs = stage.process(read_documents(path), index)
+                docs = stage.process(_counted(read_documents(path), folder), index)
             with folder.part(index, types) as part:
                 for doc in docs:
                     part.write(doc)

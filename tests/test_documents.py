@@ -139,3 +139,20 @@ def test_manifest_is_json_with_relative_inputs(tmp_path):
     manifest = read_manifest(build / "stage")
     assert manifest["inputs"][0]["path"] == "in.parquet"
     json.dumps(manifest)
+
+
+class HalveText(MinLength):
+    name = "test_halve_text"
+
+    def process(self, docs, part=0):
+        for doc in docs:
+            doc.text = doc.text[: len(doc.text) // 2]
+            yield doc
+
+
+def test_bytes_in_is_measured_before_the_stage_edits_text(tmp_path):
+    docs = [Document(id=f"t/{i}", text="abcd" * 10, source="cc") for i in range(3)]
+    write_documents(tmp_path / "in.parquet", docs)
+    manifest = run_stage(HalveText(), [tmp_path / "in.parquet"], tmp_path / "out")
+    assert manifest["bytes_in"] == 3 * 40
+    assert manifest["bytes_kept"] == 3 * 20

@@ -21,6 +21,12 @@ the reader checks each one, rejects one row per defect ("unreadable_record:<why>
 A WARC-Record-ID seen twice in one file (a malformed file) gets "@<file>:<offset>" appended.
 Record offsets (meta["offset"], ids of broken rows) are fastwarc's `stream_pos`: the byte offset of
 the record's gzip member in CC's layout, of the record itself in a plain file.
+meta of every page: url (WARC-Target-URI), date (WARC-Date), digest (WARC-Block-Digest), length
+(bytes of the record block), title, file, offset; cc_language when CC identified one.
+
+cc_warc_ingest (CCWarcIngest, same reader) takes WARC files instead and turns their HTML `response`
+records into the same layout with resiliparse (pipeline/commoncrawl/html.py): title, then text lines
+as close to CC's own WET conversion as we measured we can get.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import BinaryIO, Iterator
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+from pipeline.commoncrawl.html import HTML_TYPES, decode_html, html_to_text, parse_http_response
 from pipeline.documents import Document, StageError
 from pipeline.stage import Stage, StageConfig
 
@@ -61,6 +68,7 @@ class CCIngest(Stage):
     raw_patterns = ("*.warc.wet.gz", "*.warc.wet", "*.wet.gz")
     Config = IngestConfig
     description = "Common Crawl WET pages -> Documents (cc_net layout, min length 300)"
+    page_record_type = WarcRecordType.conversion  # the records that are pages; others are skipped
 
     def read(self, path: Path) -> Iterator[Document]:
         path = Path(path)
@@ -109,7 +117,7 @@ class CCIngest(Stage):
                             # length; do the same for this record and keep it, flagged.
                             next_start = _next_record_start(fh, pos + 1, gzipped)
                             body = _read_between(fh, _body_end(fh, pos, 0), next_start)
-                            if record.record_type == WarcRecordType.conversion:
+                            if record.record_type == self.page_record_type:
                                 doc = self._page(path, pos, record, body, seen_ids)
                                 doc.meta["content_length_mismatch"] = True
                                 yield doc
@@ -123,7 +131,7 @@ class CCIngest(Stage):
                             break
                         read_any = True
                         in_broken_region = False
-                        if record.record_type == WarcRecordType.conversion:
+                        if record.record_type == self.page_record_type:
                             yield self._page(path, pos, record, body, seen_ids)
                 except OSError as exc:  # fastwarc reports parse and decompression errors as OSError
                     error_at = last_pos if read_any else start
@@ -152,34 +160,84 @@ class CCIngest(Stage):
         if doc_id in seen_ids:
             doc_id = f"cc/{native}@{path.name}:{pos}"
         seen_ids.add(doc_id)
-        raw = body.decode("utf-8", errors="replace")
-        lines = [line.strip() for line in raw.split("\n")]
-        lines = [line for line in lines if line]
-        title, text = (lines[0], "\n".join(lines[1:])) if lines else ("", "")
         meta = {
-            "url": headers.get("WARC-Target-URI"),
+            # wget writes "WARC-Target-URI: <https://...>" (the WARC 1.1 draft's angle brackets)
+            "url": (headers.get("WARC-Target-URI") or "").strip().strip("<>") or None,
             "date": headers.get("WARC-Date"),
             "digest": headers.get("WARC-Block-Digest"),
             "length": len(body),
-            "title": title,
+            "title": "",
             "file": path.name,
             "offset": pos,
         }
         language = headers.get("WARC-Identified-Content-Language")
         if language:
             meta["cc_language"] = language  # CC's own CLD2 guess, kept for comparison with cc_langid
-        doc = Document(id=doc_id, text=text, source="cc", meta=meta)
-        if raw and raw.count("\ufffd") / len(raw) > self.config.max_replacement_fraction:
-            return doc.reject("invalid_utf8")
-        if len(text) < self.config.min_length:
+        doc = Document(id=doc_id, text="", source="cc", meta=meta)
+        title, lines, reason = self._title_and_lines(record, body, doc)
+        doc.meta["title"] = title
+        doc.text = "\n".join(lines)
+        if reason:
+            return doc.reject(reason)
+        if len(doc.text) < self.config.min_length:
             return doc.reject("too_short")
         return doc
+
+    def _title_and_lines(self, record, body: bytes, doc: Document) -> tuple[str, list[str], str | None]:
+        """A WET conversion record: UTF-8 text, laid out as cc_net's parse_doc reads it (every line
+        stripped, empty lines dropped, the first line is the title)."""
+        raw = body.decode("utf-8", errors="replace")
+        lines = [line.strip() for line in raw.split("\n")]
+        lines = [line for line in lines if line]
+        title, lines = (lines[0], lines[1:]) if lines else ("", [])
+        if raw and raw.count("\ufffd") / len(raw) > self.config.max_replacement_fraction:
+            return title, lines, "invalid_utf8"
+        return title, lines, None
 
     @staticmethod
     def _broken(path: Path, offset: int, reason: str) -> Document:
         return Document(
             id=f"cc/{path.name}@{offset}", text="", source="cc", meta={"file": path.name, "offset": offset}
         ).reject(reason)
+
+
+class WarcIngestConfig(StageConfig):
+    # cc_net CCShardReader(min_len=300), as for WET pages.
+    min_length: int = 300
+    # As cc_ingest; WARC Content-Lengths are the crawler's own and normally right.
+    trust_content_length: bool = True
+    # Common Crawl makes WET text only from successful fetches; redirects and errors are rejected
+    # ("http_status:<code>") so they stay visible in the counts.
+    accept_status: list[int] = [200]
+    # resiliparse form_fields: CC's WET keeps button labels, resiliparse writes them "[ label ]"
+    # (see pipeline/commoncrawl/html.py for the measured effect). Off: closer line by line.
+    form_fields: bool = False
+
+
+class CCWarcIngest(CCIngest):
+    """cc_warc_ingest: WARC `response` records (HTML) -> Documents laid out like cc_ingest's WET
+    pages, for builds that start from WARC files (or reference pages fetched by a crawler such as
+    wget). Same robustness as cc_ingest; other record types are skipped and not counted; a response
+    that is not HTML is rejected ("not_html:<content type>")."""
+
+    name = "cc_warc_ingest"
+    raw_patterns = ("*.warc.gz", "*.warc")
+    Config = WarcIngestConfig
+    description = "Common Crawl WARC HTML responses -> Documents (resiliparse text, WET layout, min length 300)"
+    page_record_type = WarcRecordType.response
+
+    def _title_and_lines(self, record, body: bytes, doc: Document) -> tuple[str, list[str], str | None]:
+        response = parse_http_response(body)
+        doc.meta["payload_digest"] = record.headers.get("WARC-Payload-Digest")
+        doc.meta["http_status"] = response.status
+        if response.status not in self.config.accept_status:
+            return "", [], f"http_status:{response.status}"
+        content_type = response.content_type or (record.headers.get("WARC-Identified-Payload-Type") or "").lower()
+        if content_type not in HTML_TYPES:
+            return "", [], f"not_html:{content_type or 'unknown'}"
+        html = decode_html(response.body, response.charset)
+        title, lines = html_to_text(html, form_fields=self.config.form_fields)
+        return title, lines, None
 
 
 def _is_gzip(path: Path) -> bool:

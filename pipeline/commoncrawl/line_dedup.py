@@ -12,11 +12,18 @@ of the counts: in cc_net they all share the hash of "" and so always count as du
 A page left with fewer than `min_length_after` characters (default: no line left) is rejected
 "empty_after_line_dedup": cc_net's DuplicatesRemover drops a page when no line is kept.
 
-The per-group index is a sorted numpy uint64 array of the hashes seen 2+ times (never a Python set).
+Memory (issue 3: at most 16 bytes per unique line, never a Python set): while a group is hashed,
+`GroupIndex` holds its unique hashes as one sorted uint64 array plus one byte per hash ("seen
+twice"), grown with spare capacity and merged in place, part after part: ~9-11 bytes per unique
+line (`index_peak_bytes` in the manifest; bench/cc_bench.py reports it per unique line). After a
+group only the hashes seen 2+ times are kept for the filtering pass. The per-line hashes of each
+part computed in `prepare` are spilled to a temporary file (8 bytes per line) and reread in
+`process`, so every line is normalized and hashed once (cc_net writes its hashes to disk too).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +31,7 @@ import numpy as np
 
 from pipeline.documents import Document, read_documents
 from pipeline.stage import Stage, StageConfig
-from pipeline.text import line_hashes, normalize_for_dedup
+from pipeline.text import EMPTY_LINE_HASH, dedup_line_hashes
 
 
 class LineDedupConfig(StageConfig):
@@ -35,15 +42,65 @@ class LineDedupConfig(StageConfig):
     min_length_after: int = 0
 
 
-def _normalized_lines(text: str) -> tuple[list[str], list[str]]:
-    lines = text.split("\n")
-    return lines, [normalize_for_dedup(line) for line in lines]
-
-
 def page_line_hashes(text: str) -> np.ndarray:
     """The hashes of the non-blank normalized lines of a page."""
-    _, normalized = _normalized_lines(text)
-    return line_hashes([n for n in normalized if n])
+    hashes = dedup_line_hashes(text)
+    return hashes[hashes != EMPTY_LINE_HASH]
+
+
+class GroupIndex:
+    """The unique line hashes of one group and whether each was seen twice or more.
+
+    `hashes[:size]` is sorted; `seen_twice[:size]` is one byte per hash. Both arrays have spare
+    capacity (x1.25 growth) so a part's new hashes are merged in place, from the back, a chunk at a
+    time: the merge needs no second copy of the index, which is what keeps the peak near 9-11 bytes
+    per unique line instead of the ~30 of np.unique over a concatenation of every line.
+    """
+
+    CHUNK = 1 << 20  # hashes moved per step of the in-place merge (8 MiB of temporaries)
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(0, np.uint64)
+        self.seen_twice = np.zeros(0, np.bool_)
+        self.size = 0
+        self.peak_bytes = 0
+
+    def add(self, line_hashes: np.ndarray) -> None:
+        """Add the hashes of one part (blank lines already removed)."""
+        part_unique, counts = np.unique(line_hashes, return_counts=True)
+        current = self.hashes[: self.size]
+        at = np.searchsorted(current, part_unique)
+        known = at < self.size
+        known[known] = current[at[known]] == part_unique[known]
+        self.seen_twice[at[known]] = True  # already in an earlier part of the group
+        new, new_twice = part_unique[~known], counts[~known] >= 2
+        del current, at, known, part_unique, counts  # no view of the index may outlive a resize
+        if len(new):
+            self._merge(new, new_twice)
+        self.peak_bytes = max(self.peak_bytes, self.hashes.nbytes + self.seen_twice.nbytes)
+
+    def _merge(self, new: np.ndarray, new_twice: np.ndarray) -> None:
+        old_size, total = self.size, self.size + len(new)
+        # Final positions of the new hashes (none of them is in the index): computed before any move.
+        new_at = np.searchsorted(self.hashes[:old_size], new) + np.arange(len(new))
+        if total > len(self.hashes):
+            capacity = max(total, int(len(self.hashes) * 1.25))
+            # In-place realloc (mremap for large blocks): no second copy of the index while growing.
+            self.hashes.resize(capacity, refcheck=False)
+            self.seen_twice.resize(capacity, refcheck=False)
+        # Old hash i goes to i + (number of new hashes below it); move chunks from the back so no
+        # position is overwritten before it is read.
+        for end in range(old_size, 0, -self.CHUNK):
+            begin = max(0, end - self.CHUNK)
+            chunk, twice = self.hashes[begin:end].copy(), self.seen_twice[begin:end].copy()
+            to = np.arange(begin, end) + np.searchsorted(new, chunk)
+            self.hashes[to], self.seen_twice[to] = chunk, twice
+        self.hashes[new_at], self.seen_twice[new_at] = new, new_twice
+        self.size = total
+
+    def duplicates(self) -> np.ndarray:
+        """The sorted hashes seen twice or more: all the filtering pass needs."""
+        return self.hashes[: self.size][self.seen_twice[: self.size]].copy()
 
 
 class CCLineDedup(Stage):
@@ -55,6 +112,7 @@ class CCLineDedup(Stage):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._duplicates_by_group: list[np.ndarray] = []
+        self._spill: tempfile.TemporaryDirectory | None = None
         self.lines_in = 0
         self.lines_removed = 0
         self.blank_lines_dropped = 0
@@ -63,53 +121,87 @@ class CCLineDedup(Stage):
         size = self.config.group_size
         self._duplicates_by_group = []
         self.lines_in = self.lines_removed = self.blank_lines_dropped = 0
-        unique_hashes = 0
+        self._spill = tempfile.TemporaryDirectory(prefix="cc_line_dedup-")
+        unique_hashes = peak = 0
+        per_unique = 0.0
         for start in range(0, len(inputs), size):
-            duplicates, n_unique = self._group_duplicates(inputs[start : start + size])
-            self._duplicates_by_group.append(duplicates)
-            unique_hashes += n_unique
+            index = GroupIndex()
+            for part in range(start, min(start + size, len(inputs))):
+                hashes, lines_per_doc = self._hash_part(inputs[part])
+                np.save(self._spill_path(part, "hashes"), hashes)
+                np.save(self._spill_path(part, "lines"), lines_per_doc)
+                index.add(hashes[hashes != EMPTY_LINE_HASH])
+            self._duplicates_by_group.append(index.duplicates())
+            unique_hashes += index.size
+            peak = max(peak, index.peak_bytes)
+            per_unique = max(per_unique, index.peak_bytes / max(index.size, 1))
         return {
             "group_size": size,
             "groups": len(self._duplicates_by_group),
             "unique_line_hashes": unique_hashes,
             "duplicated_line_hashes": int(sum(len(d) for d in self._duplicates_by_group)),
+            "index_peak_bytes": int(peak),
+            "index_bytes_per_unique_line": round(per_unique, 2),  # issue 3 goal: <= 16
             "hash": "sha1(normalize_for_dedup(line))[:8] as little-endian uint64",
         }
 
+    def _spill_path(self, part: int, kind: str) -> Path:
+        return Path(self._spill.name) / f"{kind}-{part:05d}.npy"
+
     @staticmethod
-    def _group_duplicates(parts: list[Path]) -> tuple[np.ndarray, int]:
-        hashes = [page_line_hashes(doc.text) for path in parts for doc in read_documents(path, columns=["id", "text"])]
-        if not hashes:
-            return np.zeros(0, np.uint64), 0
-        unique, counts = np.unique(np.concatenate(hashes), return_counts=True)
-        return unique[counts >= 2], int(len(unique))
+    def _hash_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of every line of every page of a part (blank lines as EMPTY_LINE_HASH), and the
+        number of lines of each page."""
+        per_doc = [dedup_line_hashes(doc.text) for doc in read_documents(path, columns=["id", "text"])]
+        lines = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
+        return (np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)), lines
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
         if not self._duplicates_by_group:  # called directly (tests): the docs are one group
             docs = list(docs)
-            unique, counts = np.unique(
-                np.concatenate([page_line_hashes(d.text) for d in docs] or [np.zeros(0, np.uint64)]),
-                return_counts=True,
-            )
-            self._duplicates_by_group = [unique[counts >= 2]]
+            index = GroupIndex()
+            per_doc = [dedup_line_hashes(d.text) for d in docs]
+            hashes = np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)
+            index.add(hashes[hashes != EMPTY_LINE_HASH])
+            self._duplicates_by_group = [index.duplicates()]
+            lines_per_doc = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
             part = 0
+        else:
+            hashes = np.load(self._spill_path(part, "hashes"))
+            lines_per_doc = np.load(self._spill_path(part, "lines"))
         duplicates = self._duplicates_by_group[part // self.config.group_size]
-        for doc in docs:
-            lines, normalized = _normalized_lines(doc.text)
-            blank = np.array([not n for n in normalized], dtype=bool)
-            hashes = line_hashes(normalized)
-            found = np.searchsorted(duplicates, hashes).clip(max=max(len(duplicates) - 1, 0))
-            duplicated = (duplicates[found] == hashes) if len(duplicates) else np.zeros(len(lines), bool)
-            keep = ~blank & ~duplicated
-            self.lines_in += int((~blank).sum())
-            self.lines_removed += int((duplicated & ~blank).sum())
-            self.blank_lines_dropped += int(blank.sum())
-            doc.meta["lines_removed"] = int((duplicated & ~blank).sum())
-            doc.text = "\n".join(line for line, k in zip(lines, keep) if k)
+        # One vectorized lookup for the whole part, then per page only list slicing.
+        blank = hashes == EMPTY_LINE_HASH
+        if len(duplicates):
+            found = np.searchsorted(duplicates, hashes).clip(max=len(duplicates) - 1)
+            duplicated = (duplicates[found] == hashes) & ~blank
+        else:
+            duplicated = np.zeros(len(hashes), np.bool_)
+        keep = (~blank & ~duplicated).tolist()
+        removed_per_doc = np.add.reduceat(duplicated, np.r_[0, np.cumsum(lines_per_doc)[:-1]]) if len(
+            lines_per_doc) and len(hashes) else np.zeros(len(lines_per_doc), np.int64)
+        self.lines_in += int(len(hashes) - blank.sum())
+        self.lines_removed += int(duplicated.sum())
+        self.blank_lines_dropped += int(blank.sum())
+        offset = 0
+        for doc, n_lines, removed in zip(docs, lines_per_doc.tolist(), removed_per_doc.tolist()):
+            lines = doc.text.split("\n")
+            if len(lines) != n_lines:
+                raise RuntimeError(f"{self.name}: part {part} changed between the two passes")
+            kept = keep[offset : offset + n_lines]
+            offset += n_lines
+            doc.meta["lines_removed"] = int(removed)
+            if all(kept):
+                pass  # nothing removed: the text stays as it is
+            else:
+                doc.text = "\n".join([line for line, k in zip(lines, kept) if k])
             if not doc.text or len(doc.text) < self.config.min_length_after:
                 doc.reject("empty_after_line_dedup")
             yield doc
 
     def final_stats(self) -> dict[str, Any]:
+        if self._spill is not None:
+            self._spill.cleanup()
+            self._spill = None
         return {"lines_in": self.lines_in, "lines_removed": self.lines_removed,
                 "blank_lines_dropped": self.blank_lines_dropped}

@@ -10,6 +10,8 @@ prepare():
 process(): cc_net's `DocLM`: for each non-empty line, normalize, SentencePiece-encode, KenLM log10
 score of the pieces (with <s> and </s>); doc perplexity = 10 ** (-sum(log10) / sum(pieces + 1)),
 rounded to 1 decimal. Buckets as cc_net's PerplexityBucket: head < 30th pct <= middle < 60th <= tail.
+The manifest also holds `perplexity_histogram` (log-spaced bucket edges + counts of every scored
+page) for plots.
 (cc_net normalizes the whole page before SentencePiece, which removes the newlines with the other
 control characters and scores the page as one line; we score line by line, as DocLM intends.)
 """
@@ -43,6 +45,10 @@ class PerplexityConfig(StageConfig):
     reference_sample: int = 10_000  # input pages scored for the cutoffs (the first N English pages)
     keep_buckets: list[str] = ["head", "middle"]  # RedPajama v1 keeps head+middle; LLaMA is silent
     language: str = "en"
+    # Manifest histogram of the pages' perplexities (for plots): log-spaced buckets, this many per
+    # decade, from 1 to 10**histogram_decades; larger values are counted in "above_last_edge".
+    histogram_per_decade: int = 10
+    histogram_decades: int = 5
 
 
 def wikipedia_lines(folder: Path, language: str) -> Iterator[str]:
@@ -129,6 +135,12 @@ def _run(cmd: list[str], stdin: Path | None = None, stdout: Path | None = None) 
         raise StageError(f"{cmd[0]} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
 
 
+def histogram_edges(per_decade: int, decades: int) -> np.ndarray:
+    """[0, 10**(1/per_decade), ..., 10**decades]: perplexities are >= 1, the first bucket is [0, ...)."""
+    edges = 10.0 ** (np.arange(1, per_decade * decades + 1) / per_decade)
+    return np.concatenate([[0.0], edges])
+
+
 def bucket_of(perplexity: float, head_cutoff: float, tail_cutoff: float) -> str:
     if perplexity < head_cutoff:
         return "head"
@@ -149,6 +161,9 @@ class CCPerplexity(Stage):
         super().__init__(*args, **kwargs)
         self.model: PerplexityModel | None = None
         self.cutoffs: tuple[float, float] | None = None
+        self.edges = histogram_edges(self.config.histogram_per_decade, self.config.histogram_decades)
+        self.histogram = np.zeros(len(self.edges) - 1, dtype=np.int64)
+        self.above_last_edge = 0
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         out = self.artifacts or Path(tempfile.mkdtemp(prefix="cc_perplexity-"))
@@ -162,6 +177,8 @@ class CCPerplexity(Stage):
         return {
             "head_cutoff": self.cutoffs[0],
             "tail_cutoff": self.cutoffs[1],
+            "head_percentile": self.config.head_percentile,
+            "tail_percentile": self.config.tail_percentile,
             "reference_pages": int(len(sample)),
             "sp_vocab_size": self.model.sp.get_piece_size(),
         }
@@ -190,8 +207,26 @@ class CCPerplexity(Stage):
                 doc.columns["bucket"] = None
                 doc.reject("no_scorable_text")
             else:
+                self._count(pp)
                 bucket = bucket_of(pp, *self.cutoffs)
                 doc.columns["bucket"] = bucket
                 if bucket not in keep:
                     doc.reject(f"perplexity_{bucket}")
             yield doc
+
+    def _count(self, perplexity: float) -> None:
+        if perplexity >= self.edges[-1]:
+            self.above_last_edge += 1
+        else:
+            self.histogram[np.searchsorted(self.edges, perplexity, side="right") - 1] += 1
+
+    def final_stats(self) -> dict[str, Any]:
+        """Every scored page's perplexity, bucketed: counts[i] pages have edges[i] <= pp < edges[i+1]."""
+        return {
+            "perplexity_histogram": {
+                "edges": [round(float(e), 3) for e in self.edges],
+                "counts": [int(c) for c in self.histogram],
+                "above_last_edge": self.above_last_edge,
+                "scale": f"log, {self.config.histogram_per_decade} buckets per decade",
+            }
+        }

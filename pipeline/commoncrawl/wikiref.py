@@ -7,7 +7,9 @@ meta["ref_urls"]), negatives an equal number of other pages (chosen with `seed`)
 are the English pages of `cc_langid` when the build has them — before the perplexity filter, which
 would otherwise decide which cited pages the classifier may learn from — else this stage's input. A fastText
 supervised model (__label__wiki / __label__cc, one page per line, newlines -> spaces) is trained
-on all but a held-out fraction, which measures it. Every page gets `wikiref_score`, the
+on all but a held-out fraction, which measures it. Positives may also come from reference pages
+given as WARC/WET files (`reference_pages`); pages with the same text are counted once, and no
+input page with one of their URLs is drawn as a negative. Every page gets `wikiref_score`, the
 probability of __label__wiki; pages under `threshold` (RedPajama: 0.25) are rejected.
 """
 
@@ -50,6 +52,11 @@ class WikiRefConfig(StageConfig):
     holdout: float = 0.2  # fraction of each class held out to measure the classifier
     min_positives: int = 5  # fewer cited pages than this: no classifier can be trained (error)
     seed: int = 0
+    # Issue 3: positives may also come from "a provided set of reference pages in WARC/WET": paths
+    # or globs of WET files (conversion records) or WARC files (HTML response records, e.g. fetched
+    # with wget), read with cc_ingest / cc_warc_ingest and their default rules (pages under 300
+    # characters are not used). Added to the crawled pages whose URL Wikipedia cites.
+    reference_pages: list[str] = []
     # fastText supervised settings: small, linear (LLaMA: "a linear model"). fastText's own
     # defaults (epoch 5, lr 0.1) leave a few-hundred-page training set at P = 0.5 for everything:
     # supervised fastText makes one update per page, so a small set needs many passes. Measured on
@@ -119,8 +126,27 @@ class CCWikiRef(Stage):
                 urls.update(normalize_url(u) for u in doc.meta.get("ref_urls", []) or [])
         return urls
 
+    def reference_page_texts(self) -> tuple[list[str], set[str]]:
+        """The pages of `reference_pages` (kept by their ingest stage): texts and URLs."""
+        from pipeline.commoncrawl.ingest import CCIngest, CCWarcIngest
+        from pipeline.stage import expand_raw_inputs
+
+        texts: list[str] = []
+        urls: set[str] = set()
+        if not self.config.reference_pages:
+            return texts, urls
+        patterns = CCIngest.raw_patterns + CCWarcIngest.raw_patterns
+        for path in expand_raw_inputs(list(self.config.reference_pages), patterns):
+            reader = CCIngest() if ".wet" in path.name else CCWarcIngest()
+            for doc in reader.read(path):
+                if not doc.rejected:
+                    texts.append(classifier_text(doc.text))
+                    urls.add(normalize_url(doc.meta.get("url") or ""))
+        return texts, urls
+
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         cited = self.cited_urls()
+        reference_texts, reference_urls = self.reference_page_texts()
         if TRAINING_PAGES in self.refs:
             inputs = kept_parts(self.refs[TRAINING_PAGES])
         positives: list[str] = []
@@ -128,16 +154,21 @@ class CCWikiRef(Stage):
         row = 0
         for path in inputs:
             for doc in read_documents(path):
-                if normalize_url(doc.meta.get("url") or "") in cited:
+                url = normalize_url(doc.meta.get("url") or "")
+                if url in cited:
                     positives.append(classifier_text(doc.text))
-                else:
+                elif url not in reference_urls:
                     other_rows.append(row)
                 row += 1
+        cited_pages = len(positives)
+        # A page fetched twice (a reference set often has copies) is one example: a copy in the
+        # training set and one held out would overstate the held-out precision.
+        positives = list(dict.fromkeys(positives + reference_texts))
         if len(positives) < self.config.min_positives:
             raise StageError(
                 f"{self.name}: only {len(positives)} training pages are cited by the {WIKIPEDIA} pages "
-                f"({len(cited)} cited URLs); need at least min_positives={self.config.min_positives} "
-                "to train the reference classifier"
+                f"({len(cited)} cited URLs) or given as reference_pages; need at least "
+                f"min_positives={self.config.min_positives} to train the reference classifier"
             )
         rng = np.random.default_rng(self.config.seed)
         chosen = np.sort(rng.choice(np.array(other_rows, dtype=np.int64), size=min(len(positives), len(other_rows)),
@@ -159,7 +190,8 @@ class CCWikiRef(Stage):
         train_file.write_text("".join(f"{label} {text}\n" for label, text in train), encoding="utf-8")
         self.model = train_classifier(train_file, out / "wikiref.init.vec", self.config)
         self.model.save_model(str(out / "wikiref.bin"))
-        return {"cited_urls": len(cited), "positives": len(positives), "negatives": len(negatives),
+        return {"cited_urls": len(cited), "cited_pages": cited_pages, "reference_pages": len(reference_texts),
+                "positives": len(positives), "negatives": len(negatives),
                 "train_examples": len(train), "held_out": self._evaluate(held_out)}
 
     @staticmethod
