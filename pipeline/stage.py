@@ -102,6 +102,11 @@ class Stage:
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
         raise NotImplementedError
 
+    def extra_inputs(self) -> list[Path]:
+        """Files a stage reads besides its inputs and references (e.g. provided reference pages);
+        their bytes count in the stage's identity and manifest."""
+        return []
+
     # Used by tests and the CLI: apply the stage to in-memory documents.
     def __call__(self, docs: Iterator[Document] | list[Document], part: int = 0) -> list[Document]:
         return list(self.process(iter(docs), part))
@@ -167,20 +172,26 @@ def expand_document_inputs(paths: list[Path | str]) -> list[Path]:
     return parts
 
 
-def stage_inputs(stage: Stage, inputs: list[Path | str]) -> list[Path]:
-    """Every file the stage's output depends on: its expanded inputs, then its references' manifests."""
+def input_files(stage: Stage, inputs: list[Path | str]) -> list[Path]:
+    """The files a stage streams: raw files for readers, Parquet parts for the others."""
     files = expand_raw_inputs(inputs, stage.raw_patterns) if stage.reads == "raw" else expand_document_inputs(inputs)
     if not files:
         raise StageError(f"{stage.name}: no input")
+    return files
+
+
+def dependencies(stage: Stage, files: list[Path]) -> list[Path]:
+    """Every file the stage's output depends on: its input files, its references' manifests and
+    its extra inputs. Their bytes make the stage's identity."""
     refs = [ref if ref.is_file() else ref / "manifest.json" for ref in stage.refs.values()]
-    return files + refs
+    return files + refs + stage.extra_inputs()
 
 
 def planned_identity(stage: Stage, inputs: list[Path | str]) -> str:
     return stage_identity(
         stage.config.model_dump(mode="json"),
         stage.code_version(),
-        [sha256_file(p) for p in stage_inputs(stage, inputs)],
+        [sha256_file(p) for p in dependencies(stage, input_files(stage, inputs))],
     )
 
 
@@ -209,14 +220,13 @@ def run_stage(
     """Run one stage on its inputs and write its stage folder. Returns the manifest."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    all_inputs = stage_inputs(stage, inputs)
-    files = all_inputs[: len(all_inputs) - len(stage.refs)]
+    files = input_files(stage, inputs)
     config = stage.config.model_dump(mode="json")
     with StageFolder(
         output,
         stage.name,
         config,
-        inputs=all_inputs,
+        inputs=dependencies(stage, files),
         code_version=stage.code_version(),
         source=stage.source,
     ) as folder:

@@ -156,3 +156,23 @@ def test_bytes_in_is_measured_before_the_stage_edits_text(tmp_path):
     manifest = run_stage(HalveText(), [tmp_path / "in.parquet"], tmp_path / "out")
     assert manifest["bytes_in"] == 3 * 40
     assert manifest["bytes_kept"] == 3 * 20
+
+
+def test_extra_inputs_are_part_of_the_identity(tmp_path):
+    from pipeline.stage import is_up_to_date
+
+    side = tmp_path / "reference.txt"
+    side.write_text("v1")
+
+    class WithSideFile(MinLength):
+        name = "test_with_side_file"
+
+        def extra_inputs(self):
+            return [side]
+
+    write_documents(tmp_path / "in.parquet", _docs(3))
+    manifest = run_stage(WithSideFile(), [tmp_path / "in.parquet"], tmp_path / "out")
+    assert any(entry["path"].endswith("reference.txt") for entry in manifest["inputs"])
+    assert is_up_to_date(WithSideFile(), [tmp_path / "in.parquet"], tmp_path / "out")
+    side.write_text("v2")
+    assert not is_up_to_date(WithSideFile(), [tmp_path / "in.parquet"], tmp_path / "out")

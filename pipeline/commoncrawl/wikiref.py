@@ -126,17 +126,22 @@ class CCWikiRef(Stage):
                 urls.update(normalize_url(u) for u in doc.meta.get("ref_urls", []) or [])
         return urls
 
-    def reference_page_texts(self) -> tuple[list[str], set[str]]:
-        """The pages of `reference_pages` (kept by their ingest stage): texts and URLs."""
+    def extra_inputs(self) -> list[Path]:
+        """The reference-page files: their bytes are part of this stage's identity."""
         from pipeline.commoncrawl.ingest import CCIngest, CCWarcIngest
         from pipeline.stage import expand_raw_inputs
 
+        if not self.config.reference_pages:
+            return []
+        return expand_raw_inputs(list(self.config.reference_pages), CCIngest.raw_patterns + CCWarcIngest.raw_patterns)
+
+    def reference_page_texts(self) -> tuple[list[str], set[str]]:
+        """The pages of `reference_pages` (kept by their ingest stage): texts and URLs."""
+        from pipeline.commoncrawl.ingest import CCIngest, CCWarcIngest
+
         texts: list[str] = []
         urls: set[str] = set()
-        if not self.config.reference_pages:
-            return texts, urls
-        patterns = CCIngest.raw_patterns + CCWarcIngest.raw_patterns
-        for path in expand_raw_inputs(list(self.config.reference_pages), patterns):
+        for path in self.extra_inputs():
             reader = CCIngest() if ".wet" in path.name else CCWarcIngest()
             for doc in reader.read(path):
                 if not doc.rejected:
