@@ -15,9 +15,10 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from pipeline.commoncrawl.html import decode_html, html_to_text, parse_http_response
 from pipeline.commoncrawl.ingest import CCIngest, CCWarcIngest
+from pipeline.commoncrawl.langid import CCLangId
 from pipeline.commoncrawl.perplexity import CCPerplexity, PerplexityModel
 from pipeline.commoncrawl.wikiref import CCWikiRef
-from pipeline.documents import Document, StageError, write_documents
+from pipeline.documents import Document, StageError, kept_parts, read_documents, rejected_parts, write_documents
 from pipeline.stage import run_stage
 from tests.conftest import REALDATA
 from tests.test_commoncrawl import (
@@ -295,3 +296,20 @@ def test_perplexity_histogram_counts_every_scored_page(tmp_path):
     assert hist["counts"] == [sum(p < 10 for p in scored), sum(10 <= p < 100 for p in scored)]
     assert sum(hist["counts"]) + hist["above_last_edge"] == len(scored) and hist["above_last_edge"] >= 1
     assert [d.columns["bucket"] for d in out[:2]] == ["head", "middle"]
+
+
+@pytest.mark.skipif(not (CC / "CC-MAIN-2020-34-excerpt.warc.gz").is_file(), reason=f"real-data sample absent: {CC}")
+def test_language_id_drops_the_chinese_spam_of_a_real_crawl(tmp_path):
+    """The August 2020 CC excerpt: 16 pages, mostly Chinese gambling/adult spam. Every Chinese page
+    is dropped by lid.176 with the label zh; the one English page is kept."""
+    run_stage(CCWarcIngest(), [CC / "CC-MAIN-2020-34-excerpt.warc.gz"], tmp_path / "ingest")
+    manifest = run_stage(CCLangId(), [tmp_path / "ingest"], tmp_path / "langid")
+    assert manifest["docs_in"] == 16
+    assert manifest["stats"]["language_distribution"]["zh"] >= 10
+    rejected = [d for p in rejected_parts(tmp_path / "langid") for d in read_documents(p)]
+    chinese = [d for d in rejected if d.columns["language"] == "zh"]
+    assert len(chinese) == manifest["stats"]["language_distribution"]["zh"]
+    assert all(d.reason == "non_english:zh" for d in chinese)
+    assert all(sum("\u4e00" <= ch <= "\u9fff" for ch in d.text) > 20 for d in chinese)
+    kept = [d for p in kept_parts(tmp_path / "langid") for d in read_documents(p)]
+    assert [d.columns["language"] for d in kept] == ["en"]
