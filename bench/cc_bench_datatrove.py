@@ -61,7 +61,8 @@ def main() -> None:
     # The dedup blocks read documents from disk like ours read Parquet: write the extracted pages once.
     jsonl = work / "docs"
     writer = JsonlWriter(str(jsonl), compression=None)
-    writer.run(iter(docs), 0, 1)
+    for _ in writer.run(iter(docs), 0, 1):  # a datatrove step is a generator: consume it to write
+        pass
     del docs
 
     def pipeline(steps):
@@ -76,7 +77,10 @@ def main() -> None:
         from datatrove.pipeline.dedup.exact_dedup import (
             ExactDedupConfig, ExactDedupSignature, ExactFindDedups, ExactDedupFilter)
 
-        config = ExactDedupConfig(content_getter=lambda doc: doc.text)
+        def page_text(doc) -> str:  # datatrove picks its hash function from this annotation
+            return doc.text
+
+        config = ExactDedupConfig(content_getter=page_text)
         sigs, dups = str(work / "exact_sigs"), str(work / "exact_dups")
         seconds = timed(lambda: (
             pipeline([JsonlReader(str(jsonl), compression=None), ExactDedupSignature(sigs, config=config, finder_workers=1)]),
