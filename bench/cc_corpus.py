@@ -8,6 +8,9 @@ prose pool is finite, so paragraphs recur across seeds, as boilerplate and quote
 real crawl. Same target on one machine -> the same bytes (write_cc is deterministic per seed). The
 corpus is cached under runs/bench/cc_corpus/ with a manifest naming the generator version, and
 reused while that version and the target are unchanged.
+
+Beside the WET files, `wikipedia/` holds one generated Wikipedia dump whose articles cite (in <ref>
+tags) the "cited" pages of every seed: the reference the perplexity and wikiref stages train on.
 """
 
 from __future__ import annotations
@@ -21,20 +24,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.samples import SampleContext, generator_version, write_cc  # noqa: E402
+from pipeline.samples import SampleContext, generator_version, write_cc, write_wikipedia  # noqa: E402
 from pipeline.samples_prose import EnglishProse, ForeignProse  # noqa: E402
 
 FIRST_SEED = 1000
 MANIFEST = "CORPUS.json"
+LAYOUT = 2  # 2: with the Wikipedia reference dump
 
 
-def _write_seed(args: tuple[Path, int]) -> tuple[int, list[str], int]:
+def _context(out: Path, seed: int) -> SampleContext:
+    return SampleContext(out=out, seed=seed, scale=1.0, english=EnglishProse(seed), foreign=ForeignProse(seed))
+
+
+def _write_seed(args: tuple[Path, int]) -> tuple[int, list[str], int, list[str]]:
     root, seed = args
-    out = root / f"seed-{seed}"
-    ctx = SampleContext(out=out, seed=seed, scale=1.0, english=EnglishProse(seed), foreign=ForeignProse(seed))
-    files = [str(Path(f"seed-{seed}") / f) for f in write_cc(ctx)["files"]]
+    written = write_cc(_context(root / f"seed-{seed}", seed))
+    files = [str(Path(f"seed-{seed}") / f) for f in written["files"]]
     raw = sum(len(gzip.decompress((root / f).read_bytes())) for f in files)
-    return seed, files, raw
+    return seed, files, raw, written["planted"]["cited_urls"]
 
 
 def build_corpus(root: Path, target_mb: float = 100.0, workers: int = 2) -> dict:
@@ -44,24 +51,28 @@ def build_corpus(root: Path, target_mb: float = 100.0, workers: int = 2) -> dict
     version = generator_version()
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("generator") == version and manifest.get("target_mb") == target_mb:
+        if (manifest.get("generator"), manifest.get("target_mb"), manifest.get("layout")) == (version, target_mb, LAYOUT):
             return manifest
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     files: list[str] = []
     seeds: list[int] = []
+    cited: list[str] = []
     wet_bytes = 0
     next_seed = FIRST_SEED
     with ProcessPoolExecutor(workers) as pool:
         while wet_bytes < target_mb * 1e6:
             # ~5.5 MB of WET per seed: ask for just enough seeds, a batch at a time.
             batch = max(1, min(workers * 4, int((target_mb * 1e6 - wet_bytes) / 5.4e6) + 1))
-            for seed, written, raw in pool.map(_write_seed, [(root, s) for s in range(next_seed, next_seed + batch)]):
+            for seed, written, raw, cited_urls in pool.map(_write_seed, [(root, s) for s in range(next_seed, next_seed + batch)]):
                 files += written
                 seeds.append(seed)
                 wet_bytes += raw
+                cited += cited_urls
             next_seed += batch
-    manifest = {"generator": version, "target_mb": target_mb, "seeds": seeds, "files": files, "wet_bytes": wet_bytes}
+    wikipedia = write_wikipedia(_context(root, FIRST_SEED), cited_urls=cited)["files"]
+    manifest = {"generator": version, "target_mb": target_mb, "layout": LAYOUT, "seeds": seeds, "files": files,
+                "wet_bytes": wet_bytes, "wikipedia": wikipedia, "cited_urls": len(cited)}
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 

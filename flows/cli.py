@@ -54,12 +54,13 @@ def samples(
 
 @app.command()
 def stages() -> None:
-    """List the stage names, one per line."""
+    """List the stage names, one per line (`parts||`: its parts can run in --workers processes)."""
     from pipeline.stage import load_stages
 
     for name, cls in sorted(load_stages().items(), key=lambda kv: (kv[1].source or "", kv[0])):
         doc = (cls.description or (cls.__doc__ or "").strip().split("\n")[0]).strip()
-        typer.echo(f"{name:<20} {cls.source or '-':<14} {doc}")
+        parallel = "parts||" if cls.parallel_parts else ""
+        typer.echo(f"{name:<20} {cls.source or '-':<14} {parallel:<8} {doc}")
 
 
 @app.command("run-stage")
@@ -69,6 +70,7 @@ def run_stage_command(
     output: Path = typer.Option(..., "--output", "-o", help="The stage folder to write."),
     config: str = typer.Option("{}", help="Stage config as JSON, e.g. '{\"threshold\": 0.5}'."),
     ref: List[str] = typer.Option([], help="Referenced stage outputs as NAME=FOLDER (repeatable)."),
+    workers: int = typer.Option(1, min=1, help="Processes for the stage's per-part passes (same output bytes)."),
 ) -> None:
     """Run one stage outside any flow, writing the stage-folder contract."""
     from pipeline.documents import StageError
@@ -77,7 +79,8 @@ def run_stage_command(
     try:
         refs = dict(r.split("=", 1) for r in ref)
         stage = get_stage(name)(json.loads(config), refs)
-        manifest = run_stage(stage, list(input), output, progress=lambda n, i, t: typer.echo(f"{n}: part {i}/{t}"))
+        manifest = run_stage(stage, list(input), output, progress=lambda n, i, t: typer.echo(f"{n}: part {i}/{t}"),
+                             workers=workers)
     except (StageError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(
@@ -93,8 +96,11 @@ def build(
     inputs: Path = typer.Option(Path("."), help="Folder the spec's input patterns are relative to."),
     force: bool = typer.Option(False, help="Recompute every stage even when its output is up to date."),
     ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server instead of a local server."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes per stage (default: the spec's `workers`)."),
+    dask: Optional[str] = typer.Option(None, help="Run the stages on this Dask scheduler (e.g. tcp://10.0.0.5:8786)."),
 ) -> None:
-    """Build the corpus of a spec: every source's stages, mixture, tokenizer, token shards."""
+    """Build the corpus of a spec: every source's stages, tokenizer, mixture, token shards. Unchanged
+    stages (same config, code and input bytes) are reused."""
     from pipeline.documents import StageError
     from pipeline.spec import load_spec
 
@@ -105,8 +111,68 @@ def build(
     _use_server(out.parent / "prefect", ephemeral)
     from flows.corpus import build_corpus
 
-    result = build_corpus(str(spec), str(inputs), str(out), force)
+    result = build_corpus(str(spec), str(inputs), str(out), force, workers, dask_address=dask)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def rerun(
+    stage: List[str] = typer.Argument(..., help="Stage(s) to recompute (tokenizer, mixture, token_shards too)."),
+    build: Path = typer.Option(..., help="The build folder (made by `llama-recipe build --out`)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes per stage (default: the spec's `workers`)."),
+    ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server instead of a local server."),
+) -> None:
+    """Recompute STAGE and every step downstream of it in an existing build; upstream stays untouched."""
+    from pipeline.documents import StageError
+    from pipeline.spec import load_spec
+
+    try:
+        from flows.corpus import read_build_record
+
+        record = read_build_record(build)
+        plan = load_spec(record["spec"]).downstream(stage)
+    except StageError as exc:
+        _fail(str(exc))
+    typer.echo(f"recomputing {', '.join(sorted(plan))} in {build}")
+    _use_server(build.parent / "prefect", ephemeral)
+    from flows.corpus import build_corpus
+
+    result = build_corpus(record["spec"], record["inputs"], str(build), workers=workers, rerun=list(stage))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def serve(
+    spec: Path = typer.Option(Path("demo"), help="Build spec (YAML), or a name in data_specs/."),
+    inputs: Path = typer.Option(..., help="Folder the spec's input patterns are relative to."),
+    out: Path = typer.Option(..., help="Build folder each scheduled run updates (unchanged stages are reused)."),
+    cron: str = typer.Option("0 3 * * 0", help="Cron schedule (UTC), e.g. '0 3 * * 0' for Sundays at 03:00."),
+    name: Optional[str] = typer.Option(None, help="Deployment name (default: scheduled-<spec name>)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes per stage (default: the spec's `workers`)."),
+) -> None:
+    """Serve the corpus build as a Prefect deployment on a cron schedule (blocks; Ctrl-C stops)."""
+    from pipeline.documents import StageError
+    from pipeline.spec import load_spec
+
+    try:
+        load_spec(spec)
+    except StageError as exc:
+        _fail(str(exc))
+    _use_server(out.parent / "prefect", ephemeral=False)  # schedules need a real server (a scheduler)
+    from flows.deploy import serve_build
+
+    serve_build(str(spec), str(inputs), str(out), cron, name, workers)
+
+
+@app.command()
+def verify(build: Path = typer.Argument(..., help="A build folder (stages/, tokenizer/, mixture/, tokens/).")) -> None:
+    """Check a build's ledger: every listed file's sha256, in = kept + rejected, a reason on every rejected row."""
+    from pipeline.ledger import verify_build
+
+    report = verify_build(build)
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -117,13 +183,18 @@ def pretrain(
     preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, 7B, ...)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     nproc: Optional[int] = typer.Option(None, help="Processes per node for torchrun."),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 where the hardware has it), fp32 or bf16."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile each transformer block."),
+    activation_checkpointing: Optional[str] = typer.Option(None, help="none, selective or full."),
     ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
 ) -> None:
-    """Launch the pretraining flow (torchrun) on token shards."""
+    """Launch the pretraining flow (torchrun) on token shards; resumes from OUT's newest checkpoint."""
     from pipeline.spec import TrainSpec, load_spec
 
     train = load_spec(spec).train if spec else TrainSpec()
-    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "nproc": nproc}.items() if v is not None}
+    options = {"--precision": precision, "--activation-checkpointing": activation_checkpointing}
+    extra = [*train.extra_args, *(a for k, v in options.items() if v for a in (k, v)), *(["--compile"] if compile else [])]
+    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "nproc": nproc, "extra_args": extra}.items() if v is not None}
     train = train.model_copy(update=overrides)
     _use_server(out.parent / "prefect", ephemeral)
     from flows.pretrain import pretrain as pretrain_flow
@@ -140,6 +211,23 @@ def model_info(preset: str = typer.Argument(..., help="7B, 13B, 33B, 65B or a sm
     try:
         typer.echo(json.dumps(info(preset), indent=2))
     except KeyError as exc:
+        _fail(str(exc))
+
+
+@app.command("export-hf")
+def export_hf(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (checkpoints/step-N) or a run folder (its newest)."),
+    out: Path = typer.Argument(..., help="Folder to write the Hugging Face model to."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer folder (default: the build's, beside the token shards)."),
+    dtype: str = typer.Option("fp32", help="Weight dtype: fp32, bf16 or fp16."),
+) -> None:
+    """Write safetensors + config.json + tokenizer, loadable with transformers' LlamaForCausalLM."""
+    from model.checkpoint import CheckpointError
+    from model.export_hf import export_hf as export
+
+    try:
+        typer.echo(json.dumps(export(checkpoint, out, tokenizer, dtype), indent=2))
+    except (CheckpointError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -186,7 +274,7 @@ def demo(
     else:
         typer.echo(f"[1/3] sample inputs already in {samples_dir}")
     url = _use_server(out.parent / "prefect", ephemeral)
-    typer.echo("[2/3] corpus build → mixture → tokenizer → token shards → [3/3] pretraining (progress below)")
+    typer.echo("[2/3] corpus build → tokenizer → mixture → token shards → [3/3] pretraining (progress below)")
     from flows.recipe import recipe
     from flows.summary import render_summary
 

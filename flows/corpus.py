@@ -1,11 +1,11 @@
-"""The corpus-build flow: one subflow per source, one task run per stage, then mixture, tokenizer and
+"""The corpus-build flow: one subflow per source, one task run per stage, then tokenizer, mixture and
 token shards. Only wiring lives here; every stage's work is in pipeline/.
 
     build-corpus
       ├─ source wikipedia: wikipedia_ingest → wikipedia_clean
       ├─ source cc:        cc_ingest → cc_doc_dedup → cc_line_dedup → cc_langid → cc_perplexity* → cc_wikiref*
       ├─ source c4, github, books, arxiv, stackexchange: their ingest → cleaners
-      ├─ mixture (Table 1) → tokenizer (SentencePiece BPE) → token shards
+      ├─ tokenizer (SentencePiece BPE) → mixture (Table 1, exact token targets) → token shards
     (* reference the Wikipedia output: the KenLM model and the cited-URL list)
 
 Task runs take and return paths and small summaries, never documents, and each task covers a whole
@@ -14,29 +14,44 @@ stage (all its shards): a build has tens of task runs, which Prefect's SQLite ba
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.documents import read_manifest
+from flows.charts import chart_markdown
+from pipeline.documents import StageError, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
-from pipeline.spec import load_spec
+from pipeline.spec import BUILD_STEPS, load_spec
 from pipeline.stage import get_stage, is_up_to_date, run_stage
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, train_tokenizer
 
 
+BUILD_RECORD = "BUILD.json"  # at the build root: the spec and inputs of the last build, for `rerun`
+
+
 def stage_summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    keys = ("stage", "source", "docs_in", "docs_kept", "docs_rejected", "rejected_by_reason", "bytes_in", "bytes_kept", "wall_time_s")
+    keys = ("stage", "source", "docs_in", "docs_kept", "docs_rejected", "rejected_by_reason", "bytes_in", "bytes_kept")
     return {k: manifest.get(k) for k in keys}
 
 
-def publish_stage_table(manifest: dict[str, Any]) -> None:
-    """A table artifact per stage: what came in, what was kept, why the rest was rejected."""
-    rows = [
+def publish_stage(manifest: dict[str, Any], timing: dict[str, float], reused: bool = False) -> None:
+    """What the UI shows of a stage run: a table artifact (documents in, kept, rejected by reason,
+    bytes, throughput, wall time) and, for the stages that have one, a chart (markdown artifact).
+    A reused stage publishes them too, so every build run shows every stage's counts."""
+    wall = timing.get("wall_time_s", 0.0)
+    rows = [{"metric": "reused (up to date, not recomputed)", "value": "yes"}] if reused else []
+    rows += [
         {"metric": "documents in", "value": manifest["docs_in"]},
         {"metric": "kept", "value": manifest["docs_kept"]},
         {"metric": "rejected", "value": manifest["docs_rejected"]},
@@ -45,10 +60,37 @@ def publish_stage_table(manifest: dict[str, Any]) -> None:
     rows += [
         {"metric": "bytes in", "value": manifest["bytes_in"]},
         {"metric": "bytes kept", "value": manifest["bytes_kept"]},
-        {"metric": "wall time (s)", "value": manifest["wall_time_s"]},
+        {"metric": "wall time (s)", "value": round(wall, 2)},
+        {"metric": "throughput (MB/s)", "value": round(manifest["bytes_in"] / 1e6 / wall, 2) if wall else None},
+        {"metric": "throughput (docs/s)", "value": round(manifest["docs_in"] / wall, 1) if wall else None},
     ]
     key = manifest["stage"].replace("_", "-")
     create_table_artifact(key=key, table=rows, description=f"{manifest['stage']}: documents in, kept, rejected by reason")
+    chart = chart_markdown(manifest)
+    if chart:
+        create_markdown_artifact(key=f"{key}-chart", markdown=chart, description=f"{manifest['stage']}: chart")
+
+
+class StageProgress:
+    """A progress artifact (parts done / parts) updated while a stage runs, plus a log line per part."""
+
+    def __init__(self, stage_name: str):
+        self.stage_name = stage_name
+        self.logger = get_run_logger()
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key=f"{stage_name.replace('_', '-')}-progress", description=f"{stage_name}: parts done"
+        )
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        self.logger.info("%s: part %d/%d done", name, done, total)
+        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
+
+
+def _log_counts(manifest: dict[str, Any]) -> None:
+    get_run_logger().info(
+        "%s: %d in, %d kept, %d rejected %s", manifest["stage"], manifest["docs_in"], manifest["docs_kept"],
+        manifest["docs_rejected"], manifest["rejected_by_reason"],
+    )
 
 
 @task(task_run_name="{stage_name}", cache_policy=NO_CACHE)
@@ -59,22 +101,18 @@ def stage_task(
     output: str,
     refs: dict[str, str],
     force: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     stage = get_stage(stage_name)(config, refs)
     if not force and is_up_to_date(stage, inputs, output):
         logger.info("%s: up to date (same config, code and inputs) — reusing %s", stage_name, output)
         manifest = read_manifest(output)
+        publish_stage(manifest, read_timing(output), reused=True)
     else:
-        def progress(name: str, done: int, total: int) -> None:
-            logger.info("%s: part %d/%d done", name, done, total)
-
-        manifest = run_stage(stage, inputs, output, progress=progress)
-        publish_stage_table(manifest)
-    logger.info(
-        "%s: %d in, %d kept, %d rejected %s",
-        stage_name, manifest["docs_in"], manifest["docs_kept"], manifest["docs_rejected"], manifest["rejected_by_reason"],
-    )
+        manifest = run_stage(stage, inputs, output, progress=StageProgress(stage_name), workers=workers)
+        publish_stage(manifest, read_timing(output))
+    _log_counts(manifest)
     return stage_summary(manifest)
 
 
@@ -85,9 +123,12 @@ def build_source(
     raw_inputs: list[str],
     stages_dir: str,
     available_refs: dict[str, str],
-    force: bool = False,
+    force: list[str] | None = None,
+    workers: int = 1,
 ) -> dict[str, str]:
-    """Run one source's chain of stages; returns {stage name: output folder}."""
+    """Run one source's chain of stages (recomputing those named in `force`); returns {stage name:
+    output folder}. Each stage is submitted to the flow's task runner (a thread here, a Dask worker
+    with --dask), one after the other."""
     outputs: dict[str, str] = {}
     inputs = raw_inputs
     for name, config in stages.items():
@@ -95,33 +136,59 @@ def build_source(
         stage_cls, known = get_stage(name), outputs | available_refs
         refs = {ref: known[ref] for ref in stage_cls.references}
         refs |= {ref: known[ref] for ref in stage_cls.optional_references if ref in known}
-        stage_task(name, config, inputs, output, refs, force)
+        stage_task.submit(name, config, inputs, output, refs, name in (force or []), workers).result()
         outputs[name] = output
         inputs = [output]
     return outputs
 
 
-@task(task_run_name="mixture", cache_policy=NO_CACHE)
-def mixture_task(final_outputs: dict[str, str], output: str, config: dict[str, Any]) -> dict[str, Any]:
-    spec_config = MixtureConfig(**config)
-    manifest = sample_mixture({s: Path(p) for s, p in final_outputs.items()}, Path(output), spec_config)
-    publish_stage_table(manifest)
-    return stage_summary(manifest)
+def _reused(step: str, manifest: dict[str, Any], output: str, started: float) -> bool:
+    """True (and logged) when a build step found its folder up to date instead of writing it."""
+    timing = read_timing(output)
+    fresh = timing and Path(output, "timing.json").stat().st_mtime >= started
+    if not fresh:
+        get_run_logger().info("%s: up to date (same config, code and inputs) — reusing %s", step, output)
+    return not fresh
 
 
 @task(task_run_name="tokenizer", cache_policy=NO_CACHE)
-def tokenizer_task(mixture_dir: str, output: str, config: dict[str, Any]) -> str:
-    spec_config = TokenizerConfig(**config)
-    train_tokenizer(Path(mixture_dir), Path(output), spec_config)
+def tokenizer_task(final_outputs: dict[str, str], output: str, config: dict[str, Any], shares: dict[str, float],
+                   force: bool = False) -> str:
+    started = time.time()
+    manifest = train_tokenizer({s: Path(p) for s, p in final_outputs.items()}, Path(output), TokenizerConfig(**config),
+                               shares, reuse=not force)
+    reused = _reused("tokenizer", manifest, output, started)
+    create_markdown_artifact(key="tokenizer", markdown=_tokenizer_markdown(manifest) + ("\n(reused: up to date)\n" if reused else ""),
+                             description="tokenizer")
     return str(Path(output) / "artifacts" / "tokenizer.model")
 
 
+def _tokenizer_markdown(manifest: dict[str, Any]) -> str:
+    stats, config = manifest["stats"], manifest["config"]
+    return (f"### Tokenizer\n\nSentencePiece {config.get('model_type', 'bpe').upper()}, {stats['vocab_size']} pieces "
+            f"(asked {stats['requested_vocab_size']}), split digits {config.get('split_digits')}, byte fallback "
+            f"{config.get('byte_fallback')}; bos/eos/unk {stats['bos_id']}/{stats['eos_id']}/{stats['unk_id']}.\n")
+
+
+@task(task_run_name="mixture", cache_policy=NO_CACHE)
+def mixture_task(final_outputs: dict[str, str], tokenizer_model: str, output: str, config: dict[str, Any],
+                 force: bool = False) -> dict[str, Any]:
+    started = time.time()
+    manifest = sample_mixture({s: Path(p) for s, p in final_outputs.items()}, Path(tokenizer_model), Path(output),
+                              MixtureConfig(**config), reuse=not force)
+    publish_stage(manifest, read_timing(output), reused=_reused("mixture", manifest, output, started))
+    for warning in manifest["stats"]["warnings"]:
+        get_run_logger().warning("mixture: %s", warning)
+    return stage_summary(manifest)
+
+
 @task(task_run_name="token-shards", cache_policy=NO_CACHE)
-def token_shards_task(mixture_dir: str, tokenizer_model: str, output: str, config: dict[str, Any]) -> dict[str, Any]:
-    spec_config = TokenShardsConfig(**config)
-    manifest = write_token_shards(
-        Path(mixture_dir), Path(tokenizer_model), Path(output), spec_config, read_manifest(mixture_dir)
-    )
+def token_shards_task(mixture_dir: str, tokenizer_model: str, output: str, config: dict[str, Any],
+                      force: bool = False) -> dict[str, Any]:
+    started = time.time()
+    manifest = write_token_shards(Path(mixture_dir), Path(tokenizer_model), Path(output), TokenShardsConfig(**config),
+                                  reuse=not force)
+    publish_stage(manifest, read_timing(output), reused=_reused("token-shards", manifest, output, started))
     return manifest["stats"]
 
 
@@ -129,11 +196,49 @@ def resolve_inputs(patterns: list[str], inputs_dir: Path) -> list[str]:
     return [p if Path(p).is_absolute() else str(inputs_dir / p) for p in patterns]
 
 
+def task_runner_for(dask_address: str | None):
+    """The task runner of the source subflows: Prefect's default (threads in this process), or an
+    existing Dask cluster's scheduler (prefect-dask), which runs the stage tasks on its workers."""
+    if not dask_address:
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=dask_address)
+
+
+def record_build(build: Path, spec_path: str, inputs_dir: str) -> None:
+    """BUILD.json: what `llama-recipe rerun` needs to run this build again (spec, inputs)."""
+    build.mkdir(parents=True, exist_ok=True)
+    record = {"spec": str(Path(spec_path).resolve()) if Path(spec_path).exists() else spec_path,
+              "inputs": str(Path(inputs_dir).resolve())}
+    (build / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_build_record(build: Path) -> dict[str, str]:
+    path = Path(build) / BUILD_RECORD
+    if not path.is_file():
+        raise StageError(f"{build}: no {BUILD_RECORD}; is this a build folder (llama-recipe build --out)?")
+    return json.loads(path.read_text())
+
+
 @flow(name="build-corpus", flow_run_name="build-corpus-{spec_path}")
-def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = False) -> dict[str, Any]:
-    """The whole corpus build of a spec: sources, mixture, tokenizer, token shards."""
+def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = False,
+                 workers: int | None = None, rerun: list[str] | None = None,
+                 dask_address: str | None = None) -> dict[str, Any]:
+    """The whole corpus build of a spec: sources, tokenizer, mixture, token shards. Steps whose
+    config, code and inputs are unchanged are reused. `force` recomputes everything; `rerun`
+    recomputes the named stages and everything downstream of them (upstream stays untouched);
+    `workers` overrides the spec's processes per stage; `dask_address` runs the stages on a Dask
+    cluster."""
     spec = load_spec(spec_path)
+    workers = workers or spec.worker_count()
     build = Path(build_dir)
+    record_build(build, spec_path, inputs_dir)
+    everything = {name for source in spec.sources.values() for name in source.stages} | set(BUILD_STEPS)
+    forced = everything if force else spec.downstream(rerun) if rerun else set()
+    if forced:
+        get_run_logger().info("recomputing: %s", ", ".join(sorted(forced)))
+    runner = task_runner_for(dask_address)
     stage_outputs: dict[str, str] = {}
     final_outputs: dict[str, str] = {}
     for source in spec.source_order():
@@ -141,19 +246,25 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
         # Pass only the outputs this source's stages reference, so the UI's graph shows the real
         # dependencies (wikipedia → cc) instead of every earlier source.
         wanted = {ref for name in source_spec.stages for ref in get_stage(name).references + get_stage(name).optional_references}
-        outputs = build_source(
+        source_flow = build_source.with_options(task_runner=runner) if runner else build_source
+        outputs = source_flow(
             source,
             source_spec.stages,
             resolve_inputs(source_spec.inputs, Path(inputs_dir)),
             str(build / "stages"),
             {name: path for name, path in stage_outputs.items() if name in wanted},
-            force,
+            sorted(forced & set(source_spec.stages)),
+            workers,
         )
         stage_outputs |= outputs
         final_outputs[source] = outputs[list(source_spec.stages)[-1]]
+    # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
+    shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}
+    tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),
+                                     shares, "tokenizer" in forced)
     mixture_dir = str(build / "mixture")
-    mixture_task(final_outputs, mixture_dir, spec.mixture.model_dump(mode="json"))
-    tokenizer_model = tokenizer_task(mixture_dir, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"))
+    mixture_task(final_outputs, tokenizer_model, mixture_dir, spec.mixture.model_dump(mode="json"), "mixture" in forced)
     tokens_dir = str(build / "tokens")
-    token_shards_task(mixture_dir, tokenizer_model, tokens_dir, spec.token_shards.model_dump(mode="json"))
+    token_shards_task(mixture_dir, tokenizer_model, tokens_dir, spec.token_shards.model_dump(mode="json"),
+                      "token_shards" in forced)
     return {"stages": stage_outputs, "mixture": mixture_dir, "tokenizer": tokenizer_model, "tokens": tokens_dir}

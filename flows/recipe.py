@@ -1,4 +1,4 @@
-"""The whole recipe as one flow: corpus build → mixture → tokenizer → token shards → pretraining."""
+"""The whole recipe as one flow: corpus build → tokenizer → mixture → token shards → pretraining."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pipeline.spec import load_spec
 
 
 @flow(name="recipe", flow_run_name="recipe-{spec_path}")
-def recipe(spec_path: str, inputs_dir: str, out_dir: str, force: bool = False, train: bool = True) -> dict[str, Any]:
+def recipe(spec_path: str, inputs_dir: str, out_dir: str, force: bool = False, train: bool = True,
+           workers: int | None = None) -> dict[str, Any]:
     spec = load_spec(spec_path)
     out = Path(out_dir)
-    build = build_corpus(spec_path, inputs_dir, str(out / "build"), force)
+    build = build_corpus(spec_path, inputs_dir, str(out / "build"), force, workers)
     result: dict[str, Any] = {"build": build}
     if train:
         result["train"] = pretrain(build["tokens"], str(out / "train"), spec.train.model_dump(mode="json"))

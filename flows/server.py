@@ -33,15 +33,19 @@ def is_healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def ensure_server(home: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, wait_s: float = 90.0) -> str:
+def ensure_server(home: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, wait_s: float = 90.0,
+                  use_it: bool = True) -> str:
     """Return the API URL of a healthy local server, starting one in the background if needed.
-    Sets PREFECT_API_URL for this process (and so for the flows it runs)."""
-    url = os.environ.get("PREFECT_API_URL") or api_url(host, port)
+    With `use_it`, sets PREFECT_API_URL for this process (and so for the flows it runs) and an
+    already configured PREFECT_API_URL is taken as the server to use."""
+    url = (os.environ.get("PREFECT_API_URL") if use_it else None) or api_url(host, port)
     if not is_healthy(url):
         url = api_url(host, port)
         home.mkdir(parents=True, exist_ok=True)
         log = open(home / "server.log", "ab")
-        env = os.environ | QUIET_ENV | {"PREFECT_HOME": str(home.resolve())}
+        # The UI asks the server where the API is; the server answers 127.0.0.1:4200 unless told
+        # (measured with Prefect 3.8), so a server on another port would show another server's runs.
+        env = os.environ | QUIET_ENV | {"PREFECT_HOME": str(home.resolve()), "PREFECT_UI_API_URL": url}
         env.pop("PREFECT_API_URL", None)
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
@@ -59,8 +63,9 @@ def ensure_server(home: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
             if time.time() > deadline:
                 raise RuntimeError(f"prefect server did not answer at {url} within {wait_s:.0f} s; see {home / 'server.log'}")
             time.sleep(0.5)
-    os.environ["PREFECT_API_URL"] = url
-    os.environ.update(QUIET_ENV)
+    if use_it:
+        os.environ["PREFECT_API_URL"] = url
+        os.environ.update(QUIET_ENV)
     return url
 
 

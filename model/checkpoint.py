@@ -1,80 +1,227 @@
-"""Checkpoints: the full (unsharded) model and optimizer state, written by rank 0.
+"""Checkpoints with torch.distributed.checkpoint (DCP): sharded, atomic, resumable on any world size.
 
     <run dir>/checkpoints/step-000100/
-        model.pt       torch.save of the model state dict (Meta's parameter names, float32, CPU)
-        optimizer.pt   torch.save of the optimizer state dict, keyed by parameter name
-        meta.json      step, tokens seen, model args, training config
+        .metadata, __0_0.distcp, ...   DCP: the model's and the optimizer's tensors ("model.<name>",
+                                       "optim.<name>.exp_avg", ...), each rank writing its own shards
+        rng/rank-00000.json            each rank's RNG states (torch CPU and CUDA, Python, NumPy)
+        meta.json                      step, tokens seen, model args, the lr scheduler, the optimizer's
+                                       param groups, the data loader position, the run's settings
 
-Every rank takes part in gathering (the gather is a collective under FSDP2); only rank 0 writes,
-into a temporary folder renamed into place, so a crash never leaves a half checkpoint that looks
-complete. A full state dict on one host is right for the CPU presets and 7B-scale exports; sharded
-torch.distributed.checkpoint (DCP) saves are the path for larger models.
+Atomic: everything is written into checkpoints/.step-000100.partial/ and rank 0 renames that to
+step-000100/ once every rank's shards and meta.json are in it. So a folder named step-* holding a
+meta.json is complete, and a crash at any moment leaves at most a .partial folder, which the next
+start removes. (On several nodes the run folder must be on a shared filesystem, as for any DCP save.)
+
+Only tensors go through DCP: its loader unpickles non-tensor entries with
+torch.load(weights_only=False), so the param groups (floats and names) and everything else that is
+not a tensor are JSON. Nothing in this project calls torch.load without weights_only=True.
+
+Resharding: DCP records every tensor's global shape and each shard's offsets, and a load reads
+whichever slices the loading process holds, so a checkpoint written by 2 ranks loads into 1, 3 or 8
+ranks, or into a plain unsharded model (export, evaluation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model.distributed import DistEnv, barrier
-from model.llama import ModelArgs
+from model.faults import kill_point
+from model.llama import ModelArgs, Transformer
 
-MODEL_FILE = "model.pt"
-OPTIMIZER_FILE = "optimizer.pt"
 META_FILE = "meta.json"
+DCP_METADATA = ".metadata"
+PARTIAL_SUFFIX = ".partial"
 
 
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run (missing, incomplete, other model)."""
+
+
+def checkpoint_dir(run_dir: Path | str, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 
+def is_complete(path: Path | str) -> bool:
+    path = Path(path)
+    return path.name.startswith("step-") and (path / META_FILE).is_file() and (path / DCP_METADATA).is_file()
+
+
+def latest_checkpoint(run_dir: Path | str) -> Path | None:
+    """The newest complete checkpoint of a run folder (by step number), or None."""
+    found = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if is_complete(p)]
+    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+
+
+def remove_partial(run_dir: Path | str) -> list[Path]:
+    """Delete what crashed saves left behind (rank 0, before anyone saves). Returns what it removed."""
+    partial = sorted((Path(run_dir) / "checkpoints").glob(f".step-*{PARTIAL_SUFFIX}"))
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
+def _tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, list]:
+    """(the tensors DCP saves and loads in place, the optimizer's JSON-able param groups).
+    get_state_dict gives sharded DTensors under FSDP2 and drops the activation-checkpoint and
+    torch.compile wrappers from the names, so keys are Meta's parameter names in every setup."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state["state"]}
+    for key, value in _leaves(state):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"checkpoint entry {key} is {type(value).__name__}, not a tensor (DCP would pickle it)")
+    return state, optim_state["param_groups"]
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, tree
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state().numpy().tobytes().hex(),
+        "python": [version, list(internal), gauss],
+        "numpy": numpy_state,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().numpy().tobytes().hex()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray.fromhex(state["torch"]), dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = dict(numpy_state["state"], key=np.array(numpy_state["state"]["key"], dtype=np.uint32))
+    np.random.set_state(numpy_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray.fromhex(state["cuda"]), dtype=torch.uint8))
+
+
+@contextlib.contextmanager
+def _single_process(env: DistEnv | None):
+    """Without a process group DCP warns that it is "assuming the intent" of one process: it is."""
+    with warnings.catch_warnings():
+        if env is None or not env.distributed:
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to", category=UserWarning)
+        yield
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(data, indent=1) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def save_checkpoint(
-    run_dir: Path,
+    run_dir: Path | str,
     step: int,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     model_args: ModelArgs,
     env: DistEnv,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Collective: every rank must call it. Returns the checkpoint folder."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(model, options=options)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    """Collective: every rank calls it after optimizer step `step`. Returns the committed folder."""
     final = checkpoint_dir(run_dir, step)
+    partial = final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
     if env.is_main:
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(model_state, tmp / MODEL_FILE)
-        torch.save(optim_state, tmp / OPTIMIZER_FILE)
-        meta = {"step": step, "model_args": asdict(model_args)} | (extra or {})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "rng").mkdir(parents=True)
+    barrier(env)
+    state, param_groups = _tensor_state(model, optimizer)
+    with _single_process(env):
+        dcp.save(state, checkpoint_id=partial, no_dist=not env.distributed)
+    _write_json(partial / "rng" / f"rank-{env.rank:05d}.json", _rng_state())
+    barrier(env)
+    kill_point("ckpt", step, env.rank)
+    if env.is_main:
+        meta = {
+            "step": step,
+            "world_size": env.world_size,
+            "model_args": asdict(model_args),
+            "scheduler": scheduler.state_dict(),
+            "optimizer_param_groups": param_groups,
+        } | (extra or {})
+        _write_json(partial / META_FILE, meta)  # last: its presence marks the folder complete
+        if final.exists():  # the same step saved by an earlier attempt of this run
             shutil.rmtree(final)
-        tmp.rename(final)
+        os.rename(partial, final)
     barrier(env)
     return final
 
 
-def load_model_state(ckpt_dir: Path | str) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
-    """(model args, model state dict, meta) of a checkpoint folder, for evaluation and export."""
+def read_meta(ckpt_dir: Path | str) -> dict[str, Any]:
     ckpt_dir = Path(ckpt_dir)
-    meta_path = ckpt_dir / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{ckpt_dir}: not a checkpoint folder (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
-    state = torch.load(ckpt_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    return ModelArgs(**meta["model_args"]), state, meta
+    if not is_complete(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir}: not a complete checkpoint (needs {META_FILE} and {DCP_METADATA})")
+    return json.loads((ckpt_dir / META_FILE).read_text())
 
 
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    found = sorted((Path(run_dir) / "checkpoints").glob("step-*"))
-    return found[-1] if found else None
+def load_checkpoint(
+    ckpt_dir: Path | str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    model_args: ModelArgs,
+    env: DistEnv,
+) -> dict[str, Any]:
+    """Collective: load a checkpoint into an already built (and sharded) model, its optimizer and
+    scheduler, and this rank's RNG states. Any world size. Returns the checkpoint's meta."""
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    if meta["model_args"] != asdict(model_args):
+        raise CheckpointError(f"{ckpt_dir}: saved for model {meta['model_args']}, this run builds {asdict(model_args)}")
+    state, _ = _tensor_state(model, optimizer)  # the shapes and shards to fill; creates the optimizer state
+    with _single_process(env):
+        dcp.load(state, checkpoint_id=ckpt_dir, no_dist=not env.distributed)
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict={"state": state["optim"], "param_groups": meta["optimizer_param_groups"]},
+    )
+    scheduler.load_state_dict(meta["scheduler"])
+    rng = ckpt_dir / "rng" / f"rank-{env.rank:05d}.json"
+    if rng.is_file():  # absent when resuming on more ranks than saved: those keep their seeded state
+        _set_rng_state(json.loads(rng.read_text()))
+    barrier(env)
+    return meta
+
+
+def load_model_state(ckpt_dir: Path | str) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
+    """(model args, full float32 model state dict under Meta's names, meta) of a checkpoint, read
+    in this process alone (no process group), whatever world size wrote it. For export and eval."""
+    meta = read_meta(ckpt_dir)
+    args = ModelArgs(**meta["model_args"])
+    with torch.device("meta"):
+        shapes = Transformer(args).state_dict()
+    state = {name: torch.empty(t.shape, dtype=t.dtype) for name, t in shapes.items()}
+    with _single_process(None):
+        dcp.load({"model": state}, checkpoint_id=Path(ckpt_dir), no_dist=True)
+    return args, state, meta

@@ -7,14 +7,17 @@
     <tokens dir>/train/shard-NNNNN.idx  little-endian int64 document start offsets (docs + 1 of them)
     <tokens dir>/val/...                the same for held-out documents
 
-Shards are memory-mapped, never loaded. Training windows are contiguous runs of seq_len + 1 tokens
+Shards are memory-mapped, never loaded. Training sequences are contiguous runs of seq_len + 1 tokens
 that may span document boundaries: LLaMA packs documents into 2048-token sequences without masking
 across them (as GPT-3 and most pretraining runs do), the BOS/EOS ids marking the seams.
+`TokenStream` reads them in order with a position that a checkpoint can save and restore.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +54,8 @@ class TokenShards:
         if not manifest_path.is_file():
             raise TokenDataError(f"{manifest_path}: missing; the token_shards stage did not finish here")
         try:
-            stats = json.loads(manifest_path.read_text())["stats"]
+            manifest_bytes = manifest_path.read_bytes()
+            stats = json.loads(manifest_bytes)["stats"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise TokenDataError(f"{manifest_path}: not a stage manifest with a 'stats' object ({exc})") from exc
         if stats.get("format") != FORMAT or stats.get("version") != VERSION:
@@ -61,6 +65,7 @@ class TokenShards:
             )
         if stats.get("dtype") != "uint16":
             raise TokenDataError(f"{manifest_path}: dtype {stats.get('dtype')!r}, only 'uint16' is supported")
+        self.manifest_digest = hashlib.sha256(manifest_bytes).hexdigest()[:16]
         self.vocab_size: int = int(stats["vocab_size"])
         self.bos_id: int = int(stats.get("bos_id", 1))
         self.eos_id: int = int(stats.get("eos_id", 2))
@@ -94,32 +99,114 @@ class TokenShards:
         return segments
 
 
-class RandomWindows:
-    """Random contiguous windows of seq_len + 1 tokens from one rank's slice, from a generator seeded by
-    (seed, rank): reproducible, and different on every rank."""
+STREAM_STATE_VERSION = 1
 
-    def __init__(self, segments: list[Segment], seq_len: int, seed: int, rank: int):
-        self.seq_len = seq_len
-        self.segments = [s for s in segments if len(s) > seq_len]
-        if not self.segments:
-            longest = max((len(s) for s in segments), default=0)
+
+class TokenStream:
+    """The training split packed into sequences and read in order, with a resumable position.
+
+    Packing: sequence i of the split is tokens[i*L : i*L + L + 1] of all shards concatenated
+    (L = seq_len; x = the first L tokens, y = the last L), so consecutive sequences share one
+    token and every token but the last is a target exactly once per epoch. There are
+    N = (tokens - 1) // L sequences; the tail that does not fill one is left out.
+
+    Order: sequences are numbered globally; every micro-batch takes the next batch_size *
+    world_size of them and rank r reads numbers [r * batch_size, (r + 1) * batch_size) of that
+    block, so ranks read disjoint sequences. Global number g is sequence perm_e(g mod N) of
+    epoch e = g // N: epoch 0 reads the shards in written order (the writer already shuffled the
+    documents), each later epoch in an affine permutation i -> (a*i + b) mod N whose a, b come
+    from a generator seeded by (seed, e).
+
+    Position: `state_dict()` is the number of sequences consumed by all ranks together (plus the
+    epoch, the shard and offset where the next sequence starts, the seed, and a fingerprint of
+    the data) - the same on every rank, so rank 0 saves it. `load_state_dict` puts a stream at
+    that position: the next batch is exactly the sequences an uninterrupted run would read next.
+    World-size rule: the position is global, so a run resumed with another world size or
+    per-rank batch size continues from the first sequence no rank has read; only the assignment
+    of the following sequences to ranks changes. No sequence is skipped or read twice. The data
+    (shards) and seq_len must be the same; load_state_dict refuses otherwise.
+    """
+
+    def __init__(self, shards: TokenShards, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0, split: str = "train"):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.seq_len, self.rank, self.world_size, self.seed = seq_len, rank, world_size, seed
+        self.pieces = shards.splits.get(split, [])
+        self.starts = np.cumsum([0] + [len(t) for t in self.pieces])
+        total = int(self.starts[-1])
+        self.num_sequences = (total - 1) // seq_len if total > 0 else 0
+        if self.num_sequences < world_size:
             raise TokenDataError(
-                f"rank {rank}: no run of {seq_len + 1} tokens in its share of the data (longest {longest}); "
-                "use a shorter --seq-len, fewer processes, or more data"
+                f"{shards.dir}: {total} {split} tokens make {self.num_sequences} sequences of {seq_len + 1} tokens, "
+                f"fewer than the {world_size} process(es); use a shorter --seq-len, fewer processes, or more data"
             )
-        starts = np.array([len(s) - seq_len for s in self.segments], dtype=np.float64)
-        self.weights = starts / starts.sum()  # every window start equally likely
-        self.rng = np.random.default_rng([seed, rank])
+        self.fingerprint = f"{split}:{total}:{len(self.pieces)}:{shards.manifest_digest}"
+        self.consumed = 0  # sequences read by all ranks together
+        self._epoch_map: tuple[int, int, int] | None = None
+
+    # -- order
+    def _permutation(self, epoch: int) -> tuple[int, int]:
+        """(a, b) of epoch's affine permutation; epoch 0 is the identity."""
+        if epoch == 0:
+            return 1, 0
+        if self._epoch_map is None or self._epoch_map[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            n = self.num_sequences
+            a = int(rng.integers(1, max(2, n)))
+            while math.gcd(a, n) != 1:
+                a = a % (n - 1) + 1 if n > 2 else 1
+            self._epoch_map = (epoch, a, int(rng.integers(0, n)))
+        return self._epoch_map[1], self._epoch_map[2]
+
+    def sequence_start(self, number: int) -> int:
+        """Token offset (in the concatenated split) where global sequence `number` starts."""
+        epoch, i = divmod(number, self.num_sequences)
+        a, b = self._permutation(epoch)
+        return ((a * i + b) % self.num_sequences) * self.seq_len
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            local = start - int(self.starts[shard])
+            end = min(stop, int(self.starts[shard + 1]))
+            pieces.append(np.asarray(self.pieces[shard][local : local + end - start], dtype=np.int64))
+            start, shard = end, shard + 1
+        return np.concatenate(pieces)
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.empty((batch_size, self.seq_len + 1), dtype=np.int64)
-        which = self.rng.choice(len(self.segments), size=batch_size, p=self.weights)
-        for row, index in enumerate(which):
-            seg = self.segments[index]
-            start = seg.start + int(self.rng.integers(0, len(seg) - self.seq_len))
-            rows[row] = seg.tokens[start : start + self.seq_len + 1]
+        """This rank's next batch_size sequences: (x, y) int64 of shape (batch_size, seq_len)."""
+        first = self.consumed + self.rank * batch_size
+        rows = np.stack([self._read(s, s + self.seq_len + 1) for s in map(self.sequence_start, range(first, first + batch_size))])
+        self.consumed += batch_size * self.world_size
         data = torch.from_numpy(rows)
         return data[:, :-1], data[:, 1:]
+
+    # -- position
+    def state_dict(self) -> dict:
+        epoch = self.consumed // self.num_sequences
+        start = self.sequence_start(self.consumed)
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        return {
+            "version": STREAM_STATE_VERSION,
+            "consumed_sequences": self.consumed,
+            "epoch": epoch,
+            "shard": shard,
+            "offset": start - int(self.starts[shard]),
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "rng": {"epoch_permutation": list(self._permutation(epoch))},
+            "num_sequences": self.num_sequences,
+            "data": self.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STREAM_STATE_VERSION:
+            raise TokenDataError(f"loader state version {state.get('version')!r}, expected {STREAM_STATE_VERSION}")
+        for key, mine in (("seq_len", self.seq_len), ("seed", self.seed), ("data", self.fingerprint)):
+            if state.get(key) != mine:
+                raise TokenDataError(f"loader state was saved with {key} {state.get(key)!r}, this run has {mine!r}")
+        self.consumed = int(state["consumed_sequences"])
 
 
 def eval_batches(

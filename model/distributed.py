@@ -1,27 +1,35 @@
-"""Process group, device and FSDP2 sharding — everything the model file does not know about.
+"""Process group, device, mixed precision, activation checkpointing, torch.compile and FSDP2
+sharding — everything the model file does not know about.
 
-Launched by torchrun, each process reads WORLD_SIZE / RANK / LOCAL_RANK from its environment and
-joins a process group: NCCL on GPUs, gloo on CPU. Run as plain `python -m model.train`, it is a
-single process with no process group and an unwrapped model.
+Launched by torchrun (one node, or several with `--nnodes N --rdzv-endpoint HOST:PORT`), each
+process reads WORLD_SIZE / RANK / LOCAL_RANK from its environment and joins a process group: NCCL
+on GPUs, gloo on CPU. Run as plain `python -m model.train`, it is a single process with no
+process group and an unwrapped model.
 
 Sharding is FSDP2 (`torch.distributed.fsdp.fully_shard`, the per-parameter DTensor FSDP that
 torchtitan uses): each TransformerBlock is one unit (its parameters are all-gathered just before
 its forward and freed after), then the root takes the embedding, final norm and output head.
 Checked on torch 2.13 CPU: fully_shard over a gloo DeviceMesh("cpu") trains, clips (the grad norm
-comes back as a DTensor, identical on every rank) and gathers a full state dict on rank 0, so CPU
-uses FSDP2 as well — no DDP fallback is needed.
+comes back as a DTensor, identical on every rank) and saves/loads sharded DCP checkpoints, so
+CPU uses FSDP2 as well — no DDP fallback is needed.
+
+Order of wrapping, as in torchtitan: activation checkpointing, then torch.compile, then FSDP2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,10 @@ def init_distributed() -> DistEnv:
 
 def destroy_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank arrives before any tears down: a rank that destroys its gloo group while another
+        # still works (rank 0 writing the summary) could abort in gloo's teardown ("terminate called
+        # without an active exception", seen in the FSDP and resume tests).
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -69,21 +81,98 @@ def device_mesh(env: DistEnv) -> DeviceMesh:
     return init_device_mesh(env.device.type, (env.world_size,), mesh_dim_names=("dp_shard",))
 
 
-def apply_fsdp(model: nn.Module, env: DistEnv) -> nn.Module:
-    """Shard `model` (a model.llama.Transformer, already on env.device) with FSDP2. A no-op for a
-    single process. On CUDA, parameters compute in bf16 with fp32 gradient reduction and fp32 master
-    weights (LLaMA's precision is not stated; bf16 is what Meta's later recipes and torchtitan use)."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where the hardware computes in bf16 (CUDA with bf16 support; a CPU with
+    AVX512-BF16/AMX, which oneDNN reports), else "fp32"."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast(device: torch.device, precision: str, sharded: bool):
+    """The forward's mixed-precision context. bf16 autocast keeps fp32 master weights, fp32
+    optimizer state and an fp32 residual stream (matmuls in bf16). On CUDA under FSDP2 the
+    MixedPrecisionPolicy casts the parameters instead (bf16 all-gathers, half the traffic), so no
+    autocast is needed there."""
+    if precision == "bf16" and not (sharded and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation checkpointing. "selective" is per operator (torch's selective checkpoint contexts):
+# the outputs of the matmuls and of attention are kept, everything else in the block (RMSNorm,
+# RoPE, SiLU, the SwiGLU product, residual adds, dtype casts) is recomputed in the backward pass.
+# That is the trade §2.4 of the paper describes ("we save the activations that are expensive to
+# compute, such as the outputs of linear layers"): most of the memory of full recomputation is
+# saved for a few percent of extra compute. "full" recomputes the whole block from its input.
+
+_SAVED_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+
+
+def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> nn.Module:
+    """Wrap every TransformerBlock. Parameter names do not change for checkpoints: the
+    state-dict helpers of torch.distributed.checkpoint drop the wrapper's prefix."""
+    if mode == "none":
+        return model
+    if mode not in ("selective", "full"):
+        raise ValueError(f"activation checkpointing {mode!r}: expected none, selective or full")
+    for index, block in enumerate(model.layers):
+        context = {"context_fn": partial(create_selective_checkpoint_contexts, _keep_matmuls)} if mode == "selective" else {}
+        model.layers[index] = checkpoint_wrapper(block, preserve_rng_state=False, **context)
+    return model
+
+
+def compile_blocks(model: nn.Module) -> nn.Module:
+    """torch.compile each TransformerBlock in place (torchtitan's granularity: the blocks are
+    identical, so one compiled graph serves all of them, and FSDP2's hooks stay outside it)."""
+    for block in model.layers:
+        block.compile()
+    return model
+
+
+def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Module:
+    """Shard `model` (a model.llama.Transformer, already on env.device) with FSDP2 over a 1-D
+    device mesh of all ranks (all nodes: torchrun gives every process its global rank). A no-op
+    for a single process.
+
+    - Each block is one unit; the root takes the embedding, final norm and output head.
+    - The last block keeps its parameters gathered after forward: backward needs them at once.
+    - Explicit prefetch: block i+1's all-gather is issued when block i's forward starts, and in
+      backward block i-1's when block i's starts, so communication overlaps compute.
+    - On CUDA with bf16, parameters are all-gathered and computed in bf16, gradients reduced in
+      fp32, master weights and optimizer state stay fp32. On CPU (gloo) parameters stay fp32 and
+      bf16 comes from autocast (see autocast()).
+    """
     if not env.distributed or env.world_size == 1:
         return model
     mesh = device_mesh(env)
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if env.device.type == "cuda"
+        if env.device.type == "cuda" and precision == "bf16"
         else MixedPrecisionPolicy()
     )
-    for block in model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
+    blocks = list(model.layers)
+    for index, block in enumerate(blocks):
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=index < len(blocks) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp)
+    for block, following in zip(blocks, blocks[1:]):
+        block.set_modules_to_forward_prefetch([following])
+        following.set_modules_to_backward_prefetch([block])
     return model
 
 
@@ -101,6 +190,14 @@ def all_reduce_min(value: int, env: DistEnv) -> int:
         return value
     t = torch.tensor([value], dtype=torch.int64, device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def all_reduce_max(value: int, env: DistEnv) -> int:
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
 

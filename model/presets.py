@@ -28,6 +28,8 @@ class Preset:
     max_seq_len: int = LLAMA_CONTEXT
     vocab_size: int | None = LLAMA_VOCAB_SIZE  # None: taken from the tokenizer at run time
     train_tokens: int | None = None  # Table 2 "n tokens"
+    norm_eps: float = 1e-6  # RMSNorm eps: 1e-6 in every LLaMA-1 params.json (LLaMA-2 moved to 1e-5)
+    rope_theta: float = 10000.0  # RoFormer's base, unchanged in LLaMA-1
 
     def model_args(self, vocab_size: int | None = None, max_seq_len: int | None = None) -> ModelArgs:
         vocab = vocab_size if vocab_size is not None else self.vocab_size
@@ -39,6 +41,8 @@ class Preset:
             n_heads=self.n_heads,
             vocab_size=vocab,
             max_seq_len=max_seq_len or self.max_seq_len,
+            norm_eps=self.norm_eps,
+            rope_theta=self.rope_theta,
         )
 
 
@@ -51,6 +55,9 @@ PRESETS: dict[str, Preset] = {
         Preset("13B", dim=5120, n_layers=40, n_heads=40, lr=3.0e-4, batch_tokens=4 * M, train_tokens=1_000_000_000_000),
         Preset("33B", dim=6656, n_layers=60, n_heads=52, lr=1.5e-4, batch_tokens=4 * M, train_tokens=1_400_000_000_000),
         Preset("65B", dim=8192, n_layers=80, n_heads=64, lr=1.5e-4, batch_tokens=4 * M, train_tokens=1_400_000_000_000),
+        # Not in the paper: a ~1B model (GPT-3 XL-like width) for single-GPU throughput and MFU
+        # measurements (bench/gpu_bench.py); lr between Table 2's 7B value and GPT-3 XL's 2e-4.
+        Preset("1B", dim=2048, n_layers=16, n_heads=16, lr=3.0e-4, batch_tokens=1 * M),
         # CPU presets for the demo and tests: same architecture, sized to train in minutes. Their lr is
         # higher because small models tolerate it (cf. GPT-3 Table 2.1: lr grows as models shrink).
         Preset("tiny", dim=128, n_layers=4, n_heads=4, lr=1e-3, batch_tokens=8 * 256, max_seq_len=256, vocab_size=None),

@@ -6,17 +6,31 @@
 The recipe:
 - AdamW, beta1 0.9, beta2 0.95 (§2.2). eps 1e-5: LLaMA-1 does not state it; the LLaMA-2 paper
   (§2.2, same team and recipe) does.
-- Weight decay 0.1 (§2.2) on parameters with 2+ dimensions — every matrix, the embedding included —
-  and none on 1-D parameters (the RMSNorm gains). The paper does not say what it exempted; this is
-  the GPT-2/nanoGPT/torchtitan practice.
+- Weight decay 0.1 (§2.2) on parameters with 2+ dimensions — every matrix, the embedding and the
+  output head included — and none on 1-D parameters (the RMSNorm gains; there are no biases). The
+  paper does not say what it exempted; this is the GPT-2/nanoGPT/torchtitan practice.
 - Cosine schedule down to 10% of the peak lr (§2.2), after a linear warmup (2000 steps in §2.2; capped
   at 10% of --steps here so a short run still decays). Peak lr per size: Table 2 (model/presets.py).
 - Gradient clipping at 1.0 (§2.2).
 - Gradient accumulation to reach the global batch: Table 2's 4M tokens per step for the paper
   presets, derived from the preset unless --grad-accum is given.
+- Distribution, activation checkpointing and torch.compile: model/distributed.py.
 
 Writes to RUN_DIR: metrics.jsonl (one JSON line per logged step), checkpoints/step-NNNNNN/
-(model/checkpoint.py) and summary.json at the end. Only rank 0 writes.
+(model/checkpoint.py: torch.distributed.checkpoint, atomic) and summary.json at the end. Only rank 0
+writes the logs; every rank writes its checkpoint shards.
+
+Resume: by default a run continues from the newest complete checkpoint in RUN_DIR — model,
+optimizer, lr scheduler, RNG states and the data loader's position — on any world size, and
+metrics.jsonl is cut back to that step. On CPU with the same world size and threads, the resumed
+loss curve is bit for bit the uninterrupted one (tests/test_train_resume.py, also after SIGKILL in
+the middle of a step or of a checkpoint write: model/faults.py).
+
+Precision: bf16 autocast (or FSDP2's bf16 parameters on CUDA) with fp32 master weights and
+optimizer state where the hardware has bf16, fp32 elsewhere (--precision).
+
+Metrics per logged step: loss, lr, gradient norm (before clipping), tokens/s, MFU (model/flops.py),
+peak memory, and the validation loss on the held-out val shards every --eval-every steps.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,17 +47,25 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import save_checkpoint
-from model.data import RandomWindows, TokenDataError, TokenShards, eval_batches
+from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint
+from model.data import TokenDataError, TokenShards, TokenStream, eval_batches
 from model.distributed import (
     DistEnv,
+    all_reduce_max,
     all_reduce_mean,
     all_reduce_min,
+    apply_activation_checkpointing,
     apply_fsdp,
+    autocast,
+    barrier,
+    compile_blocks,
     destroy_distributed,
     full_value,
     init_distributed,
+    resolve_precision,
 )
+from model.faults import kill_point
+from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import Transformer, num_parameters
 from model.presets import PRESETS, get_preset
 
@@ -73,6 +96,12 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     eval_batches: int = 4
     ckpt_every: int = 0  # 0: checkpoint only at the end
+    resume: str = "auto"  # auto: newest complete checkpoint of --out, if any; none; or a checkpoint folder
+    precision: str = "auto"  # auto: bf16 where the hardware has it; fp32; bf16
+    activation_checkpointing: str = "none"  # none, selective (keep matmul outputs), full
+    compile: bool = False  # torch.compile each block
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact reruns on GPU too)
+    peak_flops: float | None = None  # per device, for MFU; default: datasheet (GPU) or estimate (CPU)
 
 
 def lr_at(step: int, peak_lr: float, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
@@ -85,6 +114,12 @@ def lr_at(step: int, peak_lr: float, warmup: int, total: int, min_ratio: float =
         return min_lr
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr_at as a torch scheduler (its position is checkpointed). LambdaLR counts from 0 and sets
+    the lr for the next step, so epoch e is optimizer step e + 1."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_at(e + 1, 1.0, warmup, total, min_ratio))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -112,11 +147,21 @@ def resolve(cfg: TrainConfig, vocab_size: int, world_size: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list, env: DistEnv) -> float:
+def evaluate(model: torch.nn.Module, batches: list, env: DistEnv, precision: str) -> float:
     model.eval()
-    losses = [model(x.to(env.device), y.to(env.device))[1].item() for x, y in batches]
+    losses = []
+    for x, y in batches:
+        with autocast(env.device, precision, env.distributed):
+            losses.append(model(x.to(env.device), y.to(env.device))[1].item())
     model.train()
     return all_reduce_mean(sum(losses) / len(losses), env)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated device memory on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -130,7 +175,9 @@ def train(cfg: TrainConfig) -> dict:
         raise TokenDataError(
             f"{cfg.data}: tokenizer vocab {shards.vocab_size} exceeds preset {cfg.preset} vocab {run['vocab_size']}"
         )
-    windows = RandomWindows(shards.rank_segments("train", rank, world), run["seq_len"], cfg.seed, rank)
+    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).is_dir():
+        raise CheckpointError(f"--resume {cfg.resume}: no such checkpoint folder")
+    windows = TokenStream(shards, run["seq_len"], rank, world, cfg.seed)
     val = eval_batches(shards.rank_segments("val", rank, world), run["seq_len"], cfg.batch_size, cfg.eval_batches)
 
     env = init_distributed()
@@ -140,104 +187,159 @@ def train(cfg: TrainConfig) -> dict:
         destroy_distributed()
 
 
-def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: RandomWindows, val: list) -> dict:
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= upto]
+
+
+def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val: list) -> dict:
     preset = get_preset(cfg.preset)
     args = preset.model_args(run["vocab_size"], run["seq_len"])
+    precision = resolve_precision(cfg.precision, env.device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)  # same init on every rank before sharding
     model = Transformer(args).to(env.device)
     parameters = num_parameters(model)
-    model = apply_fsdp(model, env)
+    model = apply_activation_checkpointing(model, cfg.activation_checkpointing)
+    if cfg.compile:
+        model = compile_blocks(model)
+    model = apply_fsdp(model, env, precision)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=run["lr"], betas=ADAM_BETAS, eps=ADAM_EPS
     )
+    scheduler = lr_scheduler(optimizer, run["warmup"], cfg.steps, cfg.min_lr_ratio)
     have_val = all_reduce_min(len(val), env) > 0  # every rank must run the same evaluation collectives
 
     out = Path(cfg.out)
-    metrics = None
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        metrics = open(out / "metrics.jsonl", "w")
+        for stale in remove_partial(out):
+            print(f"[model.train] removed the incomplete checkpoint {stale.name} of a crashed save", flush=True)
+    barrier(env)
+
+    # Resume: model, optimizer, scheduler, RNG states and the loader position of the newest complete
+    # checkpoint (or the one named), on whatever world size this run has.
+    ckpt_from = latest_checkpoint(out) if cfg.resume == "auto" else None if cfg.resume == "none" else Path(cfg.resume)
+    if cfg.resume == "none" and latest_checkpoint(out) is not None:
+        raise CheckpointError(f"{out} already holds checkpoints; --resume none needs a run folder without them")
+    start_step, tokens_seen = 0, 0
+    if ckpt_from is not None:
+        meta = load_checkpoint(ckpt_from, model, optimizer, scheduler, args, env)
+        windows.load_state_dict(meta["data_loader"])
+        start_step, tokens_seen = meta["step"], meta["tokens_seen"]
+
+    flops_token = flops_per_token(args, parameters, run["seq_len"])
+    peak, peak_source = (cfg.peak_flops, "--peak-flops") if cfg.peak_flops else peak_flops(env.device, precision)
+    metrics_path = out / "metrics.jsonl"
+    history = _read_metrics(metrics_path, start_step) if ckpt_from is not None else []
+    metrics = None
+    if env.is_main:
+        # Records past the checkpoint belong to the lost attempt: the resumed run writes them again.
+        metrics = open(metrics_path, "w")
+        metrics.writelines(json.dumps(r) + "\n" for r in history)
+        metrics.flush()
         print(
             f"[model.train] preset {preset.name}: {parameters:,} parameters, world {env.world_size} on "
-            f"{env.device.type}, {run['tokens_per_step']:,} tokens/step (batch {cfg.batch_size} x seq "
-            f"{run['seq_len']} x accum {run['grad_accum']} x {env.world_size}), lr {run['lr']:g}, warmup {run['warmup']}",
+            f"{env.device.type} ({precision}), {run['tokens_per_step']:,} tokens/step (batch {cfg.batch_size} x seq "
+            f"{run['seq_len']} x accum {run['grad_accum']} x {env.world_size}), lr {run['lr']:g}, warmup {run['warmup']}"
+            + (f"; resumed from {ckpt_from} at step {start_step}" if ckpt_from is not None else ""),
             flush=True,
         )
 
-    settings = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, "run": run}
+    settings = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "run": run | {"precision": precision, "flops_per_token": flops_token, "peak_flops": peak, "peak_flops_source": peak_source},
+    }
     started = last_log_time = time.perf_counter()
-    tokens_seen = last_log_tokens = 0
-    first_loss = last_loss = val_loss = None
-    ckpt = None
-    for step in range(1, cfg.steps + 1):
-        lr = lr_at(step, run["lr"], run["warmup"], cfg.steps, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    trained_tokens = last_log_tokens = 0  # in this process, for throughput
+    losses = [r["loss"] for r in history]
+    val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
+    ckpt = ckpt_from
+    for step in range(start_step + 1, cfg.steps + 1):
+        lr = scheduler.get_last_lr()[0]
         loss_sum = torch.zeros((), device=env.device)
         for _ in range(run["grad_accum"]):
             x, y = windows.batch(cfg.batch_size)
-            _, loss = model(x.to(env.device), y.to(env.device))
+            with autocast(env.device, precision, env.distributed):
+                _, loss = model(x.to(env.device), y.to(env.device))
             (loss / run["grad_accum"]).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        kill_point("step", step, env.rank)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
         tokens_seen += run["tokens_per_step"]
+        trained_tokens += run["tokens_per_step"]
 
         last_step = step == cfg.steps
         evaluate_now = have_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
-        log_now = step == 1 or last_step or step % cfg.log_every == 0 or evaluate_now
+        log_now = step == start_step + 1 or last_step or step % cfg.log_every == 0 or evaluate_now
         if log_now:
             loss_value = all_reduce_mean(loss_sum.item() / run["grad_accum"], env)
-            first_loss = loss_value if first_loss is None else first_loss
-            last_loss = loss_value
+            losses.append(loss_value)
             now = time.perf_counter()
+            tokens_per_s = (trained_tokens - last_log_tokens) / max(now - last_log_time, 1e-9)
             record = {
                 "step": step,
                 "loss": loss_value,
                 "lr": lr,
                 "grad_norm": full_value(grad_norm),
                 "tokens_seen": tokens_seen,
-                "tokens_per_s": (tokens_seen - last_log_tokens) / max(now - last_log_time, 1e-9),
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu(tokens_per_s, flops_token, peak, env.world_size),
+                "peak_mem_gib": all_reduce_max(peak_memory_bytes(env.device), env) / 2**30,
                 "elapsed_s": now - started,
             }
-            last_log_time, last_log_tokens = now, tokens_seen
+            last_log_time, last_log_tokens = now, trained_tokens
             if evaluate_now:
-                val_loss = record["val_loss"] = evaluate(model, val, env)
+                val_loss = record["val_loss"] = evaluate(model, val, env, precision)
             if metrics is not None:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
+                mfu_text = f" mfu {100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
                 print(
                     f"step {step}/{cfg.steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {record['grad_norm']:.3f} "
-                    f"tok/s {record['tokens_per_s']:,.0f}" + (f" val_loss {val_loss:.4f}" if evaluate_now else ""),
+                    f"tok/s {tokens_per_s:,.0f}{mfu_text}" + (f" val_loss {val_loss:.4f}" if evaluate_now else ""),
                     flush=True,
                 )
         if last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0):
             ckpt = save_checkpoint(
-                out, step, model, optimizer, args, env, extra={"tokens_seen": tokens_seen} | settings
+                out, step, model, optimizer, scheduler, args, env,
+                # The loader's global position (model/data.py TokenStream), the same on every rank.
+                extra={"tokens_seen": tokens_seen, "data_loader": windows.state_dict()} | settings,
             )
 
     elapsed = time.perf_counter() - started
+    tokens_per_s = trained_tokens / max(elapsed, 1e-9)
     summary = {
         "preset": preset.name,
         "parameters": parameters,
         "world_size": env.world_size,
         "device": env.device.type,
+        "precision": precision,
         "steps": cfg.steps,
         "tokens": tokens_seen,
-        "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu(tokens_per_s, flops_token, peak, env.world_size),
+        "peak_mem_gib": all_reduce_max(peak_memory_bytes(env.device), env) / 2**30,
         "elapsed_s": elapsed,
-        "first_loss": first_loss,
-        "last_loss": last_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
         "val_loss": val_loss,
-        "checkpoint": str(ckpt.relative_to(out)) if ckpt else None,
+        "resumed_from": str(ckpt_from) if ckpt_from is not None else None,
+        "checkpoint": str(ckpt.relative_to(out)) if ckpt is not None and ckpt.is_relative_to(out) else (str(ckpt) if ckpt else None),
     } | settings
     if env.is_main:
         metrics.close()
         tmp = out / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         tmp.rename(out / "summary.json")
-        print(f"[model.train] done: loss {first_loss:.4f} -> {last_loss:.4f}, {tokens_seen:,} tokens", flush=True)
+        if losses:
+            print(f"[model.train] done: loss {losses[0]:.4f} -> {losses[-1]:.4f}, {tokens_seen:,} tokens", flush=True)
     return summary
 
 
@@ -259,6 +361,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--ckpt-every", type=int, default=0, help="0: checkpoint only at the end")
+    p.add_argument("--resume", default="auto",
+                   help="auto: the newest complete checkpoint in --out (default); none: start afresh; or a checkpoint folder")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 mixed precision where the hardware has it (CUDA, CPUs with AVX512-BF16/AMX)")
+    p.add_argument("--activation-checkpointing", default="none", choices=["none", "selective", "full"],
+                   help="selective: keep matmul and attention outputs, recompute the rest of each block")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: datasheet / CPU estimate)")
     ns = p.parse_args(argv)
     if ns.steps < 1 or ns.batch_size < 1 or ns.log_every < 1:
         p.error("--steps, --batch-size and --log-every must be >= 1")
@@ -269,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except (TokenDataError, ValueError) as exc:
+    except (TokenDataError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"model.train: error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -6,10 +6,13 @@ Every stage of the corpus build reads and writes the same thing:
         kept/part-00000.parquet ...      documents that passed (zstd Parquet)
         rejected/part-00000.parquet ...  same columns plus `reason` and `stage`
         artifacts/ ...                   models and indexes a stage trained (optional)
+        timing.json                      wall times of this run (kept out of the manifest)
         manifest.json                    written last: its presence means "complete"
 
 A stage folder is assembled under a temporary name beside the final one and renamed into place
 only after its manifest is written, so a crash never leaves a half stage that looks done.
+The manifest is deterministic: the same config, code and input bytes give the same manifest bytes
+(wall times go to timing.json), so a rerun that changes nothing changes no downstream identity.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SOURCES = ("cc", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
 BASE_COLUMNS = ("id", "text", "source", "meta")
 REJECT_COLUMNS = ("reason", "stage")
 MANIFEST = "manifest.json"
+TIMING = "timing.json"
 CONTRACT_VERSION = 1
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_BATCH = 1024
@@ -59,6 +64,28 @@ class Document:
 
 class StageError(RuntimeError):
     """A stage cannot run at all (missing input, incomplete upstream folder, bad config)."""
+
+
+@dataclass
+class DocumentCounts:
+    """What went through a stage (or one part of it): the ledger behind a manifest's counts.
+    Additive, so the counts of parts processed in worker processes are summed by the parent."""
+
+    docs_in: int = 0
+    docs_kept: int = 0
+    rejected_by_reason: Counter = field(default_factory=Counter)
+    bytes_out: int = 0  # text bytes of every document that came out, kept or rejected
+    bytes_kept: int = 0
+    measured_bytes_in: int | None = None  # set by count_input for documents stages
+
+    def add(self, other: "DocumentCounts") -> None:
+        self.docs_in += other.docs_in
+        self.docs_kept += other.docs_kept
+        self.rejected_by_reason.update(other.rejected_by_reason)
+        self.bytes_out += other.bytes_out
+        self.bytes_kept += other.bytes_kept
+        if other.measured_bytes_in is not None:
+            self.measured_bytes_in = (self.measured_bytes_in or 0) + other.measured_bytes_in
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +139,16 @@ def read_documents(path: Path | str, columns: list[str] | None = None) -> Iterat
             )
 
 
+def read_texts(path: Path | str) -> Iterator[str]:
+    """Only the texts of one Parquet part, in row order (first passes that hash or score text)."""
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
+    for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=["text"]):
+        yield from batch.column(0).to_pylist()
+
+
 class PartWriter:
     """Writes documents to one Parquet part in row batches."""
 
@@ -148,6 +185,13 @@ class PartWriter:
         if self._buffer:
             self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
             self._buffer.clear()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append rows that are already columns (the judged-batch path of run_stage): no Python
+        object per document. `table` has this part's columns, possibly in another order."""
+        self._flush()
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+        self.rows += table.num_rows
 
     def close(self) -> None:
         self._flush()  # always creates the file, so an empty part still exists with its schema
@@ -213,6 +257,12 @@ def read_manifest(stage_dir: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_timing(stage_dir: Path | str) -> dict[str, float]:
+    """The wall times of the run that wrote a stage folder ({} for folders written before timing.json)."""
+    path = Path(stage_dir) / TIMING
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def kept_parts(stage_dir: Path | str) -> list[Path]:
     """The kept Parquet parts of a complete stage folder, in part order."""
     manifest = read_manifest(stage_dir)
@@ -267,29 +317,37 @@ class StageFolder:
         self.source = source
         self.tmp = self.output.parent / f".{self.output.name}.tmp-{os.getpid()}"
         self.stats: dict[str, Any] = {}
-        self.docs_in = 0
-        self.docs_kept = 0
-        self.rejected_by_reason: Counter[str] = Counter()
-        self.bytes_in = 0
-        self.bytes_kept = 0
-        self.measured_bytes_in: int | None = None  # set by count_input for documents stages
+        self.timings: dict[str, float] = {}  # seconds of this run's phases: timing.json, not the manifest
+        self.counts = DocumentCounts()
         self._outputs: list[Path] = []
         self._rejected: list[Path] = []
-        self._started = 0.0
+        self._started = time.time()  # from construction: a first pass before `with` counts too
 
     # -- lifecycle
     def __enter__(self) -> "StageFolder":
-        self._started = time.time()
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        try:
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError):  # disk full, read-only, permissions: say so, by stage and folder
+                raise self._write_error(exc) from exc
             return
-        self._commit()
+        try:
+            self._commit()
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: OSError) -> StageError:
+        return StageError(f"{self.stage}: cannot write {self.output} ({exc}); nothing was committed, "
+                          "a previous complete folder is untouched")
 
     @property
     def artifacts_dir(self) -> Path:
@@ -297,39 +355,65 @@ class StageFolder:
         path.mkdir(exist_ok=True)
         return path
 
-    def part(self, index: int, annotation_types: dict[str, pa.DataType] | None = None) -> "PartPair":
-        kept = self.tmp / "kept" / f"part-{index:05d}.parquet"
-        rejected = self.tmp / "rejected" / f"part-{index:05d}.parquet"
+    def part_paths(self, index: int) -> tuple[Path, Path]:
+        """The kept and rejected Parquet files of part `index` (inside the temporary folder)."""
+        return (self.tmp / "kept" / f"part-{index:05d}.parquet", self.tmp / "rejected" / f"part-{index:05d}.parquet")
+
+    def register_part(self, index: int) -> None:
+        """Record part `index` as an output (in call order); `part()` does it, and run_stage does it
+        for parts that worker processes write."""
+        kept, rejected = self.part_paths(index)
         self._outputs.append(kept)
         self._rejected.append(rejected)
-        return PartPair(self, kept, rejected, annotation_types or {})
+
+    def part(self, index: int, annotation_types: dict[str, pa.DataType] | None = None) -> "PartPair":
+        self.register_part(index)
+        return PartPair(self, *self.part_paths(index), annotation_types or {})
 
     def count_input(self, doc: Document) -> None:
         """Measure the text a documents stage reads, before the stage edits it (line dedup and the
         cleaners shorten texts); without this, bytes_in is measured on what comes out."""
-        self.measured_bytes_in = (self.measured_bytes_in or 0) + len(doc.text.encode("utf-8", "surrogatepass"))
+        counts = self.counts
+        counts.measured_bytes_in = (counts.measured_bytes_in or 0) + len(doc.text.encode("utf-8", "surrogatepass"))
 
     def count(self, doc: Document) -> None:
         """Account for one document that came out of the stage (kept or rejected)."""
-        self.docs_in += 1
+        counts = self.counts
+        counts.docs_in += 1
         size = len(doc.text.encode("utf-8", "surrogatepass"))
-        self.bytes_in += size
+        counts.bytes_out += size
         if doc.reason is None:
-            self.docs_kept += 1
-            self.bytes_kept += size
+            counts.docs_kept += 1
+            counts.bytes_kept += size
         else:
-            self.rejected_by_reason[doc.reason.split(":", 1)[0]] += 1
+            counts.rejected_by_reason[doc.reason.split(":", 1)[0]] += 1
 
     # -- commit
-    def manifest(self) -> dict[str, Any]:
+    def _described_inputs(self) -> list[dict[str, Any]]:
         base = self.output.parent
-        docs_rejected = sum(self.rejected_by_reason.values())
-        inputs = [
+        return [
             {"path": _display_path(p, base), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
             if p.is_file()
             else {"path": _display_path(p, base)}
             for p in self.inputs
         ]
+
+    def identity(self, inputs: list[dict[str, Any]] | None = None) -> str:
+        inputs = self._described_inputs() if inputs is None else inputs
+        return stage_identity(self.config, self.code_version, [i.get("sha256", i["path"]) for i in inputs])
+
+    def current(self) -> dict[str, Any] | None:
+        """The manifest already at `output` when it was made from this config, code and input
+        bytes (so the work can be reused), else None."""
+        if not is_complete(self.output):
+            return None
+        manifest = read_manifest(self.output)
+        return manifest if manifest.get("identity") == self.identity() else None
+
+    def manifest(self) -> dict[str, Any]:
+        counts = self.counts
+        docs_rejected = sum(counts.rejected_by_reason.values())
+        inputs = self._described_inputs()
         return {
             "contract_version": CONTRACT_VERSION,
             "stage": self.stage,
@@ -338,7 +422,7 @@ class StageFolder:
             "config": self.config,
             "config_hash": config_hash(self.config),
             "code_version": self.code_version,
-            "identity": stage_identity(self.config, self.code_version, [i.get("sha256", i["path"]) for i in inputs]),
+            "identity": self.identity(inputs),
             "inputs": inputs,
             "outputs": [_describe(p, self.tmp) | {"rows": pq.ParquetFile(p).metadata.num_rows} for p in self._outputs],
             "rejected_outputs": [
@@ -349,13 +433,12 @@ class StageFolder:
             ]
             if (self.tmp / "artifacts").exists()
             else [],
-            "docs_in": self.docs_in,
-            "docs_kept": self.docs_kept,
+            "docs_in": counts.docs_in,
+            "docs_kept": counts.docs_kept,
             "docs_rejected": docs_rejected,
-            "rejected_by_reason": dict(self.rejected_by_reason.most_common()),
-            "bytes_in": self.bytes_in if self.measured_bytes_in is None else self.measured_bytes_in,
-            "bytes_kept": self.bytes_kept,
-            "wall_time_s": round(time.time() - self._started, 3),
+            "rejected_by_reason": dict(sorted(counts.rejected_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "bytes_in": counts.bytes_out if counts.measured_bytes_in is None else counts.measured_bytes_in,
+            "bytes_kept": counts.bytes_kept,
             "stats": self.stats,
         }
 
@@ -363,6 +446,8 @@ class StageFolder:
         manifest = self.manifest()
         if manifest["docs_in"] != manifest["docs_kept"] + manifest["docs_rejected"]:
             raise StageError(f"{self.stage}: counts do not reconcile: {manifest['docs_in']} in")
+        timing = {"wall_time_s": round(time.time() - self._started, 3)} | {k: round(v, 3) for k, v in self.timings.items()}
+        (self.tmp / TIMING).write_text(json.dumps(timing, indent=2) + "\n")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Replace any previous version: move it aside first so the final name is never half-written.
         old = self.output.parent / f".{self.output.name}.old-{os.getpid()}"
@@ -385,9 +470,41 @@ class PartPair:
         self.folder.count(doc)
         (self.kept if doc.reason is None else self.rejected).write(doc)
 
+    def write_judged(self, table: pa.Table, reasons: list[str | None], bytes_in: int | None = None) -> None:
+        """Write a batch a stage judged as columns: rows whose reason is None are kept, the others
+        rejected with their reason; counted as `write` counts documents. `bytes_in`: the text bytes
+        before the stage edited them (None: texts not edited)."""
+        reason_array = pa.array(reasons, pa.string())
+        rejected = pc.is_valid(reason_array)
+        text_bytes = pc.binary_length(table["text"])
+        counts = self.folder.counts
+        counts.docs_in += table.num_rows
+        batch_bytes = pc.sum(text_bytes).as_py() or 0
+        kept_bytes = pc.sum(pc.filter(text_bytes, pc.invert(rejected))).as_py() or 0
+        counts.bytes_out += batch_bytes
+        counts.bytes_kept += kept_bytes
+        counts.measured_bytes_in = (counts.measured_bytes_in or 0) + (batch_bytes if bytes_in is None else bytes_in)
+        n_rejected = pc.sum(rejected).as_py() or 0
+        counts.docs_kept += table.num_rows - n_rejected
+        counts.rejected_by_reason.update(r.split(":", 1)[0] for r in reasons if r is not None)
+        self.kept.write_table(table.filter(pc.invert(rejected)))
+        if n_rejected:
+            dropped = table.append_column("reason", reason_array).append_column(
+                "stage", pa.array([self.folder.stage] * table.num_rows, pa.string()))
+            self.rejected.write_table(dropped.filter(rejected))
+
     def __enter__(self) -> "PartPair":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            # Closing after a failed write fails too ("Operation on closed file"): that second
+            # error would hide the first (a full disk), so it is dropped.
+            for writer in (self.kept, self.rejected):
+                try:
+                    writer.close()
+                except Exception:
+                    pass
+            return
         self.kept.close()
         self.rejected.close()

@@ -8,6 +8,8 @@ a typo fails in the first second of a build, not after hours.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +59,19 @@ class TrainSpec(Strict):
     extra_args: list[str] = Field(default_factory=list)
 
 
+# The build's steps after the sources, in order (each reads the one before; the tokenizer reads every
+# source's final stage).
+BUILD_STEPS = ("tokenizer", "mixture", "token_shards")
+
+
 class BuildSpec(Strict):
     name: str
     description: str = ""
     sources: dict[str, SourceSpec]
+    # Processes per stage on this machine: the per-part passes of stages whose parts are
+    # independent (`llama-recipe stages` marks them) run in this many forked workers; the output
+    # bytes do not depend on it. 0 = one per CPU core.
+    workers: int = Field(default=1, ge=0)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     token_shards: TokenShardsConfig = Field(default_factory=TokenShardsConfig)
@@ -99,6 +110,41 @@ class BuildSpec(Strict):
         return self
 
     # -- the DAG
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def downstream(self, stage_names: set[str] | list[str]) -> set[str]:
+        """The given steps and every step whose input depends on them: later stages of their
+        source, stages that reference any of those (cc_perplexity on wikipedia_clean), and the
+        build steps after the sources (tokenizer → mixture → token_shards), which read every
+        source's final stage."""
+        registry = load_stages()
+        after_sources = list(BUILD_STEPS)
+        unknown = set(stage_names) - {name for spec in self.sources.values() for name in spec.stages} - set(after_sources)
+        if unknown:
+            raise StageError(f"{self.name}: no stage {', '.join(sorted(unknown))} in this spec "
+                             f"(its stages, or {', '.join(after_sources)})")
+        steps = [s for s in stage_names if s in after_sources]
+        if steps:  # a build step and the steps after it
+            stage_names = [s for s in stage_names if s not in after_sources]
+            first = min(after_sources.index(s) for s in steps)
+            tail = set(after_sources[first:])
+            if not stage_names:
+                return tail
+            return self.downstream(stage_names) | tail
+        found = set(stage_names)
+        while True:
+            grown = set(found)
+            for spec in self.sources.values():
+                chain = list(spec.stages)
+                for position, name in enumerate(chain):
+                    cls = registry[name]
+                    if (position and chain[position - 1] in grown) or found & set(cls.references + cls.optional_references):
+                        grown.add(name)
+            if grown == found:
+                return found | set(after_sources)
+            found = grown
+
     def stage_classes(self) -> dict[str, type[Stage]]:
         registry = load_stages()
         return {name: registry[name] for spec in self.sources.values() for name in spec.stages}

@@ -10,8 +10,21 @@ A stage declares
     model), and `prepare(inputs)`: a pass over all its input parts before the streaming pass
     (hash groups, model training, percentiles), returning statistics for the manifest.
 
+A documents stage that only annotates and filters, never editing a text (language id, perplexity,
+classifiers, exact dedup), implements `judge(texts, part, first_row)` instead of `process`: it
+sees a batch of texts and returns a `Judgement` (new columns, reasons, meta additions). run_stage
+then moves the documents as Arrow columns, never as Python objects, which is most of the cost of
+a fast stage; `process` (the in-memory API tests use) applies the same judgement to Documents.
+
 `run_stage` applies a stage to inputs and writes the stage-folder contract of pipeline.documents:
 one kept + one rejected part per input part, counts that reconcile, an atomic manifest.
+
+Parallel parts: a stage whose parts are independent once `prepare` has run says so with
+`parallel_parts = True`; `run_stage(..., workers=N)` then processes its parts in N forked worker
+processes (fork: the prepared models and indexes are shared copy-on-write, never pickled). Each
+part's kept/rejected files are the same bytes whatever N is. Statistics a stage gathers while
+processing go through `self.tally` (additive), so the parent can sum them over the workers.
+`prepare` can spread its own per-part pass the same way with `self.map_parts`.
 """
 
 from __future__ import annotations
@@ -19,15 +32,26 @@ from __future__ import annotations
 import glob
 import importlib
 import inspect
+import json
+import multiprocessing
+import signal
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.documents import (
     Document,
+    DocumentCounts,
     StageError,
     StageFolder,
     code_version_of,
@@ -58,6 +82,19 @@ STAGE_MODULES = (
 )
 
 _REGISTRY: dict[str, type["Stage"]] = {}
+JUDGED_BATCH = 1024  # rows per judge() call
+
+
+@dataclass
+class Judgement:
+    """A judging stage's verdict on a batch of texts: for row i, `reasons[i]` (None = kept),
+    `columns[name][i]` (the stage's annotation columns), `meta.get(i)` (keys added to its meta) and,
+    for a stage that edits texts (line dedup), `texts[i]` (the new text)."""
+
+    reasons: list[str | None]
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    texts: list[str] | None = None
 
 
 class StageConfig(BaseModel):
@@ -76,6 +113,9 @@ class Stage:
     optional_references: ClassVar[tuple[str, ...]] = ()  # used when the build runs them
     Config: ClassVar[type[StageConfig]] = StageConfig
     description: ClassVar[str] = ""
+    # True when process(part) depends only on the part and on what prepare() computed (no state
+    # carried from one part to the next): run_stage may then process parts in worker processes.
+    parallel_parts: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,6 +131,18 @@ class Stage:
         if missing:
             raise StageError(f"{self.name} needs the output of {', '.join(missing)} (pass refs=...)")
         self.artifacts: Path | None = None  # set by run_stage: where prepare() may write models
+        self.workers = 1  # set by run_stage: processes available to map_parts and to the parts
+        self.counters: dict[str, Any] = {}  # additive statistics gathered by process(): see tally
+
+    def tally(self, key: str, amount: Any = 1) -> None:
+        """Add to an additive statistic (an int, a float, a Counter or a numpy array). Counters of
+        parts processed in worker processes are summed, so they must only ever be added to."""
+        self.counters[key] = amount if key not in self.counters else self.counters[key] + amount
+
+    def map_parts(self, method: str, items: list[Any]) -> Iterator[Any]:
+        """`getattr(self, method)(item)` for each item, in order, in `self.workers` forked processes
+        when there are several (the per-part pass of a prepare(), e.g. hashing every part)."""
+        yield from _map_forked(self, method, items, self.workers)
 
     # Subclasses implement one of these.
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
@@ -99,8 +151,30 @@ class Stage:
     def read(self, path: Path) -> Iterator[Document]:
         raise NotImplementedError
 
-    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+    def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
+        """Judge rows first_row.. of part `part` by their texts (see the module docstring)."""
         raise NotImplementedError
+
+    @classmethod
+    def judges(cls) -> bool:
+        return cls.judge is not Stage.judge
+
+    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+        if not self.judges():
+            raise NotImplementedError
+        row = 0
+        while batch := list(islice(docs, JUDGED_BATCH)):
+            verdict = self.judge([doc.text for doc in batch], part, row)
+            for i, doc in enumerate(batch):
+                for name, values in verdict.columns.items():
+                    doc.columns[name] = values[i]
+                doc.meta.update(verdict.meta.get(i, {}))
+                if verdict.texts is not None:
+                    doc.text = verdict.texts[i]
+                if verdict.reasons[i] is not None:
+                    doc.reject(verdict.reasons[i])
+                yield doc
+            row += len(batch)
 
     def extra_inputs(self) -> list[Path]:
         """Files a stage reads besides its inputs and references (e.g. provided reference pages);
@@ -210,18 +284,126 @@ def _counted(docs: Iterator[Document], folder: StageFolder) -> Iterator[Document
 
 ProgressFn = Callable[[str, int, int], None]
 
+# The object forked worker processes call: set in the parent just before the pool is created, so
+# children inherit it (with its loaded models) instead of receiving a pickled copy.
+_FORKED_TARGET: Any = None
+
+
+def _call_forked(args: tuple[str, Any]) -> Any:
+    method, item = args
+    return getattr(_FORKED_TARGET, method)(item)
+
+
+def _worker_started() -> None:
+    """In a forked worker: default signal handling. The parent may be a Prefect flow run, whose
+    SIGTERM handler a fork inherits; Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _map_forked(target: Any, method: str, items: list[Any], workers: int) -> Iterator[Any]:
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield getattr(target, method)(item)
+        return
+    global _FORKED_TARGET
+    _FORKED_TARGET = target
+    # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (OOM killer, a
+    # crash in a C library) raises BrokenProcessPool here instead of hanging the build forever.
+    executor = ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_worker_started)
+    try:
+        yield from executor.map(_call_forked, [(method, item) for item in items])
+    except BrokenProcessPool as exc:
+        raise StageError(f"a worker process of {getattr(target, 'name', method)} died ({exc}); "
+                         "rerun with fewer workers if memory is short") from exc
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        _FORKED_TARGET = None
+
+
+def _add_counters(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        total[key] = value if key not in total else total[key] + value
+
+
+class _PartRunner:
+    """Writes one part of a stage folder; in a worker process it returns what the parent must add
+    to its ledger: the part's document counts and the stage's counters."""
+
+    def __init__(self, stage: Stage, folder: StageFolder, files: list[Path]):
+        self.stage, self.folder, self.files = stage, folder, files
+
+    def write_part(self, index: int) -> tuple[DocumentCounts, dict[str, Any]]:
+        stage, folder, path = self.stage, self.folder, self.files[index]
+        folder.counts, stage.counters = DocumentCounts(), {}
+        if stage.reads != "raw" and stage.judges():
+            self._write_judged_part(index, path)
+        elif stage.reads == "raw":
+            docs = stage.read(path)
+            types = dict(stage.columns)
+        else:
+            types = annotation_types_of(read_schema(path)) | dict(stage.columns)
+            docs = stage.process(_counted(read_documents(path), folder), index)
+        if stage.reads == "raw" or not stage.judges():
+            with folder.part(index, types) as part:
+                for doc in docs:
+                    part.write(doc)
+        return folder.counts, stage.counters
+
+    def _write_judged_part(self, index: int, path: Path) -> None:
+        stage = self.stage
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for truncated/non-parquet files
+            raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
+        types = annotation_types_of(parquet.schema_arrow) | dict(stage.columns)
+        row = 0
+        with self.folder.part(index, types) as part:
+            for batch in parquet.iter_batches(batch_size=JUDGED_BATCH):
+                table = pa.Table.from_batches([batch])
+                verdict = stage.judge(table["text"].to_pylist(), index, row)
+                bytes_in = None
+                if verdict.texts is not None:
+                    bytes_in = pc.sum(pc.binary_length(table["text"])).as_py() or 0
+                    table = table.set_column(table.schema.get_field_index("text"), "text",
+                                             pa.array(verdict.texts, pa.string()))
+                for name, values in verdict.columns.items():
+                    column = pa.array(values, stage.columns[name])
+                    at = table.schema.get_field_index(name)
+                    table = table.set_column(at, name, column) if at >= 0 else table.append_column(name, column)
+                if verdict.meta:
+                    table = table.set_column(table.schema.get_field_index("meta"), "meta",
+                                             _meta_with(table["meta"].to_pylist(), verdict.meta))
+                part.write_judged(table, verdict.reasons, bytes_in)
+                row += table.num_rows
+
+
+def _meta_with(metas: list[str | None], additions: dict[int, dict[str, Any]]) -> pa.Array:
+    """The meta JSON column with keys added to some rows (serialized as PartWriter does)."""
+    for i, extra in additions.items():
+        meta = (json.loads(metas[i]) if metas[i] else {}) | extra
+        metas[i] = json.dumps(meta, ensure_ascii=False, sort_keys=True) if meta else None
+    return pa.array(metas, pa.string())
+
 
 def run_stage(
     stage: Stage,
     inputs: list[Path | str],
     output: Path | str,
     progress: ProgressFn | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Run one stage on its inputs and write its stage folder. Returns the manifest."""
+    """Run one stage on its inputs and write its stage folder. Returns the manifest.
+
+    `workers` > 1: the stage's own per-part passes (map_parts) use that many processes, and so do
+    its parts when the stage has `parallel_parts`; the folder's bytes do not depend on it."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     files = input_files(stage, inputs)
     config = stage.config.model_dump(mode="json")
+    if workers < 1:
+        raise StageError(f"{stage.name}: workers must be >= 1, got {workers}")
     with StageFolder(
         output,
         stage.name,
@@ -231,19 +413,22 @@ def run_stage(
         source=stage.source,
     ) as folder:
         stage.artifacts = folder.artifacts_dir
+        stage.workers = workers
+        started = time.perf_counter()
         stats = stage.prepare(files) or {}
-        for index, path in enumerate(files):
-            if stage.reads == "raw":
-                docs = stage.read(path)
-                types = dict(stage.columns)
-            else:
-                types = annotation_types_of(read_schema(path)) | dict(stage.columns)
-                docs = stage.process(_counted(read_documents(path), folder), index)
-            with folder.part(index, types) as part:
-                for doc in docs:
-                    part.write(doc)
+        if stats:  # a stage with a first pass (hashing, model training): its share of the wall time
+            folder.timings["prepare_wall_time_s"] = time.perf_counter() - started
+        total_counts, total_counters = DocumentCounts(), dict(stage.counters)
+        runner = _PartRunner(stage, folder, files)
+        part_workers = workers if stage.parallel_parts else 1
+        for index, (counts, counters) in enumerate(_map_forked(runner, "write_part", list(range(len(files))), part_workers)):
+            if part_workers > 1 and len(files) > 1:
+                folder.register_part(index)  # written by a worker: record it in the parent
+            total_counts.add(counts)
+            _add_counters(total_counters, counters)
             if progress:
                 progress(stage.name, index + 1, len(files))
+        folder.counts, stage.counters = total_counts, total_counters
         folder.stats.update(stats)
         folder.stats.update(getattr(stage, "final_stats", lambda: {})())
         if not any((folder.tmp / "artifacts").iterdir()):

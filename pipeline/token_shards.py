@@ -1,58 +1,50 @@
 """Token shards: the mixture, tokenized, repeated and shuffled, in the flat files the trainer reads.
 
-On-disk format (model/train.py depends on it exactly; bump FORMAT_VERSION on any change):
+On-disk format (model/data.py depends on it exactly; bump FORMAT_VERSION on any change):
 
     <output>/
       manifest.json            written last (pipeline.documents.StageFolder, kind "token_shards")
       train/shard-00000.bin    flat little-endian uint16 token ids (vocab <= 65536, checked);
-                               each document is BOS, its tokens, EOS; documents concatenated
-      train/shard-00000.idx    little-endian int64 start offset of each document in the .bin,
-                               docs + 1 entries (the last one = tokens in the shard)
+                               each document copy is BOS, its tokens, EOS; copies concatenated
+      train/shard-00000.idx    little-endian int64 start offset of each copy in the .bin,
+                               copies + 1 entries (the last one = tokens in the shard)
       val/shard-00000.bin/.idx the same format, for the held-out documents
       ...                      more shards of each split, numbered from 00000
 
-A shard is closed once it holds `shard_tokens` tokens (documents are never split across shards).
-An empty split writes no shard. `manifest.json` stats hold format/version/dtype, vocab_size,
-bos_id, eos_id, tokenizer_sha256, the shard list {split, path, idx_path, tokens, docs, sha256},
-tokens per source, target and realized shares and realized epochs.
+A shard is closed once it holds `shard_tokens` tokens (a copy is never split across shards). An
+empty split writes no shard. The only copy that does not end with EOS is a source's cut copy (the
+mixture's `partial_tokens`: a document's first tokens, BOS included, that complete the source's
+exact token target); at most one per source.
 
-Training stream: a mixture document with `repeats` r appears r times. The (document, repeat) list
-is shuffled with one seeded permutation, so sources and the copies of one document interleave.
-For the skeleton that list and the per-document offsets live in memory (8 bytes per entry), and the
-tokens of the unique documents in a scratch file; issue 5 may replace it with a streaming shuffle.
-Validation: a deterministic `val_fraction` of the unique documents (chosen by a hash of seed and
-id), each written once - repeating a held-out document adds nothing to a loss estimate.
+Training stream: the mixture plans, per document, `repeats` whole copies and at most one cut copy
+(pipeline/mixture.py). The list of all copies is shuffled with one permutation seeded by `seed`,
+so sources and the copies of one document interleave across the stream; val documents are written
+once, in their own shuffled order. Packing into training sequences is done by the reader
+(model/data.py TokenStream): sequence i of context length L is tokens[i*L : i*L + L + 1] of the
+concatenated split, the BOS/EOS ids marking where documents meet inside a sequence (LLaMA and
+GPT-3 pack without masking across documents). The same shards thus serve any context length.
 
-Token counts include the BOS and EOS of every document (they are trained on). `epochs` per source =
-tokens emitted / tokens of all the source's unique documents (including those the mixture did not
-sample, which are tokenized only to be counted).
+Tokenization runs in SentencePiece's C++ thread pool (`num_workers` threads on batches of rows),
+each unique document once, into a scratch file; the shuffled copies are then copied out of it.
+Tokens per source and their shares are counted over the train split, the stream the mixture
+planned: they equal the mixture's targets to the token, which the manifest reports side by side.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import shutil
-from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from pipeline.documents import (
-    Document,
-    StageError,
-    StageFolder,
-    is_complete,
-    kept_parts,
-    read_documents,
-    read_manifest,
-    rejected_parts,
-    sha256_file,
-)
-from pipeline.mixture import REPEATS_COLUMN
-from pipeline.documents import code_version_of
+from pipeline.documents import StageError, StageFolder, code_version_of, read_manifest, sha256_file
+from pipeline.mixture import PARTIAL_COLUMN, REPEATS_COLUMN, SPLIT_COLUMN, TOKENS_COLUMN, read_plan_columns
 from pipeline.tokenizer import load_tokenizer, tokenizer_model_path
 
 STAGE_NAME = "token_shards"
@@ -61,8 +53,7 @@ FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")
 OFFSET_DTYPE = np.dtype("<i8")
 SPLITS = ("train", "val")
-EMPTY_DOCUMENT = "empty_document"
-ENCODE_BATCH = 256
+ENCODE_BATCH = 1024  # rows per SentencePiece batch: enough work for its thread pool
 CODE_VERSION = code_version_of(__file__)
 
 
@@ -70,18 +61,8 @@ class TokenShardsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shard_tokens: int = 100_000_000  # ~200 MB of uint16 per shard
-    # Held-out documents for validation loss (the paper reports none; a small slice is customary,
-    # e.g. nanoGPT keeps 0.05% of OpenWebText). At least one document when the fraction is > 0.
-    val_fraction: float = 0.0005
     seed: int = 0
-    num_workers: int = 1  # threads SentencePiece encodes a batch with
-
-    @field_validator("val_fraction")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {value}")
-        return value
+    num_workers: int = 2  # SentencePiece threads per encode batch
 
     @field_validator("shard_tokens", "num_workers")
     @classmethod
@@ -91,24 +72,21 @@ class TokenShardsConfig(BaseModel):
         return value
 
 
-def _unit_interval(seed: int, doc_id: str) -> float:
-    digest = hashlib.blake2b(f"val\x00{seed}\x00{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64
-
-
-def _batched(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def pack_documents(ids: list[list[int]], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documents' ids as one uint16 array, each as BOS ids EOS, and each one's length."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    packed = np.empty(int(ends[-1]) if len(ends) else 0, dtype=TOKEN_DTYPE)
+    body = np.ones(len(packed), dtype=bool)
+    body[starts] = body[ends - 1] = False
+    packed[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=len(packed) - 2 * len(ids))
+    packed[starts], packed[ends - 1] = bos, eos
+    return packed, lengths
 
 
 class _ShardWriter:
-    """Writes one split's documents into .bin/.idx shards of about `shard_tokens` tokens."""
+    """Writes one split's copies into .bin/.idx shards of about `shard_tokens` tokens."""
 
     def __init__(self, root: Path, split: str, shard_tokens: int):
         self.root, self.split, self.shard_tokens = root, split, shard_tokens
@@ -157,16 +135,20 @@ def write_token_shards(
     tokenizer_model: Path,
     output: Path,
     config: TokenShardsConfig | None = None,
-    mixture_manifest: dict[str, Any] | None = None,
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """Tokenize the mixture and write train/val token shards at `output`. Returns the manifest.
-    `tokenizer_model` is a tokenizer stage folder or a tokenizer.model file."""
+    With `reuse`, shards already written from the same mixture, tokenizer and config are kept.
+    `tokenizer_model` is a tokenizer stage folder or a tokenizer.model file; it must be the one
+    the mixture counted tokens with."""
     config = config or TokenShardsConfig()
     mixture_dir, output = Path(mixture_dir), Path(output)
-    if not is_complete(mixture_dir):
-        raise StageError(f"{mixture_dir}: incomplete mixture stage folder (no manifest.json)")
-    mixture_manifest = mixture_manifest or read_manifest(mixture_dir)
+    parts = read_plan_columns(mixture_dir)
+    mixture_stats = read_manifest(mixture_dir)["stats"]
     model_path = tokenizer_model_path(tokenizer_model)
+    model_sha = sha256_file(model_path)
+    if mixture_stats.get("tokenizer_sha256") != model_sha:
+        raise StageError(f"{mixture_dir}: the mixture counted tokens with another tokenizer than {model_path}")
     sp = load_tokenizer(model_path)
     vocab_size = sp.get_piece_size()
     if vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
@@ -175,89 +157,92 @@ def write_token_shards(
     if bos < 0 or eos < 0:
         raise StageError(f"{model_path}: the tokenizer has no BOS/EOS piece (bos_id {bos}, eos_id {eos})")
     output.parent.mkdir(parents=True, exist_ok=True)
-
-    def encode(batch: list[Document]) -> list[list[int]]:
-        return sp.encode([d.text for d in batch], num_threads=config.num_workers)
-
-    with StageFolder(
+    folder = StageFolder(
         output,
         STAGE_NAME,
         config.model_dump(mode="json"),
         inputs=[mixture_dir / "manifest.json", model_path],
         code_version=CODE_VERSION,
         kind="token_shards",
-    ) as folder:
+    )
+    if reuse and (manifest := folder.current()):
+        return manifest
+    with folder:
         scratch = folder.tmp / "scratch"
         scratch.mkdir()
-        # Pass 1: tokenize each unique kept document once (BOS + tokens + EOS) into a scratch file.
-        doc_offsets = [0]
-        doc_source: list[str] = []
-        doc_repeats: list[int] = []
-        doc_is_val: list[bool] = []
-        doc_val_key: list[float] = []
-        unique_tokens: Counter[str] = Counter()
-        empty_ids: list[str] = []
-        parts = kept_parts(mixture_dir)
-        for part in parts:
-            if REPEATS_COLUMN not in pq.read_schema(part).names:
-                raise StageError(f"{part}: no '{REPEATS_COLUMN}' column; is {mixture_dir} a mixture stage folder?")
+        # Pass 1: tokenize each unique document once (BOS + ids + EOS) into a scratch file.
+        lengths, repeats, partial, source_of, is_val = [], [], [], [], []
+        sources: list[str] = []
+        columns = ["id", "text", "source", TOKENS_COLUMN, REPEATS_COLUMN, PARTIAL_COLUMN, SPLIT_COLUMN]
         with open(scratch / "unique.bin", "wb") as unique:
             for part in parts:
-                for batch in _batched(read_documents(part), ENCODE_BATCH):
-                    for doc, ids in zip(batch, encode(batch)):
-                        if not ids:
-                            folder.count(doc.reject(EMPTY_DOCUMENT))
-                            if len(empty_ids) < 100:
-                                empty_ids.append(doc.id)
-                            continue
-                        folder.count(doc)
-                        tokens = np.asarray([bos, *ids, eos], dtype=TOKEN_DTYPE)
-                        unique.write(tokens.tobytes())
-                        doc_offsets.append(doc_offsets[-1] + len(tokens))
-                        doc_source.append(doc.source)
-                        doc_repeats.append(int(doc.columns[REPEATS_COLUMN]))
-                        key = _unit_interval(config.seed, doc.id)
-                        doc_val_key.append(key)
-                        doc_is_val.append(key < config.val_fraction)
-                        unique_tokens[doc.source] += len(tokens)
-        # Documents the mixture did not sample still count toward what each source had available.
-        for part in rejected_parts(mixture_dir):
-            for batch in _batched(read_documents(part, columns=["id", "text", "source"]), ENCODE_BATCH):
-                for doc, ids in zip(batch, encode(batch)):
-                    if ids:
-                        unique_tokens[doc.source] += len(ids) + 2
+                for batch in pq.ParquetFile(part).iter_batches(batch_size=ENCODE_BATCH, columns=columns):
+                    texts = batch.column("text").to_pylist()
+                    packed, doc_lengths = pack_documents(sp.encode(texts, num_threads=config.num_workers), bos, eos)
+                    planned = batch.column(TOKENS_COLUMN).to_numpy()
+                    if not np.array_equal(doc_lengths, planned):
+                        row = int(np.flatnonzero(doc_lengths != planned)[0])
+                        raise StageError(
+                            f"{part}: document {batch.column('id')[row]} has {doc_lengths[row]} tokens, "
+                            f"the mixture counted {planned[row]}"
+                        )
+                    unique.write(packed.tobytes())
+                    lengths.append(doc_lengths)
+                    repeats.append(batch.column(REPEATS_COLUMN).to_numpy())
+                    partial.append(batch.column(PARTIAL_COLUMN).to_numpy())
+                    is_val.append(pc.equal(batch.column(SPLIT_COLUMN), "val").to_numpy(zero_copy_only=False))
+                    names = batch.column("source").to_pylist()
+                    for name in set(names) - set(sources):
+                        sources.append(name)
+                    source_of.append(np.asarray([sources.index(n) for n in names], dtype=np.int16))
+                    text_bytes = int(pc.sum(pc.binary_length(pc.cast(batch.column("text"), pa.binary()))).as_py() or 0)
+                    folder.counts.docs_in += len(texts)
+                    folder.counts.docs_kept += len(texts)
+                    folder.counts.bytes_out += text_bytes
+                    folder.counts.bytes_kept += text_bytes
+        if not lengths:
+            raise StageError(f"{mixture_dir}: the mixture has no documents to tokenize")
+        lengths_all = np.concatenate(lengths)
+        offsets = np.concatenate([[0], np.cumsum(lengths_all)])
+        repeats_all, partial_all = np.concatenate(repeats), np.concatenate(partial)
+        source_all, val_all = np.concatenate(source_of), np.concatenate(is_val)
 
-        n_docs = len(doc_source)
-        if n_docs == 0:
-            raise StageError(f"{mixture_dir}: no document produced any token")
-        is_val = np.asarray(doc_is_val, dtype=bool)
-        if config.val_fraction > 0 and not is_val.any() and n_docs >= 2:
-            is_val[int(np.argmin(doc_val_key))] = True  # a tiny corpus still gets a validation set
-        offsets = np.asarray(doc_offsets, dtype=np.int64)
-        repeats = np.asarray(doc_repeats, dtype=np.int64)
+        # The copies: (document, tokens taken). Whole copies take the document's length.
         rng = np.random.default_rng(config.seed)
-        train_docs = np.flatnonzero(~is_val)
-        train_order = rng.permutation(np.repeat(train_docs, repeats[train_docs]))
-        val_order = rng.permutation(np.flatnonzero(is_val))
+        train_rows = np.flatnonzero(~val_all)
+        whole_docs = np.repeat(train_rows, repeats_all[train_rows])
+        cut_docs = train_rows[partial_all[train_rows] > 0]
+        train_docs = np.concatenate([whole_docs, cut_docs])
+        train_take = np.concatenate([lengths_all[whole_docs], partial_all[cut_docs]])
+        order = rng.permutation(len(train_docs))
+        val_docs = rng.permutation(np.flatnonzero(val_all))
+        copies = {
+            "train": (train_docs[order], train_take[order]),
+            "val": (val_docs, lengths_all[val_docs]),
+        }
 
         # Pass 2: copy documents from the scratch file into the shards, in shuffled order.
-        unique_tokens_file = np.memmap(scratch / "unique.bin", dtype=TOKEN_DTYPE, mode="r")
-        emitted: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
+        unique_tokens = np.memmap(scratch / "unique.bin", dtype=TOKEN_DTYPE, mode="r")
         shards: list[dict[str, Any]] = []
-        for split, order in (("train", train_order), ("val", val_order)):
+        emitted = {split: np.zeros(len(sources), dtype=np.int64) for split in SPLITS}
+        for split, (docs, take) in copies.items():
             writer = _ShardWriter(folder.tmp, split, config.shard_tokens)
-            for doc in order:
-                tokens = unique_tokens_file[offsets[doc] : offsets[doc + 1]]
-                writer.write(tokens)
-                emitted[split][doc_source[doc]] += len(tokens)
+            for doc, count in zip(docs.tolist(), take.tolist()):
+                writer.write(unique_tokens[offsets[doc] : offsets[doc] + count])
+            np.add.at(emitted[split], source_all[docs], take)
             shards += writer.finish()
-        del unique_tokens_file
+        del unique_tokens
         shutil.rmtree(scratch)
 
-        tokens_per_source = emitted["train"] + emitted["val"]
-        total = sum(tokens_per_source.values())
-        mixture_sources = mixture_manifest.get("stats", {}).get("sources", {})
-        sources = sorted(set(unique_tokens) | set(mixture_sources))
+        planned = mixture_stats.get("sources", {})
+        # Ties in share (Table 1: github, wikipedia, books at 4.5%) by name: a set's order changes
+        # with PYTHONHASHSEED, and the manifest must be the same bytes on every run.
+        names = sorted(set(sources) | set(planned), key=lambda s: (-planned.get(s, {}).get("target_share", 0), s))
+        train_tokens = {s: int(emitted["train"][sources.index(s)]) if s in sources else 0 for s in names}
+        val_tokens = {s: int(emitted["val"][sources.index(s)]) if s in sources else 0 for s in names}
+        total_train = sum(train_tokens.values())
+        target_tokens = {s: planned.get(s, {}).get("target_tokens", 0) for s in names}
+        available = {s: planned.get(s, {}).get("available_tokens", 0) for s in names}
         folder.stats.update(
             {
                 "format": FORMAT,
@@ -267,28 +252,29 @@ def write_token_shards(
                 "vocab_size": vocab_size,
                 "bos_id": bos,
                 "eos_id": eos,
-                "tokenizer_sha256": sha256_file(model_path),
+                "tokenizer_sha256": model_sha,
                 "shards": shards,
-                "total_tokens": total,
-                "split_tokens": {split: sum(emitted[split].values()) for split in SPLITS},
-                "split_docs": {"train": int(len(train_order)), "val": int(len(val_order))},
-                "unique_docs": {"train": int(len(train_docs)), "val": int(is_val.sum())},
-                "tokens_per_source": {s: tokens_per_source[s] for s in sources},
-                "train_tokens_per_source": {s: emitted["train"][s] for s in sources},
-                "unique_tokens_per_source": {s: unique_tokens[s] for s in sources},
-                "target_share": {s: mixture_sources.get(s, {}).get("target_share", 0.0) for s in sources},
-                "realized_share": {s: round(tokens_per_source[s] / total, 6) for s in sources},
-                "epochs": {
-                    s: round(tokens_per_source[s] / unique_tokens[s], 6) if unique_tokens[s] else 0.0 for s in sources
-                },
-                "empty_document_ids": empty_ids,
+                "total_tokens": total_train + sum(val_tokens.values()),
+                "split_tokens": {"train": total_train, "val": sum(val_tokens.values())},
+                "split_docs": {split: int(len(docs)) for split, (docs, _) in copies.items()},
+                "unique_docs": {"train": int(len(train_rows)), "val": int(val_all.sum())},
+                "cut_copies": int(len(cut_docs)),
+                # Per source, over the train split (the stream the mixture planned).
+                "tokens_per_source": train_tokens,
+                "target_tokens": target_tokens,
+                "target_share": {s: planned.get(s, {}).get("target_share", 0.0) for s in names},
+                "realized_share": {s: round(n / total_train, 8) if total_train else 0.0 for s, n in train_tokens.items()},
+                "epochs": {s: round(train_tokens[s] / available[s], 6) if available[s] else 0.0 for s in names},
+                "table1_epochs": {s: planned.get(s, {}).get("table1_epochs") for s in names},
+                "val_tokens_per_source": val_tokens,
+                "mixture_warnings": mixture_stats.get("warnings", []),
             }
         )
     return read_manifest(output)
 
 
 # ---------------------------------------------------------------------------------------------
-# Reader (used by model/train.py; numpy only)
+# Reader (numpy only; the trainer's reader with its resumable position is model/data.py)
 
 
 class TokenView:

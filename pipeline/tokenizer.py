@@ -1,4 +1,4 @@
-"""The SentencePiece BPE tokenizer, trained on a sample of the mixture.
+"""The SentencePiece BPE tokenizer, trained on a sample of the sources drawn at the mixture's shares.
 
 LLaMA (arXiv 2302.13971, Section 2.1) tokenizes with BPE (Sennrich et al.) as implemented in
 SentencePiece, splits all numbers into individual digits and falls back to bytes for unknown
@@ -6,18 +6,29 @@ UTF-8 characters; the vocabulary has 32k tokens. The released tokenizer.model al
 of its trainer spec, copied here: identity normalization (no NFKC), whitespace kept as is
 (remove_extra_whitespaces false, whitespace-only pieces allowed), unk/bos/eos = 0/1/2, no pad.
 
-The training sample follows the mixture: every document enters it about `repeats * p` times, p
-chosen so the sample is `train_sample_bytes` long, so sources weigh in by their Table 1 share.
-Which copies are drawn depends only on (seed, document id): the sample is deterministic.
+One setting departs from it: add_dummy_prefix is off. LLaMA's model prepends "▁" to every input;
+Hugging Face's LlamaTokenizer (transformers 5, a `tokenizers` Metaspace) prepends it only when the
+text does not already start with a space, so the two give different ids for " text" or "  code".
+Without the dummy prefix both tokenize every string identically (tests/test_tokenizer.py checks
+it on CJK, emoji, control characters and random slices of prose), and the artifacts folder
+carries the tokenizer_config.json that makes `LlamaTokenizer.from_pretrained(folder)` load it so.
 
-Output: a stage folder (kind "tokenizer") with artifacts/tokenizer.model and tokenizer.vocab.
+The tokenizer is trained before the mixture is sampled, because the mixture counts real tokens
+with it. Its sample therefore comes from the sources' final stage folders directly, with the
+mixture's shares: source s contributes share_s of the sample's bytes. The sample is the largest one
+of at most `train_sample_bytes` in which no document appears twice (the source that is scarcest
+relative to its share is taken whole); which documents enter depends only on (seed, document id),
+so the sample is deterministic and independent of reading order.
+
+Output: a stage folder (kind "tokenizer") with artifacts/tokenizer.model, tokenizer.vocab and
+tokenizer_config.json.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import math
 import tempfile
 import time
 from collections import Counter
@@ -30,14 +41,22 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.documents import StageError, StageFolder, is_complete, kept_parts, read_documents, read_manifest, sha256_file
-from pipeline.mixture import REPEATS_COLUMN
-from pipeline.documents import code_version_of
+from pipeline.documents import (
+    StageError,
+    StageFolder,
+    code_version_of,
+    is_complete,
+    kept_parts,
+    read_documents,
+    read_manifest,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
 STAGE_NAME = "tokenizer"
 MODEL_FILE = "tokenizer.model"
+HF_CONFIG_FILE = "tokenizer_config.json"
 CODE_VERSION = code_version_of(__file__)
 
 
@@ -49,6 +68,8 @@ class TokenizerConfig(BaseModel):
     split_digits: bool = True  # paper: numbers split into individual digits
     byte_fallback: bool = True  # paper: unknown UTF-8 characters decomposed into bytes
     normalization_rule_name: str = "identity"  # LLaMA tokenizer.model trainer spec
+    # LLaMA's model has it on; off so that HF's LlamaTokenizer gives the same ids (module docstring).
+    add_dummy_prefix: bool = False
     unk_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -58,7 +79,7 @@ class TokenizerConfig(BaseModel):
     # max_sentence_length bytes are cut into pieces rather than skipped by the trainer.
     input_sentence_size: int = 20_000_000
     max_sentence_length: int = 16384
-    train_sample_bytes: int = 500_000_000  # size of the training sample drawn from the mixture
+    train_sample_bytes: int = 500_000_000  # largest training sample drawn from the sources
     num_threads: int = 2
     seed: int = 0
 
@@ -69,13 +90,12 @@ def _unit_interval(seed: int, doc_id: str) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def _weighted_bytes(parts: list[Path]) -> int:
-    """Sum over documents of repeats * UTF-8 bytes: the size of the mixture's token stream in bytes."""
+def _text_bytes(parts: list[Path]) -> int:
+    """UTF-8 bytes of all documents of some Parquet parts."""
     total = 0
     for part in parts:
-        table = pq.read_table(part, columns=["text", REPEATS_COLUMN])
-        lengths = pc.binary_length(pc.cast(table.column("text"), pa.binary()))
-        total += pc.sum(pc.multiply(pc.cast(lengths, pa.int64()), table.column(REPEATS_COLUMN))).as_py() or 0
+        lengths = pc.binary_length(pc.cast(pq.read_table(part, columns=["text"]).column("text"), pa.binary()))
+        total += pc.sum(lengths).as_py() or 0
     return int(total)
 
 
@@ -92,65 +112,103 @@ def _sentences(text: str, max_bytes: int) -> Iterator[str]:
                 yield line[start : start + step]
 
 
-def draw_training_sample(mixture_dir: Path, sample_path: Path, config: TokenizerConfig) -> dict[str, Any]:
-    """Write the training sample, one sentence per line, and return its statistics."""
-    parts = kept_parts(mixture_dir)
-    if not parts:
-        raise StageError(f"{mixture_dir}: the mixture has no kept parts")
-    for part in parts:
-        if REPEATS_COLUMN not in pq.read_schema(part).names:
-            raise StageError(f"{part}: no '{REPEATS_COLUMN}' column; is {mixture_dir} a mixture stage folder?")
-    stream_bytes = _weighted_bytes(parts)
-    if stream_bytes == 0:
-        raise StageError(f"{mixture_dir}: the mixture holds no text to train a tokenizer on")
-    rate = min(1.0, config.train_sample_bytes / stream_bytes)  # expected copies per repeat
+def draw_training_sample(
+    source_dirs: dict[str, Path], shares: dict[str, float], sample_path: Path, config: TokenizerConfig
+) -> dict[str, Any]:
+    """Write the training sample (one sentence per line) drawn from the sources' final stage
+    folders at `shares`; return its statistics."""
+    missing = sorted(set(shares) - set(source_dirs))
+    if missing:
+        raise StageError(f"tokenizer: no source folder for {', '.join(missing)}")
+    parts = {name: kept_parts(source_dirs[name]) for name in shares}
+    source_bytes = {name: _text_bytes(parts[name]) for name in shares}
+    empty = sorted(name for name, size in source_bytes.items() if size == 0)
+    if empty:
+        raise StageError(f"tokenizer: source(s) {', '.join(empty)} have no text to train on")
+    total_share = sum(shares.values())
+    weights = {name: share / total_share for name, share in shares.items()}
+    # The largest sample at these shares in which no document is taken twice.
+    sample_target = min(config.train_sample_bytes, min(source_bytes[s] / w for s, w in weights.items() if w > 0))
+    rates = {name: min(1.0, weights[name] * sample_target / source_bytes[name]) for name in shares}
     docs_seen = docs_sampled = lines = 0
     bytes_by_source: Counter[str] = Counter()
     with open(sample_path, "w", encoding="utf-8") as sample:
-        for part in parts:
-            for doc in read_documents(part, columns=["id", "text", "source", REPEATS_COLUMN]):
-                docs_seen += 1
-                expected = doc.columns[REPEATS_COLUMN] * rate
-                copies = math.floor(expected) + (_unit_interval(config.seed, doc.id) < expected - math.floor(expected))
-                if not copies:
-                    continue
-                docs_sampled += 1
-                for sentence in _sentences(doc.text, config.max_sentence_length):
-                    for _ in range(copies):
+        for name in shares:
+            for part in parts[name]:
+                for doc in read_documents(part, columns=["id", "text", "source"]):
+                    docs_seen += 1
+                    if _unit_interval(config.seed, doc.id) >= rates[name]:
+                        continue
+                    docs_sampled += 1
+                    for sentence in _sentences(doc.text, config.max_sentence_length):
                         sample.write(sentence + "\n")
-                    lines += copies
-                    bytes_by_source[doc.source] += copies * len(sentence.encode("utf-8"))
+                        lines += 1
+                        bytes_by_source[name] += len(sentence.encode("utf-8"))
     sample_bytes = sum(bytes_by_source.values())
     if sample_bytes == 0:
-        raise StageError(f"{mixture_dir}: the tokenizer training sample came out empty")
+        raise StageError("tokenizer: the training sample came out empty")
     return {
-        "mixture_stream_bytes": stream_bytes,
-        "sample_rate": round(rate, 8),
+        "source_bytes": source_bytes,
+        "sample_rate_by_source": {s: round(r, 8) for s, r in rates.items()},
         "docs_seen": docs_seen,
         "docs_sampled": docs_sampled,
         "sample_lines": lines,
         "sample_bytes": sample_bytes,
-        "sample_share_by_source": {s: round(b / sample_bytes, 6) for s, b in sorted(bytes_by_source.items())},
+        "sample_share_by_source": {s: round(bytes_by_source[s] / sample_bytes, 6) for s in shares},
+        "target_share_by_source": {s: round(w, 6) for s, w in weights.items()},
     }
 
 
-def train_tokenizer(mixture_dir: Path, output: Path, config: TokenizerConfig | None = None) -> dict[str, Any]:
-    """Train the SentencePiece model on a sample of the mixture; write the tokenizer stage folder."""
+def hf_tokenizer_config(processor: spm.SentencePieceProcessor, config: TokenizerConfig) -> dict[str, Any]:
+    """tokenizer_config.json for Hugging Face transformers: LlamaTokenizer with this model's
+    special pieces and prefix-space setting, BOS added on encode as LLaMA does."""
+    return {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_prefix_space": config.add_dummy_prefix,
+        "legacy": False,
+        "unk_token": processor.id_to_piece(processor.unk_id()),
+        "bos_token": processor.id_to_piece(processor.bos_id()),
+        "eos_token": processor.id_to_piece(processor.eos_id()),
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        # "<s>" inside a document is text to SentencePiece (and to pretraining); HF would otherwise
+        # turn it into the BOS id.
+        "split_special_tokens": True,
+    }
+
+
+def train_tokenizer(
+    source_dirs: dict[str, Path],
+    output: Path,
+    config: TokenizerConfig | None = None,
+    shares: dict[str, float] | None = None,
+    reuse: bool = True,
+) -> dict[str, Any]:
+    """Train the SentencePiece model on a sample of the sources' final stage folders drawn at
+    `shares` (default: equal); write the tokenizer stage folder at `output`. With `reuse`, a
+    folder already trained on the same inputs with the same config is kept."""
     config = config or TokenizerConfig()
-    mixture_dir, output = Path(mixture_dir), Path(output)
-    if not is_complete(mixture_dir):
-        raise StageError(f"{mixture_dir}: incomplete mixture stage folder (no manifest.json)")
+    output = Path(output)
+    source_dirs = {name: Path(path) for name, path in source_dirs.items()}
+    shares = shares or {name: 1.0 for name in source_dirs}
+    for name, path in source_dirs.items():
+        if not is_complete(path):
+            raise StageError(f"{path}: incomplete stage folder for source {name} (no manifest.json)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    with StageFolder(
+    folder = StageFolder(
         output,
         STAGE_NAME,
-        config.model_dump(mode="json"),
-        inputs=[mixture_dir / "manifest.json"],
+        config.model_dump(mode="json") | {"shares": shares},
+        inputs=[source_dirs[name] / "manifest.json" for name in shares],
         code_version=CODE_VERSION,
         kind="tokenizer",
-    ) as folder, tempfile.TemporaryDirectory(prefix="tokenizer-sample-", dir=output.parent) as scratch:
+    )
+    if reuse and (manifest := folder.current()):
+        return manifest
+    with folder, tempfile.TemporaryDirectory(prefix="tokenizer-sample-", dir=output.parent) as scratch:
         sample_path = Path(scratch) / "sample.txt"
-        sample_stats = draw_training_sample(mixture_dir, sample_path, config)
+        sample_stats = draw_training_sample(source_dirs, shares, sample_path, config)
         model_prefix = folder.artifacts_dir / Path(MODEL_FILE).stem
         started = time.time()
         spm.set_random_generator_seed(config.seed)
@@ -162,6 +220,7 @@ def train_tokenizer(mixture_dir: Path, output: Path, config: TokenizerConfig | N
             split_digits=config.split_digits,
             byte_fallback=config.byte_fallback,
             normalization_rule_name=config.normalization_rule_name,
+            add_dummy_prefix=config.add_dummy_prefix,
             unk_id=config.unk_id,
             bos_id=config.bos_id,
             eos_id=config.eos_id,
@@ -177,12 +236,14 @@ def train_tokenizer(mixture_dir: Path, output: Path, config: TokenizerConfig | N
             num_threads=config.num_threads,
             minloglevel=2,
         )
-        training_time = time.time() - started
+        folder.timings["training_time_s"] = time.time() - started
+        drop_training_paths(model_prefix.with_suffix(".model"))
         processor = spm.SentencePieceProcessor(model_file=str(model_prefix.with_suffix(".model")))
         if processor.get_piece_size() < config.vocab_size:
             log.warning(
                 "tokenizer: the sample supports only %d pieces (asked %d)", processor.get_piece_size(), config.vocab_size
             )
+        (folder.artifacts_dir / HF_CONFIG_FILE).write_text(json.dumps(hf_tokenizer_config(processor, config), indent=2) + "\n")
         folder.stats.update(
             sample_stats
             | {
@@ -192,11 +253,22 @@ def train_tokenizer(mixture_dir: Path, output: Path, config: TokenizerConfig | N
                 "eos_id": processor.eos_id(),
                 "unk_id": processor.unk_id(),
                 "pad_id": processor.pad_id(),
-                "training_time_s": round(training_time, 3),
                 "model_sha256": sha256_file(model_prefix.with_suffix(".model")),
             }
         )
     return read_manifest(output)
+
+
+def drop_training_paths(model_file: Path) -> None:
+    """Clear the paths SentencePiece records in a model's trainer spec (the temporary input file
+    and output prefix, which differ on every run), so the same training gives the same bytes."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(Path(model_file).read_bytes())
+    del model.trainer_spec.input[:]
+    model.trainer_spec.model_prefix = ""
+    Path(model_file).write_bytes(model.SerializeToString())
 
 
 def tokenizer_model_path(path: Path | str) -> Path:
@@ -213,3 +285,8 @@ def tokenizer_model_path(path: Path | str) -> Path:
 def load_tokenizer(path: Path | str) -> spm.SentencePieceProcessor:
     """A SentencePieceProcessor from a tokenizer stage folder or a tokenizer.model file."""
     return spm.SentencePieceProcessor(model_file=str(tokenizer_model_path(path)))
+
+
+def token_counts(processor: spm.SentencePieceProcessor, texts: list[str], num_threads: int = 1) -> list[int]:
+    """Number of ids of each text (without BOS/EOS), encoded in SentencePiece's own thread pool."""
+    return [len(ids) for ids in processor.encode(texts, num_threads=num_threads)]

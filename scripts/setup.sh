@@ -35,6 +35,19 @@ if [ -n "$missing" ]; then
   fi
 fi
 
+# 1b. Debian's chromium, which the UI test drives headless (through playwright) to check what the
+#     Prefect UI shows. Optional: without it that one test skips and says why.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium (for the Prefect UI test)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } ||
+      say "WARNING: could not install chromium; the UI test will be skipped"
+  else
+    say "note: chromium not installed (apt-get install chromium); the UI test will be skipped"
+  fi
+fi
+
 # 2. The virtual environment with exactly the pinned versions.
 LOCK_HASH=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then

@@ -180,3 +180,21 @@ def test_real_scipy_and_sympy_papers(tmp_path):
     for text in (scipy, sympy):
         for gone in ("\\input{", "\\bibliography", "\\newcommand", "\\documentclass", "\\end{document}"):
             assert gone not in text
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL_ARXIV / "hott-book-excerpt").is_dir(), reason=f"real-data sample absent: {REAL_ARXIV}")
+def test_real_hott_macros_expanded(tmp_path):
+    """macros.tex: ~75 \\def and ~340 \\newcommand, some with arguments, some TeX programming."""
+    archive = folder_tarball(REAL_ARXIV / "hott-book-excerpt", tmp_path / "hott.tar.gz")
+    (raw,) = ArxivIngest().read(archive)
+    assert raw.meta["main_file"] == "main.tex"
+    assert "preface" in raw.meta["missing_inputs"]  # the excerpt ships only the introduction
+    doc = ArxivClean().clean(raw)
+    assert doc.reason is None and doc.text.startswith("\\chapter*{Introduction}")
+    assert doc.meta["macros_defined"] >= 300 and doc.meta["macro_expansions"] >= 100
+    text = doc.text
+    # \newcommand{\UU}{\ensuremath{\mathcal{U}}\xspace}; \newcommand{\eqv}[2]{\ensuremath{#1 \simeq #2}\xspace}
+    assert "\\ensuremath{\\mathcal{U}}" in text and "\\simeq" in text
+    for used in ("\\UU", "\\eqv{", "\\LEM", "\\newcommand", "\\def\\", "\\bibliography"):
+        assert used not in text, used

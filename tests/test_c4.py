@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.documents import Document, kept_parts, read_documents, rejected_parts, write_documents
-from pipeline.sources.c4 import C4Ingest, C4Quality, split_sentences
+import re
+
+from pipeline.sources.c4 import (
+    BadWords,
+    C4Ingest,
+    C4Quality,
+    count_sentences,
+    split_normalized_sentences,
+    split_sentences,
+)
+from pipeline.sources.ldnoobw import LDNOOBW_EN
 from pipeline.stage import run_stage
 from tests.conftest import REALDATA
 
@@ -99,6 +109,22 @@ def test_bad_word_page_dropped_but_not_inside_other_words():
     assert clean(prose("forum") + ["The pudding was quite soggy today."], bad_words=["soggy"]).reason == "bad_words"
 
 
+def test_full_ldnoobw_list_phrases_and_flanking():
+    assert len(LDNOOBW_EN) == 403 and C4Quality().config.bad_words == list(LDNOOBW_EN)
+    assert clean(prose("forum") + ["That was a god damn mess, he said."]).reason == "bad_words"  # a phrase
+    assert clean(prose("forum") + ["The godly damnation of the poet was long."]).reason is None
+    assert clean(prose("forum") + ["He called it \u201cbullshit\u201d in the meeting."]).reason == "bad_words"
+    assert clean(prose("forum") + ["The bullshitter_tool ran all night long."]).reason is None  # "_" is a word character
+    words = BadWords(["s&m", "ball gag", "\U0001f595"])
+    assert words.found_in("club s&m night") and not words.found_in("ss&mm") and not words.found_in("ball-gag")
+    assert words.found_in("a \U0001f595 b") and not words.found_in("a\U0001f595")  # "a" is a word character
+
+
+def c4_utils_bad_words_regex(words) -> re.Pattern:
+    """The reference rule (tensorflow_datasets c4_utils.get_badwords_filter_fn, non-CJK languages)."""
+    return re.compile(r"(?:\W|^)({})(?:\W|$)".format("|".join(re.escape(w) for w in words)))
+
+
 def test_too_few_sentences_page_dropped():
     assert clean(prose("cafe", 4)).reason == "too_few_sentences"
     assert clean(prose("cafe", 5)).reason is None
@@ -110,6 +136,8 @@ def test_too_few_sentences_page_dropped():
 def test_split_sentences():
     sentences = split_sentences('He said "stop." Then he left! Did he? Yes')
     assert sentences == ['He said "stop."', "Then he left!", "Did he?", "Yes"]
+    assert split_normalized_sentences('he said "stop." then he left! did he? yes') == [s.lower() for s in sentences]
+    assert count_sentences("One. Two!  Three (four.) Five?") == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +168,17 @@ def test_span_repeated_inside_one_document_keeps_first_copy():
     out = clean(shared + prose("middle") + shared)
     assert out.reason is None
     assert out.text.count("Loop sentence one") == 1
+
+
+def test_rejected_page_claims_no_span():
+    # page b/1 is mostly spans of a/1, so it is rejected; its one new span (a5, fresh 0, fresh 1)
+    # then still belongs to the next page that has it (c/1) instead of vanishing with b/1
+    a = prose("alpha", 6)
+    fresh = ["Fresh one is new here.", "Fresh two is new here."]
+    c = [a[5], *fresh, *prose("gamma", 3)]
+    out = C4Quality()([doc("a/1", a), doc("b/1", a + fresh), doc("c/1", c)])
+    assert [d.reason for d in out] == [None, "duplicate_spans", None]
+    assert out[2].text.splitlines() == c
 
 
 def test_span_dedup_can_be_switched_off():
@@ -251,3 +290,21 @@ def test_real_c4_sample(tmp_path):
     originals = {f"c4/c4-sample.00000-of-00001/{i + 1}" for i in clean_rows}
     assert originals <= {d.id for d in kept}
     assert all(d.text.strip() for d in kept)
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_C4.is_file(), reason=f"{REAL_C4} not present (shared real-data samples)")
+def test_bad_words_and_sentence_split_match_the_reference_on_real_pages():
+    with gzip.open(REAL_C4, "rt", encoding="utf-8") as fh:
+        pages = [json.loads(line)["text"].lower() for line in fh]
+    # real pages with listed words planted at their edges, inside words and beside punctuation
+    pages += [p[:300] + " shit" for p in pages[:20]] + ["\u201canal\u201d " + p[:200] for p in pages[20:40]]
+    pages += ["shitake " + p[:200] for p in pages[40:60]] + [p[:200] + " make me come." for p in pages[60:80]]
+    reference, ours = c4_utils_bad_words_regex(LDNOOBW_EN), BadWords(LDNOOBW_EN)
+    verdicts = [(bool(reference.search(p)), ours.found_in(p)) for p in pages]
+    assert all(r == o for r, o in verdicts)
+    assert sum(r for r, _ in verdicts) >= 60  # the planted ones and the few the release kept
+    lines = [line for page in pages[:300] for line in page.splitlines()]
+    for line in lines:
+        normalized = " ".join(line.split())
+        assert split_normalized_sentences(normalized) == [" ".join(s.split()) for s in split_sentences(line)]

@@ -260,8 +260,8 @@ ngram 2=1
 class WordPieces:
     """A stand-in SentencePiece: one piece per word, so the pieces are known by hand."""
 
-    def encode(self, text: str, out_type=str) -> list[str]:
-        return text.split()
+    def encode(self, text: str | list[str], out_type=str, num_threads: int = 1) -> list:
+        return [t.split() for t in text] if isinstance(text, list) else text.split()
 
 
 def hand_model(tmp_path: Path) -> PerplexityModel:

@@ -221,7 +221,7 @@ def test_line_dedup_removes_a_repeated_line_from_every_copy_including_the_first(
     assert out["cc/b"].text == "Beta says hello."
     assert out["cc/c"].text == "Gamma has nothing in common." and not out["cc/c"].rejected
     assert out["cc/d"].reason == "empty_after_line_dedup"
-    assert out["cc/a"].meta["lines_removed"] == 1
+    assert out["cc/a"].columns["lines_removed"] == 1
 
 
 def test_line_dedup_respects_group_boundaries(tmp_path):

@@ -126,7 +126,7 @@ def test_truncated_parquet_names_the_file(tmp_path):
 def test_stage_folder_counts_must_reconcile(tmp_path):
     with pytest.raises(Exception):
         with StageFolder(tmp_path / "s", "bad", {}) as folder:
-            folder.docs_in = 3  # a stage that lost documents cannot commit
+            folder.counts.docs_in = 3  # a stage that lost documents cannot commit
     assert not (tmp_path / "s").exists()
 
 

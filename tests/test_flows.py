@@ -1,4 +1,4 @@
-"""End to end through Prefect: samples → every stage → mixture → tokenizer → shards → torchrun training.
+"""End to end through Prefect: samples → every stage → tokenizer → mixture → shards → torchrun training.
 
 One Prefect test harness (its ephemeral server starts once, ~20 s) serves the whole module.
 """
@@ -85,6 +85,14 @@ def test_token_shards_follow_the_mixture(recipe_run):
     tokens = np.fromfile(out / "build" / "tokens" / shard["path"], dtype="<u2")
     assert len(tokens) == shard["tokens"] and tokens.max() < stats["vocab_size"]
     assert tokens[0] == stats["bos_id"]
+    # Exact token targets: every source's training tokens are its Table 1 share of the total.
+    for source, realized in stats["realized_share"].items():
+        target = stats["target_share"][source]
+        assert abs(realized - target) / target < 0.005, (source, target, realized)
+    from flows.summary import mixture_table
+
+    table = "\n".join(mixture_table(out / "build"))
+    assert "target tok" in table and "wikipedia" in table and "Table 1" in table
 
 
 def test_training_loss_falls(recipe_run):
@@ -122,3 +130,133 @@ def test_second_build_reuses_unchanged_stages(recipe_run, tiny_spec):
     build_corpus(str(tiny_spec), str(out / "samples"), str(out / "build"))
     after = {p.name: (p / "manifest.json").read_text() for p in (out / "build" / "stages").iterdir()}
     assert before == after
+
+
+def test_stages_publish_tables_progress_and_charts(recipe_run):
+    from prefect.client.orchestration import get_client
+
+    async def artifacts() -> dict[str, set[str]]:
+        async with get_client() as client:
+            kinds: dict[str, set[str]] = {}
+            offset = 0
+            while found := await client.read_artifacts(limit=200, offset=offset):
+                for artifact in found:
+                    kinds.setdefault(artifact.type, set()).add(artifact.key)
+                offset += len(found)
+            return kinds
+
+    kinds = asyncio.run(artifacts())
+    assert {"cc-langid", "cc-perplexity", "c4-quality", "mixture"} <= kinds["table"]
+    assert {"cc-langid-progress", "books-dedup-progress"} <= kinds["progress"]
+    assert {"cc-langid-chart", "cc-perplexity-chart", "mixture-chart"} <= kinds["markdown"]
+
+
+# The tests below rebuild parts of the recipe's build: keep them last in this module.
+
+
+def _stage_folders(build: Path) -> dict[str, Path]:
+    folders = {p.name: p for p in (build / "stages").iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return folders | {"tokenizer": build / "tokenizer", "mixture": build / "mixture", "token_shards": build / "tokens"}
+
+
+def _snapshot(build: Path) -> dict[str, tuple[int, bytes]]:
+    """Per step: the inode of its manifest (a recomputed folder is a new one) and the manifest bytes."""
+    return {name: ((f / "manifest.json").stat().st_ino, (f / "manifest.json").read_bytes())
+            for name, f in _stage_folders(build).items()}
+
+
+def test_rerun_recomputes_the_stage_and_only_what_is_downstream(recipe_run, tiny_spec):
+    from flows.corpus import build_corpus
+
+    out, _ = recipe_run
+    build = out / "build"
+    before = _snapshot(build)
+    build_corpus(str(tiny_spec), str(out / "samples"), str(build), rerun=["wikipedia_clean"])
+    after = _snapshot(build)
+    recomputed = {name for name in before if after[name][0] != before[name][0]}
+    assert recomputed == {"wikipedia_clean", "cc_perplexity", "cc_wikiref", "tokenizer", "mixture", "token_shards"}
+    # Deterministic: recomputed from the same inputs, every manifest has the same bytes.
+    assert {name: m for name, (_, m) in after.items()} == {name: m for name, (_, m) in before.items()}
+
+
+def test_a_config_change_recomputes_that_stage_and_its_downstream(recipe_run, tiny_spec, tmp_path):
+    from flows.corpus import build_corpus
+
+    out, _ = recipe_run
+    build = out / "build"
+    raw = yaml.safe_load(tiny_spec.read_text())
+    raw["sources"]["c4"]["stages"]["c4_quality"]["min_num_sentences"] = 6
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw, sort_keys=False))
+    before = _snapshot(build)
+    build_corpus(str(changed), str(out / "samples"), str(build))
+    after = _snapshot(build)
+    recomputed = {name for name in before if after[name][0] != before[name][0]}
+    assert recomputed == {"c4_quality", "tokenizer", "mixture", "token_shards"}
+    assert after["c4_quality"][1] != before["c4_quality"][1]
+    # Back to the original spec: the same bytes as before the change.
+    build_corpus(str(tiny_spec), str(out / "samples"), str(build))
+    assert {name: m for name, (_, m) in _snapshot(build).items()} == {name: m for name, (_, m) in before.items()}
+
+
+def test_serve_registers_a_scheduled_deployment(prefect_harness, tiny_spec, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--spec", str(tiny_spec), "--inputs", str(tmp_path),
+         "--out", str(tmp_path / "build"), "--cron", "0 3 * * 0", "--name", "weekly-test"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+    async def deployment():
+        async with get_client() as client:
+            try:
+                return await client.read_deployment_by_name("build-corpus/weekly-test")
+            except Exception:  # not registered yet
+                return None
+
+    try:
+        deadline, found = time.time() + 120, None
+        while found is None and time.time() < deadline and serving.poll() is None:
+            found = asyncio.run(deployment())
+            time.sleep(1)
+        assert found is not None, serving.stdout.read().decode() if serving.poll() is not None else "not registered"
+        crons = [s.schedule.cron for s in found.schedules]
+        assert crons == ["0 3 * * 0"]
+        assert found.parameters["build_dir"] == str((tmp_path / "build").resolve())
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+
+
+def _build_files(build: Path) -> dict[str, bytes]:
+    """Every manifest, Parquet part and token shard of a build (not timing.json, nor BUILD.json)."""
+    wanted = [p for p in build.rglob("*") if p.is_file() and (p.suffix in (".parquet", ".bin", ".idx")
+                                                               or p.name == "manifest.json")]
+    return {str(p.relative_to(build)): p.read_bytes() for p in wanted if not any(s.startswith(".") for s in p.parts)}
+
+
+def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, tiny_spec, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.corpus import build_corpus
+
+    out, _ = recipe_run
+    # Dask's worker processes report their task runs to the same Prefect server as this process.
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        # workers=1: Dask's worker processes are daemons, which may not fork (the local build used 2).
+        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"), workers=1,
+                     dask_address=cluster.scheduler_address)
+    local, on_dask = _build_files(out / "build"), _build_files(tmp_path / "build")
+    assert set(local) == set(on_dask) and len(local) > 50
+    assert [name for name in local if local[name] != on_dask[name]] == []

@@ -135,6 +135,25 @@ def test_alpha_per_token():
     assert verdict("table.py", "data = [\n" + numbers + "\n]\n").reason == "alpha_per_token"
 
 
+def test_alpha_per_token_counts_with_a_sentencepiece_model(tmp_path):
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((CODE * 50) + "print('hello world')\n" * 20)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "chars"), model_type="char", vocab_size=30,
+        minloglevel=2,
+    )  # fmt: skip
+    model = tmp_path / "chars.model"
+    # word-run tokens: ~4.6 letters a token -> kept; one piece per character -> < 1.5 -> dropped
+    assert verdict("a.py", CODE).reason is None
+    assert verdict("a.py", CODE, tokenizer_model=str(model)).reason == "alpha_per_token"
+    stage = GithubFilter({"tokenizer_model": str(model)})
+    assert stage.extra_inputs() == [model]  # the model's bytes are part of the stage identity
+    with pytest.raises(Exception, match="not found"):
+        GithubFilter({"tokenizer_model": str(tmp_path / "missing.model")})
+
+
 def test_license_header_stripped():
     header = (
         "/*\n * Copyright 2021 Someone\n *\n * Licensed under the Apache License, Version 2.0 (the \"License\");\n"

@@ -1,22 +1,35 @@
-"""The mixture sampler: Table 1 config validation, repetition, sub-sampling, reconciliation."""
+"""The mixture sampler: Table 1 config, exact token targets in real tokens, repetition, export."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from pydantic import ValidationError
 
 from pipeline.documents import Document, StageError, StageFolder, kept_parts, read_documents, rejected_parts
-from pipeline.mixture import TABLE1, MixtureConfig, SourceShare, sample_mixture
+from pipeline.mixture import (
+    TABLE1,
+    MixtureConfig,
+    SourceShare,
+    export_jsonl_zst,
+    plan_copies,
+    sample_mixture,
+    split_targets,
+)
+from pipeline.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
-WORDS = "the of and model data token language corpus train web page code paper text".split()
+WORDS = "the of and model data token language corpus train web page code paper text 1999 2023".split()
 
 
-def write_source(root: Path, source: str, n_docs: int, seed: int = 0, parts: int = 1) -> Path:
-    """A hand-made final stage folder for one source: n_docs documents of varied length."""
+def write_source(root: Path, source: str, n_docs: int, seed: int = 0, parts: int = 1, long_every: int = 0) -> Path:
+    """A hand-made final stage folder for one source: n_docs documents of varied length (every
+    `long_every`-th one 20x longer, so whole-document sampling alone could not hit a target)."""
     rng = np.random.default_rng(seed)
     out = root / source
     with StageFolder(out, f"{source}_final", {}, source=source) as folder:
@@ -24,36 +37,52 @@ def write_source(root: Path, source: str, n_docs: int, seed: int = 0, parts: int
         for p in range(parts):
             with folder.part(p) as part:
                 for i in range(p * per_part, min(n_docs, (p + 1) * per_part)):
-                    words = rng.choice(WORDS, size=int(rng.integers(20, 120)))
-                    part.write(Document(id=f"{source}/{i}", text=f"{source} doc {i}: " + " ".join(words), source=source))
+                    size = int(rng.integers(20, 120)) * (20 if long_every and i % long_every == 0 else 1)
+                    words = rng.choice(WORDS, size=size)
+                    text = f"{source} doc {i}: " + " ".join(words)
+                    part.write(Document(id=f"{source}/{i}", text=text, source=source, meta={"url": f"https://x/{i}"}))
     return out
 
 
-def source_bytes(folder: Path) -> int:
-    return sum(len(d.text.encode()) for p in kept_parts(folder) for d in read_documents(p))
+def all_docs(folder: Path) -> dict[str, Document]:
+    return {d.id: d for p in kept_parts(folder) + rejected_parts(folder) for d in read_documents(p)}
 
 
-def repeats_by_id(folder: Path) -> dict[str, int]:
-    parts = kept_parts(folder) + rejected_parts(folder)
-    return {d.id: d.columns["repeats"] for p in parts for d in read_documents(p)}
-
-
-def three_source_config(sources: dict[str, Path], **kwargs) -> MixtureConfig:
-    """cc/wikipedia/github with Table 1's wiki and github epochs reached exactly at the budget."""
-    shares = {"cc": SourceShare(share=0.91, epochs=1.0), "wikipedia": TABLE1["wikipedia"], "github": TABLE1["github"]}
-    total = int(source_bytes(sources["wikipedia"]) / 4.0 * 2.45 / 0.045)
-    return MixtureConfig(sources=shares, total_tokens=kwargs.pop("total_tokens", total), **kwargs)
+def realized_tokens(docs: dict[str, Document], source: str) -> int:
+    return sum(
+        d.columns["repeats"] * d.columns["tokens"] + d.columns["partial_tokens"]
+        for d in docs.values()
+        if d.source == source and d.reason is None
+    )
 
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sources")
-    # At the wiki-derived budget (54.4x wiki), github needs ~0.64 epochs and cc ~2.5.
     return {
         "wikipedia": write_source(root, "wikipedia", 300, seed=1, parts=2),
-        "github": write_source(root, "github", 1150, seed=2),
+        "github": write_source(root, "github", 1150, seed=2, long_every=50),
         "cc": write_source(root, "cc", 6000, seed=3, parts=3),
     }
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sources, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tokenizer") / "tokenizer"
+    train_tokenizer(sources, out, TokenizerConfig(vocab_size=300), {"cc": 0.91, "wikipedia": 0.045, "github": 0.045})
+    return out
+
+
+def trainable_tokens(sources: dict[str, Path], tokenizer: Path, source: str, val_fraction: float = 0.0) -> int:
+    sp = load_tokenizer(tokenizer)
+    return sum(len(sp.encode(d.text)) + 2 for p in kept_parts(sources[source]) for d in read_documents(p))
+
+
+def three_source_config(sources, tokenizer, **kwargs) -> MixtureConfig:
+    """cc/wikipedia/github with the budget at which wikipedia is seen exactly 2.45 times."""
+    shares = {"cc": SourceShare(share=0.91, epochs=1.0), "wikipedia": TABLE1["wikipedia"], "github": TABLE1["github"]}
+    total = round(trainable_tokens(sources, tokenizer, "wikipedia") * 2.45 / 0.045)
+    return MixtureConfig(sources=shares, total_tokens=kwargs.pop("total_tokens", total), val_fraction=kwargs.pop("val_fraction", 0.0), **kwargs)
 
 
 # -- config
@@ -81,53 +110,116 @@ def test_unknown_source_and_bad_numbers_are_rejected():
         MixtureConfig(sources={"cc": {"share": 1.0, "epochs": 0}})
     with pytest.raises(ValidationError, match="share must be in"):
         MixtureConfig(sources={"cc": {"share": 1.5, "epochs": 1}, "c4": {"share": -0.5, "epochs": 1}})
+    with pytest.raises(ValidationError, match="val_fraction"):
+        MixtureConfig(val_fraction=1.0)
     with pytest.raises(ValidationError, match="Extra inputs"):
-        MixtureConfig(total_token=5)
+        MixtureConfig(bytes_per_token=4)
 
 
-# -- sampling
+# -- the plan, on token counts
 
 
-def test_repetition_subsampling_and_reconciliation(sources, tmp_path):
-    config = three_source_config(sources)
-    manifest = sample_mixture(sources, tmp_path / "mixture", config)
+@pytest.mark.parametrize("epochs", [0.3, 0.64, 1.0, 1.06, 2.45, 3.7])
+def test_plan_meets_the_target_to_the_token(epochs):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(5, 5000, size=400)
+    tokens[::37] *= 40  # a few very long documents (books)
+    target = round(epochs * tokens.sum())
+    repeats, partial = plan_copies(tokens, target, np.random.default_rng(1))
+    assert (repeats * tokens).sum() + partial.sum() == target
+    whole = int(np.floor(epochs))
+    assert set(np.unique(repeats)) <= {whole, whole + 1}
+    assert (partial > 0).sum() <= 1 and (partial < tokens).all()
+    if (partial > 0).any():  # the cut copy is of a document not already taken in the fractional pass
+        assert repeats[partial > 0][0] == whole
+    # the fractional pass draws whole documents: tokens of extra copies + cut copy = the fraction
+    assert ((repeats - whole) * tokens).sum() + partial.sum() == target - whole * tokens.sum()
+
+
+def test_plan_is_deterministic_per_generator_and_skips_empty_documents():
+    tokens = np.array([0, 10, 20, 0, 30, 40])
+    a = plan_copies(tokens, 135, np.random.default_rng(3))
+    b = plan_copies(tokens, 135, np.random.default_rng(3))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert (a[0][tokens == 0] == 0).all() and (a[1][tokens == 0] == 0).all()
+    assert (a[0] * tokens).sum() + a[1].sum() == 135
+    seen = {tuple(plan_copies(tokens, 55, np.random.default_rng(s))[0]) for s in range(20)}
+    assert len(seen) > 1  # the seed decides which documents fill the fraction
+
+
+def test_targets_sum_exactly_to_the_budget():
+    shares = {name: spec.share for name, spec in TABLE1.items()}
+    for total in (1, 999, 1_000_003, 1_400_000_000_000):
+        targets = split_targets(total, shares)
+        assert sum(targets.values()) == total
+        assert all(abs(targets[n] - shares[n] * total) < 1 for n in shares)
+
+
+# -- the stage
+
+
+def test_realized_tokens_equal_targets_and_wikipedia_repeats_245_times(sources, tokenizer, tmp_path):
+    config = three_source_config(sources, tokenizer)
+    manifest = sample_mixture(sources, tokenizer, tmp_path / "mixture", config)
     stats = manifest["stats"]["sources"]
-    repeats = repeats_by_id(tmp_path / "mixture")
+    docs = all_docs(tmp_path / "mixture")
 
-    wiki = [r for i, r in repeats.items() if i.startswith("wikipedia/")]
-    assert len(wiki) == 300 and set(wiki) == {2, 3}
-    assert stats["wikipedia"]["epochs"] == pytest.approx(2.45, rel=1e-6)
+    sp = load_tokenizer(tokenizer)
+    for doc in list(docs.values())[::97]:  # the counts are real tokens: BOS + ids + EOS
+        assert doc.columns["tokens"] == len(sp.encode(doc.text)) + 2
+    assert manifest["stats"]["realized_tokens"] == config.total_tokens
     for name in ("wikipedia", "github", "cc"):
-        target, realized = stats[name]["target_share"], stats[name]["realized_share_est"]
-        assert abs(realized - target) / target < 0.005, (name, target, realized)
+        target = stats[name]["target_tokens"]
+        assert realized_tokens(docs, name) == stats[name]["realized_tokens"] == target
+        assert abs(stats[name]["realized_share"] - config.sources[name].share) / config.sources[name].share < 0.005
 
-    github = [r for i, r in repeats.items() if i.startswith("github/")]
-    assert set(github) == {0, 1} and 0.55 < stats["github"]["epochs"] < 0.75
-    assert github.count(0) == stats["github"]["docs_not_sampled"] > 0
-    assert set(r for i, r in repeats.items() if i.startswith("cc/")) == {2, 3}
+    wiki = [d for d in docs.values() if d.source == "wikipedia"]
+    assert stats["wikipedia"]["epochs"] == pytest.approx(2.45, rel=1e-4)
+    assert {d.columns["repeats"] for d in wiki} == {2, 3} and sum(d.columns["partial_tokens"] > 0 for d in wiki) <= 1
+    wiki_tokens = sum(d.columns["tokens"] for d in wiki)
+    extra = sum(d.columns["tokens"] for d in wiki if d.columns["repeats"] == 3)
+    assert extra / wiki_tokens == pytest.approx(0.45, abs=0.01)  # the third pass covers 45% of the tokens
 
-    total_docs = 300 + 1150 + 6000
-    assert manifest["docs_in"] == total_docs == manifest["docs_kept"] + manifest["docs_rejected"]
-    assert manifest["rejected_by_reason"] == {"not_sampled": github.count(0)}
-    rejected = [d for p in rejected_parts(tmp_path / "mixture") for d in read_documents(p)]
-    assert all(d.reason == "not_sampled" and d.columns["repeats"] == 0 for d in rejected)
-    kept = [d for p in kept_parts(tmp_path / "mixture") for d in read_documents(p)]
-    assert all(d.columns["repeats"] >= 1 and d.id.startswith(d.source + "/") for d in kept)
+    github = [d for d in docs.values() if d.source == "github"]
+    assert {d.columns["repeats"] for d in github} == {0, 1} and 0.3 < stats["github"]["epochs"] < 0.9
+    not_sampled = [d for d in github if d.columns["repeats"] == 0 and d.columns["partial_tokens"] == 0]
+    assert len(not_sampled) == stats["github"]["docs_not_sampled"] > 0
+    cc_passes = stats["cc"]["whole_passes"]
+    assert cc_passes >= 1 and {d.columns["repeats"] for d in docs.values() if d.source == "cc"} == {cc_passes, cc_passes + 1}
+
+    assert manifest["docs_in"] == 300 + 1150 + 6000 == manifest["docs_kept"] + manifest["docs_rejected"]
+    assert manifest["rejected_by_reason"] == {"not_sampled": len(not_sampled)}
+    assert all(d.reason == "not_sampled" for d in not_sampled)
+    assert all(d.columns["split"] == "train" for d in docs.values())
     assert manifest["stats"]["warnings"] == []
 
 
-def test_sampling_is_deterministic_per_seed(sources, tmp_path):
-    config = three_source_config(sources, seed=7)
-    sample_mixture(sources, tmp_path / "a", config)
-    sample_mixture(sources, tmp_path / "b", config)
-    assert repeats_by_id(tmp_path / "a") == repeats_by_id(tmp_path / "b")
-    sample_mixture(sources, tmp_path / "c", three_source_config(sources, seed=8))
-    assert repeats_by_id(tmp_path / "a") != repeats_by_id(tmp_path / "c")
+def test_held_out_documents_are_never_trained_on(sources, tokenizer, tmp_path):
+    config = three_source_config(sources, tokenizer, val_fraction=0.05)
+    manifest = sample_mixture(sources, tokenizer, tmp_path / "mixture", config)
+    docs = all_docs(tmp_path / "mixture")
+    val = [d for d in docs.values() if d.columns["split"] == "val"]
+    assert 0.03 * len(docs) < len(val) < 0.07 * len(docs)
+    assert all(d.reason is None and d.columns["repeats"] == 0 == d.columns["partial_tokens"] for d in val)
+    stats = manifest["stats"]["sources"]
+    for name in ("wikipedia", "github", "cc"):
+        assert realized_tokens(docs, name) == stats[name]["target_tokens"]
+        held = [d for d in val if d.source == name]
+        assert stats[name]["val_docs"] == len(held) and stats[name]["val_tokens"] == sum(d.columns["tokens"] for d in held)
 
 
-def test_auto_budget_keeps_every_source_within_its_table1_epochs(sources, tmp_path):
-    config = three_source_config(sources, total_tokens="auto")
-    manifest = sample_mixture(sources, tmp_path / "mixture", config)
+def test_sampling_is_deterministic_per_seed(sources, tokenizer, tmp_path):
+    plan = lambda folder: {i: (d.columns["repeats"], d.columns["partial_tokens"]) for i, d in all_docs(folder).items()}
+    sample_mixture(sources, tokenizer, tmp_path / "a", three_source_config(sources, tokenizer, seed=7))
+    sample_mixture(sources, tokenizer, tmp_path / "b", three_source_config(sources, tokenizer, seed=7))
+    assert plan(tmp_path / "a") == plan(tmp_path / "b")
+    sample_mixture(sources, tokenizer, tmp_path / "c", three_source_config(sources, tokenizer, seed=8))
+    assert plan(tmp_path / "a") != plan(tmp_path / "c")
+
+
+def test_auto_budget_keeps_every_source_within_its_table1_epochs(sources, tokenizer, tmp_path):
+    config = three_source_config(sources, tokenizer, total_tokens="auto")
+    manifest = sample_mixture(sources, tokenizer, tmp_path / "mixture", config)
     stats = manifest["stats"]["sources"]
     assert manifest["stats"]["total_tokens_mode"] == "auto"
     for name, spec in config.sources.items():
@@ -135,22 +227,74 @@ def test_auto_budget_keeps_every_source_within_its_table1_epochs(sources, tmp_pa
     assert any(stats[name]["epochs"] == pytest.approx(spec.epochs, rel=1e-4) for name, spec in config.sources.items())
 
 
-def test_too_many_epochs_is_warned_in_log_and_manifest(sources, tmp_path, caplog):
-    config = three_source_config(sources)
+def test_too_many_epochs_is_warned_in_log_and_manifest(sources, tokenizer, tmp_path, caplog):
+    config = three_source_config(sources, tokenizer)
     oversized = config.model_copy(update={"total_tokens": config.total_tokens * 2})  # wiki needs 4.9 epochs
     with caplog.at_level(logging.WARNING, logger="pipeline.mixture"):
-        manifest = sample_mixture(sources, tmp_path / "mixture", oversized)
+        manifest = sample_mixture(sources, tokenizer, tmp_path / "mixture", oversized)
     warnings = manifest["stats"]["warnings"]
     over = {name for name, s in manifest["stats"]["sources"].items() if s["epochs"] > 3.0}
-    assert over == {"wikipedia", "cc"} and {w.split(":")[0] for w in warnings} == over
+    assert "wikipedia" in over and {w.split(":")[0] for w in warnings} == over
     assert any(w.startswith("wikipedia: needs 4.9") for w in warnings)
     assert "wikipedia: needs" in caplog.text
-    repeats = repeats_by_id(tmp_path / "mixture")
-    assert {repeats[f"wikipedia/{i}"] for i in range(300)} == {4, 5}
+    docs = all_docs(tmp_path / "mixture")
+    assert {d.columns["repeats"] for d in docs.values() if d.source == "wikipedia"} == {4, 5}
 
 
-def test_missing_source_folder_is_a_clear_error(sources, tmp_path):
-    config = three_source_config(sources)
+def test_missing_source_folder_and_missing_tokenizer_are_clear_errors(sources, tokenizer, tmp_path):
+    config = three_source_config(sources, tokenizer)
     with pytest.raises(StageError, match="no folder for github"):
-        sample_mixture({"cc": sources["cc"], "wikipedia": sources["wikipedia"]}, tmp_path / "m", config)
+        sample_mixture({"cc": sources["cc"], "wikipedia": sources["wikipedia"]}, tokenizer, tmp_path / "m", config)
+    with pytest.raises(StageError, match="tokenizer model not found"):
+        sample_mixture(sources, tmp_path / "nope.model", tmp_path / "m", config)
     assert not (tmp_path / "m").exists()
+
+
+# -- export
+
+
+@pytest.fixture(scope="module")
+def mixture(sources, tokenizer, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mixture") / "mixture"
+    sample_mixture(sources, tokenizer, out, three_source_config(sources, tokenizer, val_fraction=0.02))
+    return out
+
+
+def test_export_writes_jsonl_zst_with_text_and_meta(mixture, tmp_path):
+    written = export_jsonl_zst(mixture, tmp_path / "export", docs_per_file=500)
+    kept = {d.id: d for p in kept_parts(mixture) for d in read_documents(p)}
+    lines = {}
+    for path in sorted((tmp_path / "export").rglob("*.jsonl.zst")):
+        with zstandard.ZstdDecompressor().stream_reader(open(path, "rb")) as raw:
+            for line in io.TextIOWrapper(raw, encoding="utf-8"):
+                record = json.loads(line)
+                assert set(record) == {"text", "meta"}
+                assert path.parent.name == record["meta"]["source"]
+                lines[record["meta"]["id"]] = record
+    assert set(lines) == set(kept)  # every kept document once, the not-sampled ones not at all
+    for doc_id, record in lines.items():
+        doc = kept[doc_id]
+        assert record["text"] == doc.text and record["meta"]["url"] == doc.meta["url"]
+        assert record["meta"]["repeats"] == doc.columns["repeats"] and record["meta"]["split"] == doc.columns["split"]
+    assert sum(s["docs"] for s in written.values()) == len(kept)
+    assert len(written["cc"]["files"]) == -(-written["cc"]["docs"] // 500) > 1
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["sources"] == written
+
+
+def test_parquet_and_jsonl_zst_load_with_hf_datasets(mixture, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    parts = [str(p) for p in kept_parts(mixture)]
+    table = datasets.load_dataset("parquet", data_files=parts, split="train", cache_dir=str(tmp_path / "cache"))
+    kept = [d for p in kept_parts(mixture) for d in read_documents(p)]
+    assert table.num_rows == len(kept)
+    assert {"id", "text", "source", "meta", "tokens", "repeats", "partial_tokens", "split"} <= set(table.column_names)
+    assert sorted(table["id"]) == sorted(d.id for d in kept)
+    assert sum(table["repeats"]) == sum(d.columns["repeats"] for d in kept)
+
+    export_jsonl_zst(mixture, tmp_path / "export")
+    files = sorted(str(p) for p in (tmp_path / "export").rglob("*.jsonl.zst"))
+    lines = datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
+    assert lines.num_rows == len(kept) and set(lines.column_names) == {"text", "meta"}
+    assert sorted(m["id"] for m in lines["meta"]) == sorted(d.id for d in kept)

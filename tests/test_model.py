@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.llama import Attention, ModelArgs, Transformer, apply_rotary_emb, ffn_hidden_dim, precompute_rope
+from model.llama import Attention, ModelArgs, RMSNorm, Transformer, apply_rotary_emb, ffn_hidden_dim, precompute_rope
 from model.presets import PRESETS, count_parameters, get_preset, model_info
 
 
@@ -175,3 +175,25 @@ def test_tiny_model_overfits_a_repeated_sequence():
     assert losses[0] > 3.5
     assert losses[-1] < 0.2 * losses[0]
     assert F.cross_entropy(model(x)[:, 8:].reshape(-1, 50), y[:, 8:].reshape(-1)).item() < 0.1  # after one period
+
+
+def test_presets_carry_llama1_norm_eps_and_rope_theta_into_the_model():
+    for name in ("7B", "65B", "tiny"):
+        args = get_preset(name).model_args(vocab_size=100)
+        assert (args.norm_eps, args.rope_theta) == (1e-6, 10000.0)
+    args = get_preset("tiny").model_args(vocab_size=100)
+    with torch.device("meta"):
+        model = Transformer(args)
+    assert {m.eps for m in model.modules() if isinstance(m, RMSNorm)} == {1e-6}
+    assert model_info("7B")["norm_eps"] == 1e-6
+
+
+def test_rmsnorm_matches_its_formula():
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 5, 16)
+    reference = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), reference, atol=1e-6, rtol=1e-6)
+    # bf16 input: the mean square is taken in fp32 (as Meta's code does), so only the input's rounding shows.
+    torch.testing.assert_close(norm(x.bfloat16()).float(), norm(x), atol=2e-2, rtol=1e-2)

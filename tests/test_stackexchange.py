@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.documents import kept_parts, read_documents, rejected_parts
-from pipeline.sources.stackexchange import StackExchangeIngest, html_to_text, parse_tags
+from pipeline.sources.stackexchange import LLAMA_SITES, StackExchangeIngest, html_to_text, largest_sites, parse_tags
+from pipeline.spec import load_spec
 from pipeline.stage import run_stage
 from tests.conftest import REALDATA
 
@@ -70,6 +71,65 @@ def test_answers_sorted_by_integer_score_and_html_removed(tmp_path):
     assert question.meta["accepted_answer_id"] == 12
     assert question.meta["tags"] == ["baking", "yeast"]
     assert question.meta["site"] == "cooking.stackexchange.com" and question.meta["question_id"] == 1
+
+
+def test_answers_scored_10_9_2_come_out_in_that_order(tmp_path):
+    rows = [
+        post(1, 1, "<p>Which grind?</p>", Title="Grind"),
+        post(2, 2, "<p>Answer two.</p>", ParentId=1, Score="2"),
+        post(3, 2, "<p>Answer ten.</p>", ParentId=1, Score="10"),
+        post(4, 2, "<p>Answer nine.</p>", ParentId=1, Score="9"),
+    ]
+    (doc,) = StackExchangeIngest().read(posts_xml(tmp_path, rows))
+    assert doc.text == "Q: Grind\nWhich grind?\n\nA: Answer ten.\n\nA: Answer nine.\n\nA: Answer two."
+    assert doc.meta["answer_scores"] == [10, 9, 2]
+
+
+def test_negative_scores_and_duplicate_question(tmp_path):
+    rows = [
+        post(1, 1, "<p>Q</p>", Title="T"),
+        post(2, 2, "<p>minus three</p>", ParentId=1, Score="-3"),
+        post(3, 2, "<p>zero</p>", ParentId=1, Score="0"),
+        post(1, 1, "<p>Again</p>", Title="T"),
+    ]
+    docs = list(StackExchangeIngest().read(posts_xml(tmp_path, rows)))
+    assert [d.reason for d in docs] == ["duplicate_post", None]
+    assert docs[1].meta["answer_scores"] == [0, -3]
+
+
+def test_memory_is_bounded_by_one_question(tmp_path):
+    """Bodies wait on disk (SQLite), not in Python objects: reading a 12 MB site allocates far
+    less than the file. tracemalloc sees Python's allocations, which is where an in-memory
+    grouping of the site (the skeleton's dicts) would show."""
+    import tracemalloc
+
+    body = "<p>" + "A long line of coffee talk that goes on. " * 120 + "</p>"  # ~5 KB a post
+    rows = [post(q, 1, body, Title=f"Q{q}") for q in range(1, 1001)]
+    rows += [post(5000 + q, 2, body, ParentId=q, Score=str(q % 7)) for q in range(1, 1001)]
+    path = posts_xml(tmp_path, rows)
+    assert path.stat().st_size > 10_000_000
+    tracemalloc.start()
+    count = 0
+    for doc in StackExchangeIngest().read(path):
+        count += doc.reason is None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 1000
+    assert peak < 2_000_000, peak
+
+
+def test_llama1_spec_keeps_the_28_largest_sites():
+    spec = load_spec(Path(__file__).resolve().parents[1] / "data_specs/llama1.yaml")
+    sites = spec.sources["stackexchange"].stages["stackexchange_ingest"]["sites"]
+    assert sites == list(LLAMA_SITES) and len(set(sites)) == 28
+    assert sites[0] == "stackoverflow.com"
+
+
+def test_largest_sites_counts_questions_and_answers(tmp_path):
+    posts_xml(tmp_path, [post(1, 1, "q", Title="t"), post(2, 2, "a", ParentId=1), post(3, 4, "wiki")], site="a.com")
+    posts_xml(tmp_path, [post(1, 1, "q", Title="t")] * 1 + [post(4, 5, "w")] * 3, site="b.com")
+    posts_xml(tmp_path, [post(1, 1, "q", Title="t"), post(2, 1, "q", Title="u")], site="c.com")
+    assert largest_sites(tmp_path, n=2) == ["a.com", "c.com"]  # tag wikis do not count
 
 
 def test_every_row_is_accounted_for(tmp_path):

@@ -59,3 +59,13 @@ def test_line_hash_is_first_8_sha1_bytes_little_endian():
     assert int(np.frombuffer(digest[:8], dtype="<u8")[0]) == expected
     hashes = line_hashes(["hello world", "other"])
     assert hashes.dtype == np.uint64 and int(hashes[0]) == expected and hashes[0] != hashes[1]
+
+
+def test_dedup_key_is_the_utf8_of_normalize_for_dedup_on_ascii_and_unicode_lines():
+    from pipeline.text import dedup_key
+
+    lines = ["  Hello, World 2023!\t(ok)\x7f ", "Caf\u00e9\tBar\x7f\x85 9", "Page １２ of ٣", "«Quoted» — yes…",
+             "\x1f\x0b x \x0c", "", "   ", "ALL CAPS 0123456789 \x01\x02 end", "surrogate \udcff kept"]
+    lines += [chr(c) + "a1" for c in range(0, 256)]  # every Latin-1 character, ASCII and not
+    for line in lines:
+        assert dedup_key(line) == normalize_for_dedup(line).encode("utf-8", "surrogatepass"), repr(line)

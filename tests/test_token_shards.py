@@ -1,4 +1,4 @@
-"""Token shards: the .bin/.idx format round trip, repeats, val split, manifest, reader windows."""
+"""Token shards: the .bin/.idx format, exact per-source tokens, cut copies, shuffling, the reader."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.documents import Document, StageError, StageFolder, kept_parts, read_documents, sha256_file
+from pipeline.documents import Document, StageError, StageFolder, kept_parts, read_documents, read_manifest, sha256_file
 from pipeline.mixture import MixtureConfig, sample_mixture
-from pipeline.token_shards import TokenShards, TokenShardsConfig, write_token_shards
+from pipeline.token_shards import TokenShards, TokenShardsConfig, pack_documents, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
 VOCABULARY = {
@@ -18,53 +18,46 @@ VOCABULARY = {
     "github": "def return import class self if else for while print value list dict none".split(),
     "books": "she said he looked at the door her eyes night morning letter long away".split(),
 }
+SHARES = {"wikipedia": {"share": 0.4, "epochs": 2.45}, "github": {"share": 0.3, "epochs": 0.64}, "books": {"share": 0.3, "epochs": 2.23}}
 
 
-def write_source(root: Path, source: str, n_docs: int, seed: int) -> Path:
+def write_source(root: Path, source: str, n_docs: int, seed: int, long_docs: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     with StageFolder(root / source, f"{source}_final", {}, source=source) as folder:
         with folder.part(0) as part:
             part.write(Document(id=f"{source}/empty", text="", source=source))  # tokenizes to nothing
             for i in range(n_docs):
-                words = rng.choice(VOCABULARY[source], size=int(rng.integers(10, 60)))
+                size = int(rng.integers(10, 60)) * (30 if i < long_docs else 1)
+                words = rng.choice(VOCABULARY[source], size=size)
                 part.write(Document(id=f"{source}/{i}", text=f"{source} {i}: " + " ".join(words) + ".", source=source))
     return root / source
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("shards")
+def build(root: Path, seed: int = 0, **shard_config) -> dict[str, Path]:
     sources = {
         "wikipedia": write_source(root, "wikipedia", 200, seed=1),
         "github": write_source(root, "github", 600, seed=2),
-        "books": write_source(root, "books", 300, seed=3),
+        "books": write_source(root, "books", 40, seed=3, long_docs=40),  # few, long documents
     }
-    # At this budget wikipedia is seen ~2.45 times, github ~0.6 times (Table 1's extremes).
-    config = MixtureConfig(
-        sources={
-            "wikipedia": {"share": 0.4, "epochs": 2.45},
-            "github": {"share": 0.3, "epochs": 0.64},
-            "books": {"share": 0.3, "epochs": 2.23},
-        },
-        total_tokens="auto",
-    )
-    sample_mixture(sources, root / "mixture", config)
-    train_tokenizer(root / "mixture", root / "tokenizer", TokenizerConfig(vocab_size=400))
-    write_token_shards(
-        root / "mixture", root / "tokenizer", root / "shards", TokenShardsConfig(shard_tokens=20_000, val_fraction=0.05)
-    )
+    train_tokenizer(sources, root / "tokenizer", TokenizerConfig(vocab_size=400), {s: v["share"] for s, v in SHARES.items()})
+    sample_mixture(sources, root / "tokenizer", root / "mixture", MixtureConfig(sources=SHARES, val_fraction=0.05))
+    config = TokenShardsConfig(shard_tokens=20_000, seed=seed, **shard_config)
+    write_token_shards(root / "mixture", root / "tokenizer", root / "shards", config)
     return {"mixture": root / "mixture", "tokenizer": root / "tokenizer", "shards": root / "shards"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("shards"))
 
 
 def mixture_docs(mixture: Path) -> dict[str, Document]:
     return {d.text: d for p in kept_parts(mixture) for d in read_documents(p)}
 
 
-def split_documents(shards: Path, split: str, bos: int, eos: int) -> list[np.ndarray]:
-    """Every document of a split, read straight from the .bin/.idx files, checking BOS/EOS."""
-    from pipeline.documents import read_manifest
-
-    docs = []
+def split_copies(shards: Path, split: str) -> list[np.ndarray]:
+    """Every copy of a split, read straight from the .bin/.idx files (checksums checked)."""
+    copies = []
     for entry in read_manifest(shards)["stats"]["shards"]:
         if entry["split"] != split:
             continue
@@ -72,48 +65,76 @@ def split_documents(shards: Path, split: str, bos: int, eos: int) -> list[np.nda
         idx = np.fromfile(shards / entry["idx_path"], dtype="<i8")
         assert idx[0] == 0 and idx[-1] == len(tokens) == entry["tokens"] and len(idx) == entry["docs"] + 1
         assert sha256_file(shards / entry["path"]) == entry["sha256"]
-        for start, stop in zip(idx[:-1], idx[1:]):
-            doc = tokens[start:stop]
-            assert doc[0] == bos and doc[-1] == eos and bos not in doc[1:-1] and eos not in doc[1:-1]
-            docs.append(doc[1:-1])
-    return docs
+        assert sha256_file(shards / entry["idx_path"]) == entry["idx_sha256"]
+        copies += [tokens[start:stop] for start, stop in zip(idx[:-1], idx[1:])]
+    return copies
 
 
-def test_bin_idx_round_trip_with_repeats_and_val_split(built):
+def test_pack_documents_frames_each_document_with_bos_and_eos():
+    packed, lengths = pack_documents([[5, 6], [], [7]], bos=1, eos=2)
+    assert packed.dtype == np.dtype("<u2") and packed.tolist() == [1, 5, 6, 2, 1, 2, 1, 7, 2]
+    assert lengths.tolist() == [4, 2, 3]
+
+
+def test_copies_follow_the_plan_with_one_cut_copy_per_source(built):
     sp = load_tokenizer(built["tokenizer"])
+    bos, eos = sp.bos_id(), sp.eos_id()
     docs = mixture_docs(built["mixture"])
-    train = Counter(sp.decode(d.tolist()) for d in split_documents(built["shards"], "train", sp.bos_id(), sp.eos_id()))
-    val = Counter(sp.decode(d.tolist()) for d in split_documents(built["shards"], "val", sp.bos_id(), sp.eos_id()))
-    assert val and train and not set(val) & set(train)
-    assert all(count == 1 for count in val.values())
-    for text, count in train.items():
-        assert docs[text].columns["repeats"] == count  # a document with repeats r appears r times
-    non_empty = {t for t in docs if t}
-    assert set(train) | set(val) == non_empty
+    whole, cut = Counter(), {}
+    for copy in split_copies(built["shards"], "train"):
+        assert copy[0] == bos and bos not in copy[1:] and eos not in copy[1:-1]
+        if copy[-1] == eos:
+            whole[sp.decode(copy[1:-1].tolist())] += 1
+        else:  # a cut copy: the first tokens of a document
+            doc = next(d for d in docs.values() if d.columns["partial_tokens"] == len(copy) and sp.encode(d.text)[: len(copy) - 1] == copy[1:].tolist())
+            assert doc.source not in cut
+            cut[doc.source] = doc
+    val = Counter(sp.decode(c[1:-1].tolist()) for c in split_copies(built["shards"], "val"))
+    assert val and not set(val) & set(whole) and all(n == 1 for n in val.values())
+    for text, doc in docs.items():
+        if doc.columns["split"] == "val":
+            assert val[text] == 1
+        else:
+            assert whole[text] == doc.columns["repeats"]  # a document with repeats r appears r times whole
+    assert set(cut) <= set(SHARES) and len(cut) >= 1
+    assert {d.id for d in cut.values()} == {d.id for d in docs.values() if d.columns["partial_tokens"] > 0}
 
 
-def test_manifest_reports_format_shares_epochs_and_reconciles(built):
-    from pipeline.documents import read_manifest
-
+def test_tokens_per_source_equal_the_targets(built):
     manifest = read_manifest(built["shards"])
     stats = manifest["stats"]
+    mixture = read_manifest(built["mixture"])["stats"]["sources"]
     assert manifest["kind"] == "token_shards"
     assert (stats["format"], stats["version"], stats["dtype"]) == ("llama-recipe-tokens", 1, "uint16")
     assert stats["vocab_size"] == load_tokenizer(built["tokenizer"]).get_piece_size()
     assert stats["tokenizer_sha256"] == sha256_file(built["tokenizer"] / "artifacts" / "tokenizer.model")
     assert len([s for s in stats["shards"] if s["split"] == "train"]) > 1  # shard_tokens forced a split
-    assert sum(s["tokens"] for s in stats["shards"]) == stats["total_tokens"] == sum(stats["tokens_per_source"].values())
-    assert stats["target_share"] == {"books": 0.3, "github": 0.3, "wikipedia": 0.4}
-    # Realized shares are measured in real tokens (the mixture targeted byte estimates; issue 5).
-    for source, share in stats["realized_share"].items():
-        assert share == pytest.approx(stats["tokens_per_source"][source] / stats["total_tokens"], abs=1e-6)
-    assert stats["split_tokens"]["val"] > 0 and sum(stats["split_tokens"].values()) == stats["total_tokens"]
-    assert 2.0 < stats["epochs"]["wikipedia"] < 3.0 and 0.4 < stats["epochs"]["github"] < 0.9
-    mixture = read_manifest(built["mixture"])
-    assert manifest["docs_in"] == mixture["docs_kept"] == manifest["docs_kept"] + manifest["docs_rejected"]
-    # The three empty documents (wikipedia/books repeat everything; github's may be unsampled).
-    assert manifest["rejected_by_reason"]["empty_document"] == len(stats["empty_document_ids"]) >= 2
+    assert sum(s["tokens"] for s in stats["shards"]) == stats["total_tokens"] == sum(stats["split_tokens"].values())
+    assert stats["split_tokens"]["train"] == sum(stats["tokens_per_source"].values())
+    for source, spec in SHARES.items():
+        assert stats["tokens_per_source"][source] == stats["target_tokens"][source] == mixture[source]["target_tokens"]
+        assert abs(stats["realized_share"][source] - spec["share"]) / spec["share"] < 0.005
+    assert stats["epochs"]["wikipedia"] == pytest.approx(2.45, rel=1e-3)  # auto budget: wikipedia binds
+    assert stats["epochs"]["books"] < 2.23 and stats["epochs"]["github"] < 0.64
+    assert stats["split_tokens"]["val"] == sum(stats["val_tokens_per_source"].values()) > 0
+    mixture_manifest = read_manifest(built["mixture"])
+    assert manifest["docs_in"] == mixture_manifest["docs_kept"] == manifest["docs_kept"]
+    assert mixture_manifest["rejected_by_reason"]["empty_document"] == 3
     assert not (built["shards"] / "scratch").exists() and not (built["shards"] / "artifacts").exists()
+
+
+def test_the_stream_interleaves_sources_and_is_deterministic_per_seed(built, tmp_path):
+    sp = load_tokenizer(built["tokenizer"])
+    source_of = lambda copy: next(s for s in SHARES if sp.decode(copy[1:12].tolist()).startswith(s + " "))
+    sources = [source_of(c) for c in split_copies(built["shards"], "train")[:60]]
+    runs = sum(a != b for a, b in zip(sources, sources[1:]))
+    assert set(sources) == set(SHARES) and runs > 20  # not source by source
+    again = build(tmp_path / "again")
+    shard_bytes = lambda root: [(root / s["path"]).read_bytes() for s in read_manifest(root)["stats"]["shards"]]
+    assert shard_bytes(again["shards"]) == shard_bytes(built["shards"])
+    write_token_shards(built["mixture"], built["tokenizer"], tmp_path / "seed1", TokenShardsConfig(shard_tokens=20_000, seed=1))
+    assert shard_bytes(tmp_path / "seed1") != shard_bytes(built["shards"])
+    assert read_manifest(tmp_path / "seed1")["stats"]["tokens_per_source"] == read_manifest(built["shards"])["stats"]["tokens_per_source"]
 
 
 def test_reader_windows_are_contiguous_and_shifted(built):
@@ -145,13 +166,15 @@ def test_rank_slices_are_disjoint(built):
             assert (owned == np.concatenate([x[row], y[row, -1:]])).all(axis=1).any()
     with pytest.raises(ValueError, match="fewer than seq_len"):
         data.sample_batch(1, data.num_tokens, rank=0, world_size=2)
+    with pytest.raises(StageError, match="no 'test' tokens"):
+        TokenShards(built["shards"], "test")
 
 
-def test_no_val_split_and_bad_inputs_are_clear_errors(built, tmp_path):
-    write_token_shards(built["mixture"], built["tokenizer"], tmp_path / "shards", TokenShardsConfig(val_fraction=0.0))
-    with pytest.raises(StageError, match="no 'val' tokens"):
-        TokenShards(tmp_path / "shards", "val")
-    assert TokenShards(tmp_path / "shards").num_tokens > TokenShards(built["shards"]).num_tokens
-    with pytest.raises(StageError, match="no 'repeats' column"):
+def test_bad_inputs_are_clear_errors(built, tmp_path):
+    with pytest.raises(StageError, match="no 'tokens' column"):
         write_token_shards(built["mixture"].parent / "github", built["tokenizer"], tmp_path / "bad")
+    other = tmp_path / "other"
+    train_tokenizer({"github": built["mixture"].parent / "github"}, other, TokenizerConfig(vocab_size=300))
+    with pytest.raises(StageError, match="another tokenizer"):
+        write_token_shards(built["mixture"], other, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()

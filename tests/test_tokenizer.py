@@ -8,7 +8,7 @@ import numpy as np
 import pydoc_data.topics
 import pytest
 
-from pipeline.documents import Document, StageError, StageFolder, read_manifest
+from pipeline.documents import Document, StageError, StageFolder, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.tokenizer import TokenizerConfig, draw_training_sample, load_tokenizer, train_tokenizer
 
@@ -19,6 +19,19 @@ CJK_AND_EMOJI = [
     "Emoji lines 😀 🎉 👍 for the tokenizer 😀😀",
 ]
 UNSEEN = ["🦙", "龘"]  # absent from the training text: must come out as byte pieces
+ROUND_TRIP = [
+    "The quick brown fox, 2023.",
+    "    indented code:\n\tif x == 1:\n\t\treturn  x  ",
+    " leading and trailing spaces ",
+    "naïve café — “quotes” ½",
+    "日本語のテキスト 🦙 龘 😀",
+    "mixed\r\nline\u00a0endings\u200b",
+    "control \x00\x01\x07\x1b[0m\x7f\x85 chars",
+    "edges \ud7ff \ue000 \uffff \U0010ffff \ufeffBOM \ufffd",  # around the surrogates, the last code point
+    "combining e\u0301\u0301 alone \u0301, ZWJ family 👨\u200d👩\u200d👧, flag 🇫🇷, RTL \u202eabc",
+    "special pieces as plain text: <s> </s> <unk> <0x41>",
+    "",
+]
 
 
 def write_source(root: Path, source: str, texts: list[str]) -> Path:
@@ -31,25 +44,16 @@ def write_source(root: Path, source: str, texts: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixture(tmp_path_factory) -> Path:
+def tokenizer_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tok")
     prose = list(pydoc_data.topics.topics.values())
     assert not any(ch in text for text in prose + CJK_AND_EMOJI for ch in UNSEEN)
     books = [line * 200 for line in CJK_AND_EMOJI]
     sources = {"wikipedia": write_source(root, "wikipedia", prose), "books": write_source(root, "books", books)}
-    # Shares in proportion to size, one epoch each: the whole text is in the mixture once.
-    books_share = round(sum(len(t.encode()) for t in books) / sum(len(t.encode()) for t in prose + books), 3)
-    config = MixtureConfig(
-        sources={"wikipedia": {"share": 1 - books_share, "epochs": 1.0}, "books": {"share": books_share, "epochs": 1.0}}
-    )
-    sample_mixture(sources, root / "mixture", config)
-    return root / "mixture"
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(mixture) -> Path:
-    out = mixture.parent / "tokenizer"
-    train_tokenizer(mixture, out, TokenizerConfig(vocab_size=2000))
+    # Shares in proportion to size: the whole text is in the sample once.
+    books_share = sum(len(t.encode()) for t in books) / sum(len(t.encode()) for t in prose + books)
+    out = root / "tokenizer"
+    train_tokenizer(sources, out, TokenizerConfig(vocab_size=2000), {"wikipedia": 1 - books_share, "books": books_share})
     return out
 
 
@@ -59,8 +63,12 @@ def test_manifest_records_realized_vocab_and_sample(tokenizer_dir):
     sp = load_tokenizer(tokenizer_dir)
     assert manifest["kind"] == "tokenizer" and manifest["stage"] == "tokenizer"
     assert stats["vocab_size"] == sp.get_piece_size() <= 2000 and stats["requested_vocab_size"] == 2000
-    assert stats["sample_bytes"] > 500_000 and stats["training_time_s"] > 0
-    assert {a["path"] for a in manifest["artifacts"]} == {"artifacts/tokenizer.model", "artifacts/tokenizer.vocab"}
+    assert stats["sample_bytes"] > 500_000 and read_timing(tokenizer_dir)["training_time_s"] > 0
+    assert {a["path"] for a in manifest["artifacts"]} == {
+        "artifacts/tokenizer.model",
+        "artifacts/tokenizer.vocab",
+        "artifacts/tokenizer_config.json",
+    }
     assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"]
 
 
@@ -85,50 +93,73 @@ def test_unseen_characters_fall_back_to_bytes(tokenizer_dir):
         assert sp.unk_id() not in sp.encode(char)
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "The quick brown fox, 2023.",
-        "    indented code:\n\tif x == 1:\n\t\treturn  x  ",
-        " leading and trailing spaces ",
-        "naïve café — “quotes” ½",
-        "日本語のテキスト 🦙 龘 😀",
-        "mixed\r\nline\u00a0endings\u200b",
-        "",
-    ],
-)
+@pytest.mark.parametrize("text", ROUND_TRIP)
 def test_decode_encode_round_trips(tokenizer_dir, text):
     sp = load_tokenizer(tokenizer_dir)
     assert sp.decode(sp.encode(text)) == text
 
 
-def test_training_is_deterministic(mixture, tokenizer_dir, tmp_path):
+def test_the_metaspace_character_is_the_one_that_does_not_round_trip(tokenizer_dir):
+    """SentencePiece writes spaces as U+2581 "▁" and decodes every "▁" as a space, so that one
+    character comes back as a space (LLaMA's own tokenizer behaves the same); its ids still
+    decode to the same text in SentencePiece and Hugging Face alike."""
+    sp = load_tokenizer(tokenizer_dir)
+    text = "▁ literal metaspace ▁▁ here"
+    assert sp.decode(sp.encode(text)) == text.replace("▁", " ")
+
+
+def test_training_is_deterministic(tokenizer_dir, tmp_path):
     # The .model embeds its trainer spec (paths differ between runs); the pieces must not differ.
-    train_tokenizer(mixture, tmp_path / "tokenizer", TokenizerConfig(vocab_size=2000))
+    sources = {name: tokenizer_dir.parent / name for name in ("wikipedia", "books")}
+    shares = read_manifest(tokenizer_dir)["config"]["shares"]
+    train_tokenizer(sources, tmp_path / "tokenizer", TokenizerConfig(vocab_size=2000), shares)
     vocab = lambda folder: (folder / "artifacts" / "tokenizer.vocab").read_text()
     assert vocab(tmp_path / "tokenizer") == vocab(tokenizer_dir)
 
 
-def test_training_sample_follows_mixture_repeats(tmp_path):
-    """A source repeated 3 times weighs 3x in the sample, also when the sample is a subsample."""
+def test_training_sample_follows_the_shares(tmp_path):
+    """Equal-size sources at shares 0.75/0.25: the sample has those shares; wikipedia, the source
+    scarcest relative to its share, is taken whole, and c4 at a third of its documents."""
     rng = np.random.default_rng(0)
     texts = lambda tag: [f"{tag} " + " ".join(rng.choice(["alpha", "beta", "gamma"], size=40)) for _ in range(600)]
     sources = {"wikipedia": write_source(tmp_path, "wikipedia", texts("wiki")), "c4": write_source(tmp_path, "c4", texts("c4"))}
-    # Same size sources; wikipedia gets 3 epochs, c4 1 epoch -> shares 0.75 / 0.25.
-    config = MixtureConfig(sources={"wikipedia": {"share": 0.75, "epochs": 3.0}, "c4": {"share": 0.25, "epochs": 1.0}})
-    manifest = sample_mixture(sources, tmp_path / "mixture", config)
-    realized = {s: v["realized_share_est"] for s, v in manifest["stats"]["sources"].items()}
-    stream = sum(len(t) for t in texts("x")) * 4  # about the weighted stream size
-    stats = draw_training_sample(tmp_path / "mixture", tmp_path / "sample.txt", TokenizerConfig(train_sample_bytes=stream // 2))
-    assert 0.3 < stats["sample_rate"] < 0.7
-    for source, share in stats["sample_share_by_source"].items():
-        assert share == pytest.approx(realized[source], abs=0.03)
-    again = draw_training_sample(tmp_path / "mixture", tmp_path / "again.txt", TokenizerConfig(train_sample_bytes=stream // 2))
-    assert (tmp_path / "sample.txt").read_bytes() == (tmp_path / "again.txt").read_bytes()
+    shares = {"wikipedia": 0.75, "c4": 0.25}
+    stats = draw_training_sample(sources, shares, tmp_path / "sample.txt", TokenizerConfig())
+    assert stats["sample_rate_by_source"]["wikipedia"] == 1.0
+    assert stats["sample_rate_by_source"]["c4"] == pytest.approx(1 / 3, rel=0.05)
+    for source, share in shares.items():
+        assert stats["sample_share_by_source"][source] == pytest.approx(share, abs=0.03)
+    capped = draw_training_sample(sources, shares, tmp_path / "capped.txt", TokenizerConfig(train_sample_bytes=20_000))
+    assert capped["sample_bytes"] == pytest.approx(20_000, rel=0.15) and capped["sample_share_by_source"]["wikipedia"] > 0.6
+    again = draw_training_sample(sources, shares, tmp_path / "again.txt", TokenizerConfig(train_sample_bytes=20_000))
+    assert (tmp_path / "capped.txt").read_bytes() == (tmp_path / "again.txt").read_bytes()
 
 
-def test_a_folder_without_repeats_is_refused(tmp_path):
-    source = write_source(tmp_path, "wikipedia", ["some text"])
-    with pytest.raises(StageError, match="no 'repeats' column"):
-        train_tokenizer(source, tmp_path / "tokenizer", TokenizerConfig(vocab_size=300))
+def test_an_incomplete_source_folder_is_refused(tmp_path):
+    (tmp_path / "wikipedia").mkdir()
+    with pytest.raises(StageError, match="incomplete stage folder"):
+        train_tokenizer({"wikipedia": tmp_path / "wikipedia"}, tmp_path / "tokenizer", TokenizerConfig(vocab_size=300))
     assert not (tmp_path / "tokenizer").exists()
+
+
+# -- Hugging Face transformers
+
+
+def hf_texts() -> list[str]:
+    prose = "\n".join(pydoc_data.topics.topics.values())
+    rng = np.random.default_rng(0)
+    slices = [prose[s : s + int(rng.integers(1, 400))] for s in rng.integers(0, len(prose) - 400, size=300)]
+    return ROUND_TRIP + CJK_AND_EMOJI + slices
+
+
+@pytest.mark.parametrize("class_name", ["LlamaTokenizer", "LlamaTokenizerFast", "AutoTokenizer"])
+def test_hf_llama_tokenizer_loads_the_model_and_gives_the_same_ids(tokenizer_dir, class_name):
+    transformers = pytest.importorskip("transformers")
+    sp = load_tokenizer(tokenizer_dir)
+    hf = getattr(transformers, class_name).from_pretrained(str(tokenizer_dir / "artifacts"))
+    assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id) == (0, 1, 2) and len(hf) == sp.get_piece_size()
+    for text in hf_texts():
+        ids = sp.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == ids, repr(text)
+        assert hf.decode(ids) == text, repr(text)
+    assert hf("2023 🦙").input_ids == [sp.bos_id()] + sp.encode("2023 🦙")  # LLaMA: BOS, no EOS

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -13,11 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from model.checkpoint import latest_checkpoint, load_model_state
-from model.data import RandomWindows, TokenDataError, TokenShards, eval_batches
+from model.data import TokenDataError, TokenShards, TokenStream, eval_batches
+from model.distributed import apply_activation_checkpointing, autocast, compile_blocks, resolve_precision
+from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import ModelArgs, Transformer
-from model.train import lr_at, param_groups
+from model.presets import get_preset
+from model.train import lr_at, lr_scheduler, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 BOS, EOS = 1, 2
@@ -90,6 +96,98 @@ def test_weight_decay_skips_1d_params_only():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_scheduler_is_lr_at_step_by_step():
+    """The checkpointed torch scheduler gives lr_at(step) for the step it precedes, 1-based."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    scheduler = lr_scheduler(optimizer, warmup=10, total=100, min_ratio=0.1)
+    seen = []
+    for step in range(1, 106):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([lr_at(s, 3e-4, 10, 100) for s in range(1, 106)], rel=1e-12)
+    assert seen[0] == pytest.approx(3e-5) and seen[9] == pytest.approx(3e-4) and seen[-1] == pytest.approx(3e-5)
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    """PaLM's count for 7B at T=2048: 6 x (parameters - embedding) + 12 x L x d x T."""
+    args = get_preset("7B").model_args()
+    assert flops_per_token(args, 6_738_415_616, 2048) == 6 * (6_738_415_616 - 32000 * 4096) + 12 * 32 * 4096 * 2048
+    # MFU: 1,000 tokens/s of that on 8 devices of 1 PFLOP/s each.
+    assert mfu(1000, 4.2e10, 1e15, 8) == pytest.approx(1000 * 4.2e10 / 8e15)
+    assert mfu(1000, 4.2e10, 0, 8) is None  # unknown peak: no made-up figure
+    peak, source = peak_flops(torch.device("cpu"), "bf16")
+    assert peak > 0 and "CPU estimate" in source
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_selective_activation_checkpointing_recomputes_cheap_ops_only():
+    """Backward ops by mode: selective re-runs the norms (rsqrt) and SiLU but no matmul and no
+    attention; full re-runs the matmuls too. Gradients are bit-identical in every mode."""
+    counts, grads = {}, {}
+    for mode in ("none", "selective", "full"):
+        torch.manual_seed(0)
+        model = apply_activation_checkpointing(Transformer(ModelArgs(dim=32, n_layers=2, n_heads=2, vocab_size=40, max_seq_len=16)), mode)
+        tokens = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(1))
+        _, loss = model(tokens, tokens)
+        with OpCounter() as counter:
+            loss.backward()
+        counts[mode], grads[mode] = counter.counts, [p.grad for p in model.parameters()]
+    assert counts["none"]["rsqrt"] == counts["none"]["silu"] == 0
+    assert counts["selective"]["rsqrt"] == 4 and counts["selective"]["silu"] == 2  # 2 blocks x 2 norms, 2 SwiGLUs
+    assert counts["selective"]["mm"] == counts["none"]["mm"]  # matmul outputs were kept
+    assert counts["full"]["mm"] > counts["none"]["mm"] and counts["full"]["_scaled_dot_product_flash_attention_for_cpu"] == 2
+    for mode in ("selective", "full"):
+        assert all(torch.equal(a, b) for a, b in zip(grads["none"], grads[mode])), mode
+
+
+def test_bf16_autocast_computes_matmuls_in_bf16_with_fp32_weights():
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=50, max_seq_len=32))
+    tokens = torch.randint(0, 50, (2, 32))
+    _, fp32_loss = model(tokens, tokens)
+    seen = []
+    model.layers[0].feed_forward.w1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with autocast(torch.device("cpu"), "bf16", sharded=False):
+        logits, bf16_loss = model(tokens, tokens)
+    bf16_loss.backward()
+    assert seen == [torch.bfloat16] and logits.dtype == torch.float32
+    assert model.output.weight.dtype == model.output.weight.grad.dtype == torch.float32
+    assert bf16_loss.item() == pytest.approx(fp32_loss.item(), abs=2e-2) and bf16_loss.item() != fp32_loss.item()
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager():
+    """--compile: torch.compile per block (inductor, C++ on CPU) computes the same loss and grads."""
+    torch.manual_seed(0)
+    args = ModelArgs(dim=32, n_layers=2, n_heads=2, vocab_size=40, max_seq_len=16)
+    eager, compiled = Transformer(args), Transformer(args)
+    compiled.load_state_dict(eager.state_dict())
+    compile_blocks(compiled)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # compiled in place: same names
+    tokens = torch.randint(0, 40, (2, 16))
+    losses = []
+    for model in (eager, compiled):
+        _, loss = model(tokens, tokens)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Token shards
 
@@ -104,19 +202,12 @@ def test_ranks_read_disjoint_slices_and_windows_stay_inside(tmp_path):
             seen[seg.start : seg.end] += 1
     assert (seen == 1).all()  # each token belongs to exactly one rank
 
-    seg = shards.rank_segments("train", 1, 2)[0]
-    windows = RandomWindows([seg], seq_len=16, seed=7, rank=1)
-    x, y = windows.batch(32)
-    assert x.shape == y.shape == (32, 16) and x.dtype == torch.int64
+    stream = TokenStream(shards, seq_len=16, rank=1, world_size=2, seed=7)
+    x, y = stream.batch(4)
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
-    own = flat[seg.start : seg.end]
-    for row_x, row_y in zip(x.numpy(), y.numpy()):
-        window = np.concatenate([row_x, row_y[-1:]])
-        hits = [s for s in range(len(own) - 16) if (own[s : s + 17] == window).all()]
-        assert hits, "window is not a contiguous run of this rank's tokens"
-    again = RandomWindows([seg], seq_len=16, seed=7, rank=1).batch(32)[0]
-    other_seed = RandomWindows([seg], seq_len=16, seed=8, rank=1).batch(32)[0]
-    assert torch.equal(x, again) and not torch.equal(x, other_seed)
+    for row, number in zip(range(4), range(4, 8)):  # rank 1 of 2 reads sequences 4..7 of the first block
+        assert (x[row].numpy() == flat[number * 16 : number * 16 + 16]).all()
 
     val = eval_batches(shards.rank_segments("val", 0, 1), seq_len=16, batch_size=4, num_batches=3)
     assert len(val) == 3 and val[0][0].shape == (4, 16)
@@ -138,13 +229,15 @@ def test_invalid_token_dirs_are_clear_errors(tmp_path):
         fh.write(b"\0\0")
     with pytest.raises(TokenDataError, match="manifest says"):
         TokenShards(root)
-    with pytest.raises(TokenDataError, match="no run of 65 tokens"):
-        RandomWindows(TokenShards(write_token_shards(tmp_path / "few", {"train": counting_docs(2, 10)})).rank_segments("train", 0, 1), 64, 0, 0)
+    with pytest.raises(TokenDataError, match="make 0 sequences of 65 tokens"):
+        TokenStream(TokenShards(write_token_shards(tmp_path / "few", {"train": counting_docs(2, 10)})), 64)
 
 
-def run_subprocess(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run cmd in its own process group, so a hang kills torchrun's workers too, not just the launcher."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def run_subprocess(cmd: list[str], timeout: int = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run cmd in its own process group, so a hang kills torchrun's workers too, not just the launcher.
+    One thread per process: bit-exact comparisons need the same reduction order in every run."""
+    base = {k: v for k, v in os.environ.items() if k != "LLAMA_RECIPE_KILL_AT"}
+    env = base | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)} | (env or {})
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -182,7 +275,7 @@ def test_torchrun_two_processes_trains_and_checkpoints(tmp_path):
     result = run_cli(
         ["--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "25", "--seq-len", "64",
          "--batch-size", "4", "--grad-accum", "2", "--lr", "2e-3", "--warmup", "3", "--log-every", "5",
-         "--eval-every", "10", "--ckpt-every", "10"],
+         "--eval-every", "10", "--ckpt-every", "10", "--precision", "fp32"],
         nproc=2,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -201,13 +294,19 @@ def test_torchrun_two_processes_trains_and_checkpoints(tmp_path):
     assert summary["val_loss"] < 0.7 * summary["first_loss"]
 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000010", "step-000020", "step-000025"]
-    args, state, meta = load_model_state(latest_checkpoint(out))
-    assert meta["step"] == 25 and args.vocab_size == 64
+    ckpt = latest_checkpoint(out)
+    assert ckpt.name == "step-000025" and sorted(p.name for p in (ckpt / "rng").iterdir()) == ["rank-00000.json", "rank-00001.json"]
+    args, state, meta = load_model_state(ckpt)  # DCP shards of 2 ranks, read by one process
+    assert meta["step"] == 25 and args.vocab_size == 64 and meta["world_size"] == 2
+    # The loader's position: 25 steps x 2 micro-batches x 4 sequences x 2 ranks, read by all ranks together.
+    assert meta["data_loader"]["consumed_sequences"] == 25 * 2 * 4 * 2 and meta["data_loader"]["seq_len"] == 64
+    assert meta["scheduler"]["last_epoch"] == 25 and meta["optimizer_param_groups"][1]["weight_decay"] == 0.0
     model = Transformer(args)
     model.load_state_dict(state)  # full, unsharded tensors under Meta's names
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
-    optim = torch.load(latest_checkpoint(out) / "optimizer.pt", weights_only=True)
-    assert "layers.0.attention.wq.weight" in optim["state"]
+    saved = FileSystemReader(ckpt).read_metadata().state_dict_metadata
+    assert "optim.layers.0.attention.wq.weight.exp_avg" in saved and "model.output.weight" in saved
+    assert summary["mfu"] > 0 and summary["peak_mem_gib"] > 0 and records[-1]["mfu"] > 0
 
 
 FSDP_EQUIVALENCE_SCRIPT = '''

@@ -154,3 +154,21 @@ def test_real_enwiki_excerpt(tmp_path):
     assert sum(len(d.meta["ref_urls"]) for d in docs) > 3000
     anarchism = next(d for d in docs if d.meta["title"] == "Anarchism")
     assert anarchism.text.startswith("Anarchism is a political philosophy")
+
+
+REAL_TABLES = REALDATA / "wikipedia/enwiki-table-markup.xml.bz2"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_TABLES.is_file(), reason=f"real-data sample absent: {REAL_TABLES}")
+def test_real_table_heavy_pages(tmp_path):
+    """Five real enwiki pages made mostly of {| tables |}: the tables go, the prose stays."""
+    ingest = run_stage(WikipediaIngest(), [REAL_TABLES], tmp_path / "ingest")
+    assert ingest["docs_in"] == ingest["docs_kept"] + ingest["docs_rejected"]
+    clean = run_stage(WikipediaClean(), [tmp_path / "ingest"], tmp_path / "clean")
+    docs = {d.meta["title"]: d for p in kept_parts(tmp_path / "clean") for d in read_documents(p)}
+    assert "Economy of Estonia" in docs and "Brahui language" in docs
+    for doc in docs.values():
+        for markup in ("{|", "|}", "|-", "[[", "{{", "<ref", "class=", "wikitable"):
+            assert markup not in doc.text, (doc.meta["title"], markup)
+    assert docs["Brahui language"].text.startswith("Brahui")

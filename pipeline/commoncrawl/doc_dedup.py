@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from pipeline.documents import Document, read_documents
-from pipeline.stage import Stage, StageConfig
-from pipeline.text import HASH_BYTES, normalize_for_dedup
+from pipeline.documents import Document, read_texts
+from pipeline.stage import Judgement, Stage, StageConfig
+from pipeline.text import HASH_BYTES, dedup_key
 
 
 def document_digest(text: str) -> int:
-    normalized = "\n".join(line for line in map(normalize_for_dedup, text.split("\n")) if line)
-    return int.from_bytes(hashlib.sha1(normalized.encode("utf-8")).digest()[:HASH_BYTES], "little")
+    """SHA-1 of the non-empty `normalize_for_dedup` lines joined with "\n", first 8 bytes."""
+    normalized = b"\n".join(key for key in map(dedup_key, text.split("\n")) if key)
+    return int.from_bytes(hashlib.sha1(normalized).digest()[:HASH_BYTES], "little")
 
 
 class DocDedupConfig(StageConfig):
@@ -36,22 +38,27 @@ class CCDocDedup(Stage):
     source = "cc"
     Config = DocDedupConfig
     description = "exact page dedup on the SHA-1 of the normalized text; the first copy is kept"
+    parallel_parts = True
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
-        per_part = [
-            np.fromiter((document_digest(d.text) for d in read_documents(p, columns=["id", "text"])), dtype=np.uint64)
-            for p in inputs
-        ]
+        self._inputs = inputs
+        per_part = list(self.map_parts("_part_digests", list(range(len(inputs)))))  # in parallel with workers
+        self._index(per_part)
+        duplicates = self._kept_index != np.arange(len(self._kept_index))
+        self._kept_ids = self._ids_at(inputs, np.unique(self._kept_index[duplicates]))
+        return {"documents_hashed": int(len(self._kept_index)), "unique_documents": int((~duplicates).sum()),
+                "duplicate_documents": int(duplicates.sum()), "normalization": "normalize_for_dedup per line, sha1[:8]"}
+
+    def _part_digests(self, part: int) -> np.ndarray:
+        return np.fromiter(map(document_digest, read_texts(self._inputs[part])), dtype=np.uint64)
+
+    def _index(self, per_part: list[np.ndarray]) -> None:
+        """For every document (global row: parts in order), the global row of the copy kept."""
         self._part_offsets = np.cumsum([0] + [len(h) for h in per_part])
         digests = np.concatenate(per_part) if per_part else np.zeros(0, np.uint64)
         # np.unique's return_index is the index of the first occurrence of each digest.
         _, first_index, inverse = np.unique(digests, return_index=True, return_inverse=True)
-        self._kept_index = first_index[inverse]  # for each document, the global row kept in its place
-        duplicates = self._kept_index != np.arange(len(digests))
-        self._kept_ids = self._ids_at(inputs, np.unique(self._kept_index[duplicates]))
-        self.duplicates = int(duplicates.sum())
-        return {"documents_hashed": int(len(digests)), "unique_documents": int(len(first_index)),
-                "duplicate_documents": self.duplicates, "normalization": "normalize_for_dedup per line, sha1[:8]"}
+        self._kept_index = first_index[inverse]
 
     def _ids_at(self, inputs: list[Path], wanted: np.ndarray) -> dict[int, str]:
         """The ids of the kept copies of duplicated pages (a second pass reading only `id`)."""
@@ -61,23 +68,24 @@ class CCDocDedup(Stage):
             rows = wanted[(wanted >= base) & (wanted < end)] - base
             if len(rows) == 0:
                 continue
-            for row, doc in enumerate(read_documents(path, columns=["id"])):
-                if rows[np.searchsorted(rows, row).clip(max=len(rows) - 1)] == row:
-                    ids[base + row] = doc.id
+            part_ids = pq.read_table(path, columns=["id"])["id"]
+            ids.update({base + int(row): part_ids[int(row)].as_py() for row in rows})
         return ids
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
         if not hasattr(self, "_kept_index"):  # called directly (tests): dedup within these docs only
             docs = list(docs)
-            digests = np.fromiter((document_digest(d.text) for d in docs), dtype=np.uint64)
-            _, first_index, inverse = np.unique(digests, return_index=True, return_inverse=True)
-            self._kept_index, self._part_offsets = first_index[inverse], np.array([0, len(docs)])
-            self._kept_ids = {int(i): docs[int(i)].id for i in first_index}
+            self._index([np.fromiter((document_digest(d.text) for d in docs), dtype=np.uint64, count=len(docs))])
+            self._kept_ids = {int(i): docs[int(i)].id for i in set(self._kept_index.tolist())}
             part = 0
-        base = int(self._part_offsets[part])
-        for row, doc in enumerate(docs):
-            kept = int(self._kept_index[base + row])
-            if kept != base + row:
-                doc.meta["duplicate_of"] = self._kept_ids.get(kept)
-                doc.reject("duplicate_document")
-            yield doc
+        yield from super().process(iter(docs), part)
+
+    def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
+        base = int(self._part_offsets[part]) + first_row
+        kept_rows = self._kept_index[base : base + len(texts)]
+        reasons: list[str | None] = [None] * len(texts)
+        meta: dict[int, dict[str, Any]] = {}
+        for i in np.flatnonzero(kept_rows != np.arange(base, base + len(texts))).tolist():
+            reasons[i] = "duplicate_document"
+            meta[i] = {"duplicate_of": self._kept_ids.get(int(kept_rows[i]))}
+        return Judgement(reasons, meta=meta)

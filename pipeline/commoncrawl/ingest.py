@@ -17,6 +17,8 @@ the reader checks each one, rejects one row per defect ("unreadable_record:<why>
     "WARC/1." line;
   - a gzip file whose last member is truncated: fastwarc stops silently there, so the members
     from the last record it returned to the end of the file are checked with zlib;
+  - a record body over MAX_RECORD_BYTES ("record_too_large": a gzip bomb or an absurd length),
+    read past without being held;
   - a non-empty file with no WARC record at all, and an empty file ("empty_file").
 A WARC-Record-ID seen twice in one file (a malformed file) gets "@<file>:<offset>" appended.
 Record offsets (meta["offset"], ids of broken rows) are fastwarc's `stream_pos`: the byte offset of
@@ -44,6 +46,10 @@ from pipeline.documents import Document, StageError
 from pipeline.stage import Stage, StageConfig
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
+# Not from cc_net: the most of one record's body a reader holds, so a record that inflates to
+# gigabytes (a gzip bomb, an absurd Content-Length) is one rejected row ("record_too_large") and
+# fastwarc streams past the rest. Common Crawl truncates its captures at 1 MiB (WARC-Truncated).
+MAX_RECORD_BYTES = 64 << 20
 WARC_VERSION_RE = re.compile(rb"WARC/1\.[01]\r?\n")
 _UUID_RE = re.compile(r"urn:uuid:([0-9a-fA-F-]+)")
 
@@ -68,6 +74,7 @@ class CCIngest(Stage):
     raw_patterns = ("*.warc.wet.gz", "*.warc.wet", "*.wet.gz")
     Config = IngestConfig
     description = "Common Crawl WET pages -> Documents (cc_net layout, min length 300)"
+    parallel_parts = True  # one WET file per part, read on its own
     page_record_type = WarcRecordType.conversion  # the records that are pages; others are skipped
 
     def read(self, path: Path) -> Iterator[Document]:
@@ -103,9 +110,15 @@ class CCIngest(Stage):
                             reported.add(start)
                             yield self._broken(path, start, "unreadable_record:not_a_warc_record")
                         records_read += 1
-                        body = record.reader.read() if record.reader is not None else b""
+                        body = record.reader.read(MAX_RECORD_BYTES + 1) if record.reader is not None else b""
                         declared = _int_or_none(record.headers.get("Content-Length"))
                         why = None
+                        if len(body) > MAX_RECORD_BYTES:
+                            # The framing is sound: report it and read on at the next record.
+                            reported.add(pos)
+                            yield self._broken(path, pos, f"unreadable_record:record_too_large ({declared} bytes)")
+                            read_any = True
+                            continue
                         if record.record_id is None:
                             why = "no_record_header"
                         elif declared is None or len(body) < declared:

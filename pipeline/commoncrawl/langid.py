@@ -9,14 +9,12 @@ line at a time; cc_net does the same). Every page gets `language` (top label) an
 from __future__ import annotations
 
 from collections import Counter
-from itertools import islice
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
-from pipeline.documents import Document
 from pipeline.resources import lid_model_path
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import Judgement, Stage, StageConfig
 
 _MODEL = None  # one fastText model per process, loaded on first use
 
@@ -55,33 +53,26 @@ class CCLangId(Stage):
     columns = {"language": pa.string(), "language_score": pa.float64()}
     Config = LangIdConfig
     description = "fastText lid.176 language id; keep English pages scoring >= 0.5"
-
-    BATCH = 1024  # pages per fastText call
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.distribution: Counter[str] = Counter()
+    parallel_parts = True
 
     def prepare(self, inputs) -> dict[str, Any]:
-        self.distribution.clear()
         lid_model()  # fail early (StageError naming the file) if the model is missing
         return {"model": lid_model_path().name}
 
-    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
-        allowed = set(self.config.languages)
-        while batch := list(islice(docs, self.BATCH)):
-            yield from self._label(batch, allowed)
+    def reason(self, language: str, score: float) -> str | None:
+        if language not in self.config.languages:
+            return f"non_english:{language}"
+        if score < self.config.threshold:
+            return f"low_language_score:{language}"
+        return None
 
-    def _label(self, batch: list[Document], allowed: set[str]) -> Iterator[Document]:
-        for doc, (language, score) in zip(batch, identify_languages([doc.text for doc in batch])):
-            self.distribution[language] += 1
-            doc.columns["language"] = language
-            doc.columns["language_score"] = score
-            if language not in allowed:
-                doc.reject(f"non_english:{language}")
-            elif score < self.config.threshold:
-                doc.reject(f"low_language_score:{language}")
-            yield doc
+    def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
+        found = identify_languages(texts)
+        reasons = [self.reason(language, score) for language, score in found]
+        self.tally("languages", Counter(language for language, _ in found))
+        return Judgement(reasons, {"language": [language for language, _ in found],
+                                   "language_score": [score for _, score in found]})
 
     def final_stats(self) -> dict[str, Any]:
-        return {"language_distribution": dict(self.distribution.most_common())}
+        distribution = self.counters.get("languages", Counter())
+        return {"language_distribution": dict(sorted(distribution.items(), key=lambda kv: (-kv[1], kv[0])))}

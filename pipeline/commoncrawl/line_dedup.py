@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 
-from pipeline.documents import Document, read_documents
-from pipeline.stage import Stage, StageConfig
+from pipeline.documents import Document, read_texts
+from pipeline.stage import Judgement, Stage, StageConfig
 from pipeline.text import EMPTY_LINE_HASH, dedup_line_hashes
 
 
@@ -108,28 +109,31 @@ class CCLineDedup(Stage):
     source = "cc"
     Config = LineDedupConfig
     description = "cc_net line dedup: lines seen 2+ times in a group of shards are removed everywhere"
+    parallel_parts = True  # pass 2 reads only its part's spilled hashes and its group's duplicates
+    columns = {"lines_removed": pa.int32()}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._duplicates_by_group: list[np.ndarray] = []
         self._spill: tempfile.TemporaryDirectory | None = None
-        self.lines_in = 0
-        self.lines_removed = 0
-        self.blank_lines_dropped = 0
+        self._inputs: list[Path] = []
+        self._part_lines: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         size = self.config.group_size
         self._duplicates_by_group = []
-        self.lines_in = self.lines_removed = self.blank_lines_dropped = 0
         self._spill = tempfile.TemporaryDirectory(prefix="cc_line_dedup-")
+        self._inputs = inputs
         unique_hashes = peak = 0
         per_unique = 0.0
+        # Pass 1, per part (in parallel with workers > 1): hash every line, spill the hashes.
+        # Then per group, in part order: merge the parts' hashes into the group's index.
+        for _ in self.map_parts("_hash_part", list(range(len(inputs)))):
+            pass
         for start in range(0, len(inputs), size):
             index = GroupIndex()
             for part in range(start, min(start + size, len(inputs))):
-                hashes, lines_per_doc = self._hash_part(inputs[part])
-                np.save(self._spill_path(part, "hashes"), hashes)
-                np.save(self._spill_path(part, "lines"), lines_per_doc)
+                hashes = np.load(self._spill_path(part, "hashes"))
                 index.add(hashes[hashes != EMPTY_LINE_HASH])
             self._duplicates_by_group.append(index.duplicates())
             unique_hashes += index.size
@@ -148,29 +152,39 @@ class CCLineDedup(Stage):
     def _spill_path(self, part: int, kind: str) -> Path:
         return Path(self._spill.name) / f"{kind}-{part:05d}.npy"
 
-    @staticmethod
-    def _hash_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of every line of every page of a part (blank lines as EMPTY_LINE_HASH), and the
-        number of lines of each page."""
-        per_doc = [dedup_line_hashes(doc.text) for doc in read_documents(path, columns=["id", "text"])]
+    def _hash_part(self, part: int) -> None:
+        """Spill the hashes of every line of every page of a part (blank lines as EMPTY_LINE_HASH)
+        and the number of lines of each page."""
+        per_doc = [dedup_line_hashes(text) for text in read_texts(self._inputs[part])]
         lines = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
-        return (np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)), lines
+        np.save(self._spill_path(part, "hashes"), np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64))
+        np.save(self._spill_path(part, "lines"), lines)
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
         if not self._duplicates_by_group:  # called directly (tests): the docs are one group
             docs = list(docs)
-            index = GroupIndex()
             per_doc = [dedup_line_hashes(d.text) for d in docs]
             hashes = np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)
+            index = GroupIndex()
             index.add(hashes[hashes != EMPTY_LINE_HASH])
             self._duplicates_by_group = [index.duplicates()]
-            lines_per_doc = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
+            self._part_lines = (0, hashes, np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc)))
             part = 0
-        else:
-            hashes = np.load(self._spill_path(part, "hashes"))
-            lines_per_doc = np.load(self._spill_path(part, "lines"))
+        yield from super().process(iter(docs), part)
+
+    def _lines_of(self, part: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The part's spilled line hashes, lines per page, and each page's first line."""
+        if self._part_lines is None or self._part_lines[0] != part:
+            self._part_lines = (part, np.load(self._spill_path(part, "hashes")), np.load(self._spill_path(part, "lines")))
+        _, hashes, lines_per_doc = self._part_lines
+        return hashes, lines_per_doc, np.r_[0, np.cumsum(lines_per_doc)]
+
+    def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
+        all_hashes, lines_per_doc, starts = self._lines_of(part)
+        begin, end = int(starts[first_row]), int(starts[first_row + len(texts)])
+        hashes, line_counts = all_hashes[begin:end], lines_per_doc[first_row : first_row + len(texts)]
         duplicates = self._duplicates_by_group[part // self.config.group_size]
-        # One vectorized lookup for the whole part, then per page only list slicing.
+        # One vectorized lookup for the whole batch, then per page only list slicing.
         blank = hashes == EMPTY_LINE_HASH
         if len(duplicates):
             found = np.searchsorted(duplicates, hashes).clip(max=len(duplicates) - 1)
@@ -178,30 +192,27 @@ class CCLineDedup(Stage):
         else:
             duplicated = np.zeros(len(hashes), np.bool_)
         keep = (~blank & ~duplicated).tolist()
-        removed_per_doc = np.add.reduceat(duplicated, np.r_[0, np.cumsum(lines_per_doc)[:-1]]) if len(
-            lines_per_doc) and len(hashes) else np.zeros(len(lines_per_doc), np.int64)
-        self.lines_in += int(len(hashes) - blank.sum())
-        self.lines_removed += int(duplicated.sum())
-        self.blank_lines_dropped += int(blank.sum())
+        removed_per_doc = np.add.reduceat(duplicated, starts[first_row : first_row + len(texts)] - begin) if len(
+            hashes) else np.zeros(len(texts), np.int64)
+        self.tally("lines_in", int(len(hashes) - blank.sum()))
+        self.tally("lines_removed", int(duplicated.sum()))
+        self.tally("blank_lines_dropped", int(blank.sum()))
+        new_texts, reasons = [], []
         offset = 0
-        for doc, n_lines, removed in zip(docs, lines_per_doc.tolist(), removed_per_doc.tolist()):
-            lines = doc.text.split("\n")
+        for text, n_lines in zip(texts, line_counts.tolist()):
+            lines = text.split("\n")
             if len(lines) != n_lines:
                 raise RuntimeError(f"{self.name}: part {part} changed between the two passes")
             kept = keep[offset : offset + n_lines]
             offset += n_lines
-            doc.meta["lines_removed"] = int(removed)
-            if all(kept):
-                pass  # nothing removed: the text stays as it is
-            else:
-                doc.text = "\n".join([line for line, k in zip(lines, kept) if k])
-            if not doc.text or len(doc.text) < self.config.min_length_after:
-                doc.reject("empty_after_line_dedup")
-            yield doc
+            if not all(kept):  # else nothing removed: the text stays as it is
+                text = "\n".join([line for line, k in zip(lines, kept) if k])
+            new_texts.append(text)
+            reasons.append("empty_after_line_dedup" if not text or len(text) < self.config.min_length_after else None)
+        return Judgement(reasons, {"lines_removed": [int(n) for n in removed_per_doc]}, texts=new_texts)
 
     def final_stats(self) -> dict[str, Any]:
         if self._spill is not None:
             self._spill.cleanup()
             self._spill = None
-        return {"lines_in": self.lines_in, "lines_removed": self.lines_removed,
-                "blank_lines_dropped": self.blank_lines_dropped}
+        return {key: int(self.counters.get(key, 0)) for key in ("lines_in", "lines_removed", "blank_lines_dropped")}

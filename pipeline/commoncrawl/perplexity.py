@@ -26,10 +26,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline.documents import Document, StageError, kept_parts, read_documents
+from pipeline.documents import StageError, kept_parts, read_documents
 from pipeline.resources import kenlm_binary
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import Judgement, Stage, StageConfig
 from pipeline.text import normalize_for_lm
+from pipeline.tokenizer import drop_training_paths
 
 WIKIPEDIA = "wikipedia_clean"
 
@@ -39,6 +40,10 @@ class PerplexityConfig(StageConfig):
     sp_vocab_size: int = 8000  # a soft limit (hard_vocab_limit=False) so tiny corpora train
     sp_model_type: str = "unigram"  # cc_net's lm_sp models are unigram SentencePiece
     sp_max_sentences: int = 2_000_000  # SentencePiece input_sentence_size (sampled)
+    # SentencePiece's unigram EM sums in a different order with more threads: one thread (and a
+    # fixed seed) makes the model, and so the build, reproducible byte for byte.
+    sp_threads: int = 1
+    seed: int = 0
     lmplz_memory: str = "1G"  # lmplz -S; small so several builds can share a machine
     head_percentile: float = 30  # cc_net PerplexityBucket(percentile_head=30)
     tail_percentile: float = 60  # cc_net PerplexityBucket(percentile_tail=60)
@@ -74,16 +79,15 @@ class PerplexityModel:
         self.lm = kenlm.Model(str(kenlm_model))
 
     def perplexity(self, text: str) -> float | None:
-        log10_sum, length = 0.0, 0
-        for line in text.split("\n"):
-            normalized = normalize_for_lm(line)
-            if not normalized:
-                continue
-            pieces = self.sp.encode(normalized, out_type=str)
-            log10_sum += self.lm.score(" ".join(pieces), bos=True, eos=True)
-            length += len(pieces) + 1
-        if length == 0:
+        lines = [normalized for normalized in map(normalize_for_lm, text.split("\n")) if normalized]
+        if not lines:
             return None
+        # One SentencePiece call per page (its batch API), on one thread: parallelism is the
+        # stage's worker processes, not a thread pool per call.
+        pieces = self.sp.encode(lines, out_type=str, num_threads=1)
+        score = self.lm.score
+        log10_sum = sum(score(" ".join(p), bos=True, eos=True) for p in pieces)
+        length = sum(map(len, pieces)) + len(pieces)
         return round(10.0 ** (-log10_sum / length), 1)
 
 
@@ -102,6 +106,7 @@ def train_perplexity_model(lines: Iterable[str], out: Path, config: PerplexityCo
         if n_lines == 0:
             raise StageError(f"{WIKIPEDIA}: no {config.language} Wikipedia text to train the perplexity model on")
         prefix = out / "sp"
+        spm.set_random_generator_seed(config.seed)
         spm.SentencePieceTrainer.train(
             input=str(corpus),
             model_prefix=str(prefix),
@@ -110,8 +115,10 @@ def train_perplexity_model(lines: Iterable[str], out: Path, config: PerplexityCo
             model_type=config.sp_model_type,
             input_sentence_size=config.sp_max_sentences,
             shuffle_input_sentence=True,
+            num_threads=config.sp_threads,
             minloglevel=2,
         )
+        drop_training_paths(Path(str(prefix) + ".model"))
         sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
         tokenized = tmp_dir / "wikipedia.sp.txt"
         with open(corpus, encoding="utf-8") as src, open(tokenized, "w", encoding="utf-8") as dst:
@@ -156,14 +163,13 @@ class CCPerplexity(Stage):
     columns = {"perplexity": pa.float64(), "bucket": pa.string()}
     Config = PerplexityConfig
     description = "KenLM 5-gram (Wikipedia) perplexity; head/middle/tail at the 30th/60th percentiles"
+    parallel_parts = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.model: PerplexityModel | None = None
         self.cutoffs: tuple[float, float] | None = None
         self.edges = histogram_edges(self.config.histogram_per_decade, self.config.histogram_decades)
-        self.histogram = np.zeros(len(self.edges) - 1, dtype=np.int64)
-        self.above_last_edge = 0
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         out = self.artifacts or Path(tempfile.mkdtemp(prefix="cc_perplexity-"))
@@ -196,37 +202,32 @@ class CCPerplexity(Stage):
                     values.append(pp)
         return np.array(values)
 
-    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+    def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
         if self.model is None or self.cutoffs is None:
             raise StageError(f"{self.name}: prepare() must run first (use run_stage)")
         keep = set(self.config.keep_buckets)
-        for doc in docs:
-            pp = self.model.perplexity(doc.text)
-            doc.columns["perplexity"] = pp
-            if pp is None:
-                doc.columns["bucket"] = None
-                doc.reject("no_scorable_text")
-            else:
-                self._count(pp)
-                bucket = bucket_of(pp, *self.cutoffs)
-                doc.columns["bucket"] = bucket
-                if bucket not in keep:
-                    doc.reject(f"perplexity_{bucket}")
-            yield doc
+        perplexities = [self.model.perplexity(text) for text in texts]
+        buckets = [None if pp is None else bucket_of(pp, *self.cutoffs) for pp in perplexities]
+        reasons = ["no_scorable_text" if bucket is None else None if bucket in keep else f"perplexity_{bucket}"
+                   for bucket in buckets]
+        self._count(np.array([pp for pp in perplexities if pp is not None], dtype=np.float64))
+        return Judgement(reasons, {"perplexity": perplexities, "bucket": buckets})
 
-    def _count(self, perplexity: float) -> None:
-        if perplexity >= self.edges[-1]:
-            self.above_last_edge += 1
-        else:
-            self.histogram[np.searchsorted(self.edges, perplexity, side="right") - 1] += 1
+    def _count(self, perplexities: np.ndarray) -> None:
+        """Add a part's perplexities to the histogram (a tally, so parts in workers add up)."""
+        above = perplexities >= self.edges[-1]
+        bins = np.searchsorted(self.edges, perplexities[~above], side="right") - 1
+        self.tally("histogram", np.bincount(bins, minlength=len(self.edges) - 1).astype(np.int64))
+        self.tally("above_last_edge", int(above.sum()))
 
     def final_stats(self) -> dict[str, Any]:
         """Every scored page's perplexity, bucketed: counts[i] pages have edges[i] <= pp < edges[i+1]."""
+        histogram = self.counters.get("histogram", np.zeros(len(self.edges) - 1, dtype=np.int64))
         return {
             "perplexity_histogram": {
                 "edges": [round(float(e), 3) for e in self.edges],
-                "counts": [int(c) for c in self.histogram],
-                "above_last_edge": self.above_last_edge,
+                "counts": [int(c) for c in histogram],
+                "above_last_edge": int(self.counters.get("above_last_edge", 0)),
                 "scale": f"log, {self.config.histogram_per_decade} buckets per decade",
             }
         }

@@ -18,14 +18,14 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.documents import Document, StageError, kept_parts, read_documents
-from pipeline.stage import Stage, StageConfig
+from pipeline.documents import StageError, kept_parts, read_documents
+from pipeline.stage import Judgement, Stage, StageConfig
 
 WIKIPEDIA = "wikipedia_clean"
 TRAINING_PAGES = "cc_langid"
@@ -114,6 +114,7 @@ class CCWikiRef(Stage):
     columns = {"wikiref_score": pa.float64()}
     Config = WikiRefConfig
     description = "fastText classifier: pages Wikipedia cites vs random pages; keep P(wiki) >= 0.25"
+    parallel_parts = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -214,7 +215,7 @@ class CCWikiRef(Stage):
         if not held_out:
             return {"examples": 0}
         truth = np.array([label == WIKI_LABEL for label, _ in held_out])
-        predicted = np.array([self.score(text) >= self.config.threshold for _, text in held_out])
+        predicted = np.array(self.scores([text for _, text in held_out])) >= self.config.threshold
         tp = int((truth & predicted).sum())
         return {
             "examples": len(held_out),
@@ -225,15 +226,16 @@ class CCWikiRef(Stage):
         }
 
     def score(self, text: str) -> float:
-        labels, probs = self.model.predict(classifier_text(text), k=-1)
-        return float(dict(zip(labels, probs)).get(WIKI_LABEL, 0.0))
+        return self.scores([text])[0]
 
-    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+    def scores(self, texts: list[str]) -> list[float]:
+        """P(__label__wiki) of each text, one fastText call for the batch (its C++ loop)."""
+        labels, probabilities = self.model.predict([classifier_text(t) for t in texts], k=-1)
+        return [min(float(dict(zip(lab, prob)).get(WIKI_LABEL, 0.0)), 1.0) for lab, prob in zip(labels, probabilities)]
+
+    def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
         if self.model is None:
             raise StageError(f"{self.name}: prepare() must run first (use run_stage)")
-        for doc in docs:
-            score = min(self.score(doc.text), 1.0)
-            doc.columns["wikiref_score"] = score
-            if score < self.config.threshold:
-                doc.reject("wikiref_below_threshold")
-            yield doc
+        scores = self.scores(texts)
+        reasons = [None if score >= self.config.threshold else "wikiref_below_threshold" for score in scores]
+        return Judgement(reasons, {"wikiref_score": scores})

@@ -131,6 +131,8 @@ DOCUMENT_CLASS = re.compile(r"^[ \t]*\\document(?:class|style)\b", re.MULTILINE)
 INPUT_COMMAND = re.compile(r"\\(input|include)(?![A-Za-z@])\s*(?:\{([^{}]*)\}|([^\s{}\\%]+))")
 PREFERRED_MAIN_NAMES = ("main.tex", "ms.tex")
 MAX_INPUT_DEPTH = 20
+# Not from arXiv: more file expansions than any real paper has (a few dozen \input at most).
+MAX_INPUT_EXPANSIONS = 10_000
 
 
 def find_main_file(texts: dict[str, str]) -> str | None:
@@ -151,10 +153,13 @@ def _in_comment(text: str, position: int) -> bool:
     return COMMENT.search(text[line_start:position]) is not None
 
 
-def flatten_inputs(main: str, texts: dict[str, str]) -> tuple[str, list[str]]:
+def flatten_inputs(main: str, texts: dict[str, str], max_chars: int | None = None) -> tuple[str, list[str]]:
     """The main file with each \\input/\\include replaced by the file's text, recursively.
-    Missing and cyclic inputs leave a marker comment; returns (text, missing input names)."""
+    Missing and cyclic inputs leave a marker comment; returns (text, missing input names).
+    Raises UnsafeArchive("too_large") past `max_chars`: ten files that each \\input the next
+    ten times are 10^20 copies of the last one without ever being cyclic."""
     missing: list[str] = []
+    produced = expansions = 0
 
     def resolve(name: str) -> str | None:
         name = posixpath.normpath(name.strip().strip('"'))
@@ -164,6 +169,7 @@ def flatten_inputs(main: str, texts: dict[str, str]) -> tuple[str, list[str]]:
         return None
 
     def expand(file_name: str, stack: tuple[str, ...]) -> str:
+        nonlocal produced, expansions
         text = texts[file_name]
         out: list[str] = []
         last = 0
@@ -182,6 +188,10 @@ def flatten_inputs(main: str, texts: dict[str, str]) -> tuple[str, list[str]]:
             else:
                 out.append(expand(resolved, stack + (resolved,)))
         out.append(text[last:])
+        produced += len(text)  # an upper bound on what this file adds; checked as we go
+        expansions += 1
+        if expansions > MAX_INPUT_EXPANSIONS or (max_chars is not None and produced > max_chars):
+            raise UnsafeArchive("too_large")
         return "".join(out)
 
     return expand(main, (main,)), missing
@@ -274,7 +284,10 @@ class ArxivIngest(Stage):
         meta: dict[str, Any] = {"paper_id": paper_id, "files": sorted(files)}
         if main is None:
             return Document(id=f"{SOURCE}/{paper_id}", text="", source=SOURCE, meta=meta).reject("no_main_tex")
-        text, missing = flatten_inputs(main, texts)
+        try:
+            text, missing = flatten_inputs(main, texts, cfg.max_paper_bytes)
+        except UnsafeArchive as exc:
+            return Document(id=f"{SOURCE}/{paper_id}", text="", source=SOURCE, meta=meta).reject(f"{exc}:inputs")
         meta |= {"main_file": main, "missing_inputs": missing}
         if latin1:
             meta["decoded_latin1"] = sorted(latin1)
@@ -437,15 +450,18 @@ def _substitute(body: str, args: list[str]) -> str:
     return re.sub(r"##|#[1-9]", repl, body)
 
 
-def expand_macros_once(text: str, macros: dict[str, Macro]) -> tuple[str, int]:
-    """One left-to-right pass: each use of a macro replaced by its body with arguments filled in."""
+def expand_macros_once(text: str, macros: dict[str, Macro], max_chars: float | None = None) -> tuple[str, int]:
+    """One left-to-right pass: each use of a macro replaced by its body with arguments filled in.
+    Stops once the output passes `max_chars` (one pass can multiply the text by a body's length)."""
     if not macros:
         return text, 0
     names = sorted(macros, key=len, reverse=True)
     pattern = re.compile(r"\\(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z@])")
     out: list[str] = []
-    pos = count = 0
+    pos = count = produced = 0
     while (match := pattern.search(text, pos)) is not None:
+        if max_chars is not None and produced > max_chars:
+            break
         macro = macros[match.group(1)]
         end = match.end()
         args: list[str] = []
@@ -467,8 +483,10 @@ def expand_macros_once(text: str, macros: dict[str, Macro]) -> tuple[str, int]:
             args.append(arg[0])
             end = arg[1]
         out.append(text[pos : match.start()])
+        produced += match.start() - pos
         if ok:
             out.append(_substitute(macro.body, args))
+            produced += len(out[-1])
             count += 1
             pos = end
         else:
@@ -484,7 +502,7 @@ def expand_macros(text: str, macros: dict[str, Macro], max_passes: int, max_grow
     limit = max(len(text) * max_growth, 10_000)
     total = 0
     for _ in range(max_passes):
-        expanded, count = expand_macros_once(text, macros)
+        expanded, count = expand_macros_once(text, macros, limit)
         if count == 0:
             return text, total, False
         if len(expanded) > limit:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import zstandard
 from datasketch import MinHash, MinHashLSHEnsemble
 
@@ -175,29 +176,92 @@ class TruncatedZstd(Exception):
     pass
 
 
-def zstd_lines(fh, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """The lines of a (multi-frame) zstd stream, as bytes, without their newline.
+class OversizedLine:
+    """A line longer than the cap, read past without being kept: only its size."""
 
-    Not zstandard's stream_reader: it ends silently at a truncated frame (0.25), so a cut-off shard
-    would look complete. A decompressobj tells: its `eof` is False when the frame never ended.
-    Lines are bytes so a bad byte costs one record, not the rest of the shard."""
-    decompressor = zstandard.ZstdDecompressor()
-    frame = decompressor.decompressobj()
-    frame_open = False  # input fed to the current frame, and its end not seen yet
-    pending = b""
-    while chunk := fh.read(chunk_size):
-        while chunk:
-            frame_open = True
-            pending += frame.decompress(chunk)
-            chunk = b""
-            if frame.eof:  # a multi-frame file: the rest starts the next frame
-                chunk, frame, frame_open = frame.unused_data, decompressor.decompressobj(), False
-        *lines, pending = pending.split(b"\n")
-        yield from lines
-    if frame_open:
-        raise TruncatedZstd(f"stream ends inside a zstd frame ({len(pending)} bytes of a partial line)")
-    if pending:
-        yield pending
+    def __init__(self, size: int):
+        self.size = size
+
+
+# Not from Books3 or RedPajama: a cap on one JSON line of a shard, so a zstd bomb (60 KB that
+# inflate to gigabytes of one line) costs at most this much memory. A long Books3 book is a few MB.
+MAX_LINE_BYTES = 64 << 20
+_ZSTD_MAGIC = 0xFD2FB528
+
+
+def zstd_cut_short(fh) -> str | None:
+    """Why the zstd stream in `fh` ends inside a frame (None when every frame is whole), from the
+    frame and block headers alone (RFC 8878 3.1): one small read per block, nothing inflated."""
+    size = fh.seek(0, 2)
+    pos = 0
+    while pos < size:
+        fh.seek(pos)
+        head = fh.read(18)  # the longest frame header
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) >= 8 and magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame
+            pos += 8 + int.from_bytes(head[4:8], "little")
+            continue
+        if magic != _ZSTD_MAGIC:
+            return None if len(head) >= 4 else f"stream ends inside a zstd frame header (byte {pos})"
+        try:
+            pos += zstandard.frame_header_size(head)
+        except zstandard.ZstdError:
+            return f"stream ends inside a zstd frame header (byte {pos})"
+        checksum = 4 if head[4] & 0x04 else 0
+        while True:
+            fh.seek(pos)
+            block = int.from_bytes(fh.read(3).ljust(3, b"\xff"), "little")
+            block_type, block_size = (block >> 1) & 3, block >> 3
+            pos += 3 + (1 if block_type == 1 else block_size)  # an RLE block stores one byte
+            if pos > size:
+                return f"stream ends inside a zstd frame (a block runs past byte {size})"
+            if block & 1:  # the frame's last block
+                break
+        pos += checksum
+    return None if pos == size else f"stream ends inside a zstd frame (checksum past byte {size})"
+
+
+def zstd_lines(fh, max_line_bytes: int = MAX_LINE_BYTES, chunk_size: int = 1 << 20) -> Iterator[bytes | OversizedLine]:
+    """The lines of a (multi-frame) zstd stream, as bytes, without their newline; a line longer
+    than `max_line_bytes` comes out as an OversizedLine (its bytes are read past, never held).
+
+    zstandard's stream_reader returns at most `chunk_size` bytes per read, so memory stays bounded
+    (a decompressobj returns everything a chunk inflates to at once: a 60 KB bomb is 2 GB in one
+    call). But the reader ends silently at a truncated frame (0.25), so a cut-off shard would look
+    complete: the frame headers are checked first (zstd_cut_short), and lines decoded before the
+    cut come out before TruncatedZstd is raised. Lines are bytes so a bad byte costs one record,
+    not the rest of the shard."""
+    cut = zstd_cut_short(fh)
+    fh.seek(0)
+    reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True, closefd=False)
+    parts: list[bytes] = []  # the current line so far
+    size = 0
+    skipped: int | None = None  # bytes of an oversized line read past so far
+    while chunk := reader.read(chunk_size):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            piece = chunk[start:end]
+            start = end + 1
+            if skipped is not None or size + len(piece) > max_line_bytes:
+                yield OversizedLine((skipped if skipped is not None else size) + len(piece))
+            else:
+                parts.append(piece)
+                yield b"".join(parts)
+            parts, size, skipped = [], 0, None
+        piece = chunk[start:]
+        if skipped is not None:
+            skipped += len(piece)
+        elif size + len(piece) > max_line_bytes:
+            parts, size, skipped = [], 0, size + len(piece)
+        else:
+            parts.append(piece)
+            size += len(piece)
+    if cut:
+        raise TruncatedZstd(f"{cut} ({size or skipped or 0} bytes of a partial line)")
+    if skipped is not None:
+        yield OversizedLine(skipped)
+    elif size:
+        yield b"".join(parts)
 
 
 class BooksIngestConfig(StageConfig):
@@ -254,7 +318,11 @@ class BooksIngest(Stage):
             try:
                 for raw_line in zstd_lines(fh):
                     line_number += 1
-                    if raw_line.strip():
+                    if isinstance(raw_line, OversizedLine):
+                        yield Document(id=f"{SOURCE}/books3/{stem}/{line_number}", text="", source=SOURCE).reject(
+                            f"unreadable_record:line_too_long ({raw_line.size} bytes)"
+                        )
+                    elif raw_line.strip():
                         yield self._books3_record(stem, line_number, raw_line)
             except (TruncatedZstd, zstandard.ZstdError) as exc:
                 # Records before the damage are already out; this row accounts for the rest.
@@ -283,25 +351,77 @@ class BooksIngest(Stage):
 
 # ---------------------------------------------------------------------------------------------
 # Book-level near-deduplication
+#
+# A book becomes the set of its word 5-grams ("shingles"), each a 64-bit hash. Words are hashed
+# once per distinct word (blake2b), and a shingle's hash combines its five word hashes with odd
+# multipliers (uint64 arithmetic in numpy), so a whole book is hashed in a few numpy passes instead
+# of one Python hash call per shingle (what datasketch's update_batch does).
+
+_WORD = re.compile(r"\w+")
+# Odd 64-bit multipliers (digits of pi and e): a shingle hash is sum(word_hash[k] * M[k]) mod 2^64.
+_SHINGLE_MULTIPLIERS = (
+    0x243F6A8885A308D3, 0x13198A2E03707345, 0xA4093822299F31D1, 0x082EFA98EC4E6C89, 0x452821E638D01377,
+    0xBE5466CF34E90C6D, 0xC0AC29B7C97C50DD, 0x3F84D5B5B5470917, 0x9216D5D98979FB1B, 0xB7E151628AED2A6B,
+)  # fmt: skip
+
+
+def shingle_array(text: str, size: int) -> np.ndarray:
+    r"""The distinct 64-bit hashes of the word `size`-grams of a book (lower-cased \w+ words,
+    punctuation ignored), sorted (np.unique). A text shorter than `size` words is one shingle."""
+    if size > len(_SHINGLE_MULTIPLIERS):
+        raise ValueError(f"shingles of more than {len(_SHINGLE_MULTIPLIERS)} words are not supported")
+    words = _WORD.findall(text.lower())
+    if len(words) < size:
+        words += [""] * (size - len(words))  # a tiny text is still one shingle, not zero
+    table: dict[str, int] = {}
+    for word in set(words):
+        table[word] = int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    word_hashes = np.fromiter(map(table.__getitem__, words), dtype=np.uint64, count=len(words))
+    count = len(words) - size + 1
+    shingles = np.zeros(count, dtype=np.uint64)
+    for k in range(size):
+        shingles += word_hashes[k : k + count] * np.uint64(_SHINGLE_MULTIPLIERS[k])
+    return np.unique(shingles)
 
 
 def shingle_hashes(text: str, size: int) -> set[int]:
-    """64-bit hashes of the word `size`-grams of a book (lower-cased words; punctuation ignored)."""
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < size:
-        words += [""] * (size - len(words))  # a tiny text is still one shingle, not zero
-    return {
-        int.from_bytes(hashlib.blake2b(" ".join(words[i : i + size]).encode(), digest_size=8).digest(), "little")
-        for i in range(len(words) - size + 1)
-    }
+    return set(shingle_array(text, size).tolist())
 
 
-def content_overlap(a: set[int], b: set[int]) -> float:
+def content_overlap(a: set[int] | np.ndarray, b: set[int] | np.ndarray) -> float:
     """|A ∩ B| / min(|A|, |B|): the share of the smaller book's shingles found in the other.
     A novel reprinted inside an anthology overlaps it 100%, though their Jaccard is low."""
-    if not a or not b:
+    if len(a) == 0 or len(b) == 0:
         return 0.0
-    return len(a & b) / min(len(a), len(b))
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        common = len(np.intersect1d(a, b, assume_unique=True))
+    else:
+        common = len(set(a) & set(b))
+    return common / min(len(a), len(b))
+
+
+# MurmurHash3's 32-bit finalizer, which datasketch (2.x, scheme "affine32") applies to each hash
+# value before its affine permutations h -> a*h + b mod 2^32.
+_FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
+
+
+def minhash_signature(shingles: np.ndarray, permutations: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """datasketch's MinHash (scheme affine32) of a set of shingles, computed in numpy over the whole
+    array: identical hash values to MinHash(permutations).update_batch(values) with an identity
+    hashfunc on the same 32-bit values (the top half of each 64-bit shingle hash)."""
+    a, b = permutations
+    signature = np.full(a.shape[0], np.iinfo(np.uint32).max, dtype=np.uint32)
+    values = (shingles >> np.uint64(32)).astype(np.uint32)
+    s1, m1, s2, m2, s3 = _FMIX32
+    values = values ^ (values >> np.uint32(s1))
+    values = values * np.uint32(m1)
+    values = values ^ (values >> np.uint32(s2))
+    values = values * np.uint32(m2)
+    values = values ^ (values >> np.uint32(s3))
+    for start in range(0, len(values), chunk):
+        block = values[start : start + chunk, None] * a + b  # uint32: wraps mod 2^32
+        np.minimum(signature, block.min(axis=0), out=signature)
+    return signature
 
 
 class BooksDedupConfig(StageConfig):
@@ -336,47 +456,71 @@ class _UnionFind:
 
 
 class BooksDedup(Stage):
-    """Removes books that overlap another book by more than 90% (one kept per cluster)."""
+    """Removes books that overlap another book by more than 90% (one kept per cluster).
+
+    prepare() makes two passes over the books, holding at most one book's text at a time:
+      1. every book -> its MinHash signature (numpy, see minhash_signature) and shingle count;
+         a datasketch MinHashLSHEnsemble (containment, not Jaccard: plain MinHashLSH would miss a
+         short book contained in a long one) gives the candidate pairs;
+      2. the books of candidate pairs only -> their exact shingle sets; each pair's overlap
+         |A ∩ B| / min(|A|, |B|) is computed exactly and pairs above the threshold are joined into
+         clusters (union-find: a chain of near-duplicates is one cluster).
+    Memory: one signature per book (num_perm x 4 bytes) plus the shingle sets of candidate books.
+    Each cluster keeps its longest book (ties: smallest id); the others are rejected as
+    near_duplicate_book:<kept id>, and the clusters with their verified pair overlaps go to the
+    manifest's stats."""
 
     name = "books_dedup"
     source = SOURCE
     reads = "documents"
     Config = BooksDedupConfig
-    description = "Book-level near-dedup: MinHash candidates, exact overlap > 0.9, one book per cluster."
+    description = "Book-level near-dedup: MinHash LSH candidates, exact overlap > 0.9, one book per cluster."
+    parallel_parts = True  # process() only reads duplicate_of, which prepare() fills
 
     def __init__(self, config=None, refs=None):
         super().__init__(config, refs)
         self.duplicate_of: dict[str, str] = {}  # removed book id -> kept book id
+        self.permutations = MinHash(num_perm=self.config.num_perm, seed=1, scheme="affine32").permutations
+
+    def sketch_part(self, path: Path) -> list[tuple[str, int, int, np.ndarray]]:
+        """(id, distinct shingles, characters, signature) for every book of one part."""
+        out = []
+        for doc in read_documents(path, columns=["id", "text"]):
+            shingles = shingle_array(doc.text, self.config.shingle_words)
+            out.append((doc.id, len(shingles), len(doc.text), minhash_signature(shingles, self.permutations)))
+        return out
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
-        # Skeleton: every book's shingle set is held in memory (fine for thousands of books, not
-        # for all of Books3: issue 4 makes this streaming / sharded).
         cfg = self.config
-        shingles: dict[str, set[int]] = {}
+        self.duplicate_of = {}
+        sizes: dict[str, int] = {}
         lengths: dict[str, int] = {}
-        for path in inputs:
-            for doc in read_documents(path, columns=["id", "text"]):
-                shingles[doc.id] = shingle_hashes(doc.text, cfg.shingle_words)
-                lengths[doc.id] = len(doc.text)
-        if len(shingles) < 2:
-            return {"books": len(shingles), "candidate_pairs": 0, "clusters": []}
-
-        # LSH Ensemble indexes containment, not Jaccard: plain MinHashLSH would miss a short
-        # book contained in a long one (overlap 1.0, Jaccard = |short|/|long|).
         sketches: dict[str, MinHash] = {}
-        for book_id, hashes in shingles.items():
-            sketch = MinHash(num_perm=cfg.num_perm, hashfunc=lambda h: h & 0xFFFFFFFF)
-            sketch.update_batch(list(hashes))
-            sketches[book_id] = sketch
-        index = MinHashLSHEnsemble(threshold=cfg.candidate_threshold, num_perm=cfg.num_perm, num_part=8)
-        index.index([(book_id, sketches[book_id], len(shingles[book_id])) for book_id in sorted(shingles)])
+        for part in self.map_parts("sketch_part", list(inputs)):
+            for book_id, size, length, signature in part:
+                if book_id in sizes:
+                    raise StageError(f"books_dedup: book id {book_id!r} appears twice in the input")
+                sizes[book_id], lengths[book_id] = size, length
+                sketches[book_id] = MinHash(seed=1, hashvalues=signature, scheme="affine32")
+        if len(sizes) < 2:
+            return {"books": len(sizes), "candidate_pairs": 0, "duplicate_pairs": 0, "books_removed": 0, "clusters": []}
 
+        index = MinHashLSHEnsemble(threshold=cfg.candidate_threshold, num_perm=cfg.num_perm, num_part=8)
+        index.index([(book_id, sketches[book_id], sizes[book_id]) for book_id in sorted(sizes)])
         candidates: set[tuple[str, str]] = set()
-        for book_id in sorted(shingles):
-            for other in index.query(sketches[book_id], len(shingles[book_id])):
+        for book_id in sorted(sizes):
+            for other in index.query(sketches[book_id], sizes[book_id]):
                 if other != book_id:
                     candidates.add((min(book_id, other), max(book_id, other)))
 
+        # Pass 2: exact overlap of the candidate pairs, on the shingle sets of their books only.
+        wanted = {book_id for pair in candidates for book_id in pair}
+        shingles: dict[str, np.ndarray] = {}
+        if wanted:
+            for path in inputs:
+                for doc in read_documents(path, columns=["id", "text"]):
+                    if doc.id in wanted:
+                        shingles[doc.id] = shingle_array(doc.text, cfg.shingle_words)
         clusters = _UnionFind()
         overlaps: list[tuple[str, str, float]] = []
         for a, b in sorted(candidates):
@@ -388,7 +532,6 @@ class BooksDedup(Stage):
         members: dict[str, list[str]] = {}
         for book_id in sorted({x for a, b, _ in overlaps for x in (a, b)}):
             members.setdefault(clusters.find(book_id), []).append(book_id)
-
         report = []
         for root, ids in sorted(members.items()):
             # The longest book carries the most text; ties go to the smallest id (deterministic).
@@ -406,8 +549,9 @@ class BooksDedup(Stage):
                 }
             )
         return {
-            "books": len(shingles),
+            "books": len(sizes),
             "candidate_pairs": len(candidates),
+            "candidate_pairs_rejected_on_exact_overlap": len(candidates) - len(overlaps),
             "duplicate_pairs": len(overlaps),
             "books_removed": len(self.duplicate_of),
             "overlap_definition": "|shingles(a) & shingles(b)| / min(|shingles(a)|, |shingles(b)|)",

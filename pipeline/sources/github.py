@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.documents import Document, read_documents
+from pipeline.documents import Document, StageError, read_documents
 from pipeline.sources.c4 import read_json_lines
 from pipeline.stage import Stage, StageConfig
 
@@ -217,18 +217,24 @@ def strip_license_header(text: str, path: str) -> tuple[str, int]:
 
 
 # Tokens for the alphabetic-characters-per-token rule. RedPajama counts tokens with the
-# Pythia/GPT-NeoX BPE tokenizer; until the corpus tokenizer exists (issue 4 switches to it) we count
-# word runs and punctuation runs ("==", "):", "#=====" are one token each, as BPE merges such runs).
-# BPE also emits whitespace/indentation tokens, which this count ignores, so the approximation is
-# somewhat more lenient than RedPajama on deeply indented code.
+# Pythia/GPT-NeoX BPE tokenizer. With `tokenizer_model` set (a SentencePiece model: our corpus
+# tokenizer from a previous build, or LLaMA's tokenizer.model) the rule counts that tokenizer's
+# pieces. The corpus tokenizer of the same build cannot be used: it is trained after this stage,
+# on its output. Without a model we count word runs and punctuation runs ("==", "):", "#=====" are
+# one token each, as BPE merges such runs); BPE also emits whitespace/indentation tokens, which
+# this count ignores, so it is somewhat more lenient than RedPajama on deeply indented code.
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
 
 
-def file_stats(text: str) -> dict[str, float]:
+def count_tokens_regex(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+def file_stats(text: str, count_tokens=count_tokens_regex) -> dict[str, float]:
     """RedPajama's get_filecontent_stats: lengths over str.splitlines(), the mean as
     len(text) / line count, the alphanumeric share over the whole text."""
     line_lengths = [len(line) for line in text.splitlines()]
-    tokens = len(_TOKEN.findall(text))
+    tokens = count_tokens(text)
     alpha = sum(ch.isalpha() for ch in text)
     return {
         "max_line_length": max(line_lengths, default=0),
@@ -268,6 +274,25 @@ class GithubFilter(Stage):
         min_alpha_per_token: float = 1.5
         # LLaMA §2: "removed boilerplate, such as headers, with regular expressions".
         strip_license_headers: bool = True
+        # SentencePiece model whose pieces count as tokens for min_alpha_per_token (RedPajama uses
+        # its own BPE tokenizer); None: the regex approximation (see count_tokens_regex).
+        tokenizer_model: str | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._count_tokens = count_tokens_regex
+        if self.config.tokenizer_model is not None:
+            model = Path(self.config.tokenizer_model)
+            if not model.is_file():
+                raise StageError(f"github_filter: tokenizer_model {model} not found")
+            import sentencepiece as spm
+
+            processor = spm.SentencePieceProcessor(model_file=str(model))
+            self._count_tokens = lambda text: len(processor.encode(text))
+
+    def extra_inputs(self) -> list[Path]:
+        # the tokenizer model's bytes decide verdicts: they count in the stage's identity
+        return [Path(self.config.tokenizer_model)] if self.config.tokenizer_model else []
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
         c = self.config
@@ -286,7 +311,7 @@ class GithubFilter(Stage):
             if not text.strip():
                 yield doc.reject("empty")
                 continue
-            stats = file_stats(text)
+            stats = file_stats(text, self._count_tokens)
             if stats["max_line_length"] > c.max_line_length:
                 yield doc.reject("max_line_length")
             elif stats["mean_line_length"] > c.max_mean_line_length:

@@ -108,9 +108,11 @@ class WikipediaIngest(Stage):
         return Document(id=f"{SOURCE}/{path.name}@{where}", text="", source=SOURCE).reject(reason)
 
     def _pages(self, path: Path, stream) -> Iterator[Document]:
-        # Entities are never resolved and nothing is fetched: a dump is untrusted input.
+        # Entities are never resolved and nothing is fetched: a dump is untrusted input. No
+        # huge_tree: libxml2 then stops at a text node over 10 MB (MediaWiki caps a page at 2 MB,
+        # $wgMaxArticleSize) instead of holding up to 1 GB of a bz2 bomb's one page.
         events = etree.iterparse(
-            stream, events=("start", "end"), resolve_entities=False, no_network=True, huge_tree=True
+            stream, events=("start", "end"), resolve_entities=False, no_network=True, huge_tree=False
         )
         language = language_from_file_name(path)
         namespaces: dict[str, int] = {}
@@ -131,7 +133,7 @@ class WikipediaIngest(Stage):
                     elem.clear()
                 elif name == "page":
                     pages += 1
-                    yield self._page(elem, language or "unknown", namespaces)
+                    yield self._page(elem, language or "unknown", namespaces, f"{path.name}@page{pages}")
                     # Keep memory bounded by one page: drop it and the finished siblings before it.
                     elem.clear()
                     parent = elem.getparent()
@@ -145,7 +147,9 @@ class WikipediaIngest(Stage):
         except (EOFError, OSError) as exc:  # a truncated or corrupt bz2 stream
             yield self._file_row(path, pages, f"unreadable_file:{type(exc).__name__}")
 
-    def _page(self, page: etree._Element, language: str, namespaces: dict[str, int]) -> Document:
+    def _page(self, page: etree._Element, language: str, namespaces: dict[str, int], where: str = "") -> Document:
+        """One <page>; a page without id and title, or without a revision text, is an
+        "unreadable_record" (id "wikipedia/<file>@page<n>" when it has neither id nor title)."""
         fields: dict[str, Any] = {"redirect": False, "ns": None}
         revision: etree._Element | None = None
         for child in page:
@@ -157,11 +161,12 @@ class WikipediaIngest(Stage):
             elif name == "revision":
                 revision = child  # full-history dumps: the last revision is the current text
         text, revision_id, timestamp = "", None, None
+        has_text = False
         if revision is not None:
             for child in revision:
                 name = local_name(child.tag)
                 if name == "text":
-                    text = child.text or ""
+                    text, has_text = child.text or "", True
                 elif name == "id":
                     revision_id = (child.text or "").strip()
                 elif name == "timestamp":
@@ -174,7 +179,7 @@ class WikipediaIngest(Stage):
             prefix = title.split(":", 1)[0].strip().lower() if ":" in title else ""
             namespace = namespaces.get(prefix, 0)
         doc = Document(
-            id=f"{SOURCE}/{language}/{page_id or title}",
+            id=f"{SOURCE}/{language}/{page_id or title}" if page_id or title else f"{SOURCE}/{where}",
             text=text,
             source=SOURCE,
             meta={
@@ -186,6 +191,10 @@ class WikipediaIngest(Stage):
             },
             columns={"language": language},
         )
+        if not (page_id or title):
+            return doc.reject("unreadable_record:missing id and title")
+        if not has_text:
+            return doc.reject("unreadable_record:missing revision text")
         if language not in self.config.languages:
             return doc.reject(f"language:{language}")
         if namespace != 0:
