@@ -96,7 +96,7 @@ def main() -> None:
                 part.write(Document(id=f"c4/{i}", text=text, source="c4"))
     tokenizer_config = TokenizerConfig(vocab_size=args.vocab, train_sample_bytes=10_000_000, num_threads=args.threads)
     started = time.perf_counter()
-    train_tokenizer({"c4": work / "c4"}, work / "tokenizer", tokenizer_config, {"c4": 1.0})
+    train_tokenizer({"c4": work / "c4"}, work / "tokenizer", tokenizer_config, {"c4": 1.0}, reuse=False)
     train_s = time.perf_counter() - started
     sp = load_tokenizer(work / "tokenizer")
 
@@ -104,9 +104,11 @@ def main() -> None:
     tokens = sum(len(ids) for ids in sp.encode(texts, num_threads=args.threads))
 
     mixture_config = MixtureConfig(sources={"c4": {"share": 1.0, "epochs": 1.0}}, val_fraction=0.0, num_threads=args.threads)
-    mixture_s = best_of(1, lambda: sample_mixture({"c4": work / "c4"}, work / "tokenizer", work / "mixture", mixture_config))
+    mixture_s = best_of(1, lambda: sample_mixture({"c4": work / "c4"}, work / "tokenizer", work / "mixture", mixture_config,
+                                                   reuse=False))
     shards_config = TokenShardsConfig(num_workers=args.threads, shard_tokens=50_000_000)
-    shards_s = best_of(2, lambda: write_token_shards(work / "mixture", work / "tokenizer", work / "tokens", shards_config))
+    shards_s = best_of(2, lambda: write_token_shards(work / "mixture", work / "tokenizer", work / "tokens", shards_config,
+                                                             reuse=False))
     stats = read_manifest(work / "tokens")["stats"]
     assert stats["split_tokens"]["train"] == tokens + 2 * len(texts), "shards hold other tokens than raw encoding"
 

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
-from pipeline.documents import Document, StageError, StageFolder, kept_parts, read_documents, rejected_parts
+from pipeline.documents import Document, StageError, StageFolder, kept_parts, read_documents, read_manifest, rejected_parts
 from pipeline.mixture import (
     TABLE1,
     MixtureConfig,
@@ -298,3 +298,16 @@ def test_parquet_and_jsonl_zst_load_with_hf_datasets(mixture, tmp_path, monkeypa
     lines = datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
     assert lines.num_rows == len(kept) and set(lines.column_names) == {"text", "meta"}
     assert sorted(m["id"] for m in lines["meta"]) == sorted(d.id for d in kept)
+
+
+def test_an_unchanged_mixture_is_reused_and_a_changed_one_rewritten(sources, tokenizer, tmp_path):
+    out = tmp_path / "mixture"
+    first = sample_mixture(sources, tokenizer, out, three_source_config(sources, tokenizer, seed=7))
+    inode = (out / "manifest.json").stat().st_ino
+    again = sample_mixture(sources, tokenizer, out, three_source_config(sources, tokenizer, seed=7))
+    assert again == first and (out / "manifest.json").stat().st_ino == inode  # same inputs and config: kept
+    sample_mixture(sources, tokenizer, out, three_source_config(sources, tokenizer, seed=7), reuse=False)
+    assert (out / "manifest.json").stat().st_ino != inode  # reuse=False: written again...
+    assert read_manifest(out) == first  # ...to the same bytes
+    changed = sample_mixture(sources, tokenizer, out, three_source_config(sources, tokenizer, seed=8))
+    assert changed["identity"] != first["identity"]
