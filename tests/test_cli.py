@@ -81,3 +81,18 @@ def test_samples_command_writes_every_source(tmp_path):
     assert set(manifest["sources"]) == {"cc", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange"}
     for info in manifest["sources"].values():
         assert info["files"] and all((tmp_path / "s" / f).stat().st_size > 0 for f in info["files"])
+
+
+def test_rerun_refuses_a_folder_that_is_not_a_build_and_an_unknown_stage(tmp_path):
+    result = runner.invoke(app, ["rerun", "cc_langid", "--build", str(tmp_path)])
+    assert result.exit_code == 2 and "BUILD.json" in result.output
+    (tmp_path / "BUILD.json").write_text(json.dumps({"spec": "demo", "inputs": str(tmp_path)}))
+    result = runner.invoke(app, ["rerun", "cc_langdi", "--build", str(tmp_path)])
+    assert result.exit_code == 2 and "no stage cc_langdi" in result.output
+
+
+def test_stages_marks_the_stages_whose_parts_run_in_parallel():
+    result = runner.invoke(app, ["stages"])
+    lines = {line.split()[0]: line for line in result.output.strip().splitlines()}
+    assert "parts||" in lines["cc_langid"] and "parts||" in lines["cc_line_dedup"]
+    assert "parts||" not in lines["c4_quality"]  # its span dedup carries state from part to part
