@@ -287,6 +287,16 @@ def _display_path(path: Path, base: Path) -> str:
         return str(path)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 class StageFolder:
     """Assembles one stage folder atomically and writes its manifest.
 
@@ -326,12 +336,22 @@ class StageFolder:
     # -- lifecycle
     def __enter__(self) -> "StageFolder":
         try:
+            self._remove_leftovers()
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
         except OSError as exc:
             raise self._write_error(exc) from exc
         return self
+
+    def _remove_leftovers(self) -> None:
+        """Delete what a killed run of this stage left beside its folder (`.<name>.tmp-<pid>` being
+        assembled, `.<name>.old-<pid>` being replaced) when that process is gone: never complete, never
+        read, only disk taken. A live process's folders are left alone."""
+        for leftover in self.output.parent.glob(f".{self.output.name}.*-*"):
+            kind, _, pid = leftover.name.rpartition("-")
+            if kind.endswith((".tmp", ".old")) and pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:

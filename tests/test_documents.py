@@ -176,3 +176,24 @@ def test_extra_inputs_are_part_of_the_identity(tmp_path):
     assert is_up_to_date(WithSideFile(), [tmp_path / "in.parquet"], tmp_path / "out")
     side.write_text("v2")
     assert not is_up_to_date(WithSideFile(), [tmp_path / "in.parquet"], tmp_path / "out")
+
+
+def test_a_killed_runs_leftovers_are_removed_and_a_live_runs_are_not(tmp_path):
+    import os
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid whose process is gone, as after kill -9
+    dead = tmp_path / f".s.tmp-{finished.pid}"
+    (dead / "kept").mkdir(parents=True)
+    old = tmp_path / f".s.old-{finished.pid}"
+    old.mkdir()
+    live = tmp_path / f".s.tmp-{os.getppid()}"  # our parent is alive: its folder stays
+    live.mkdir()
+    other = tmp_path / f".t.tmp-{finished.pid}"  # another stage's leftover is not this stage's to remove
+    other.mkdir()
+    with StageFolder(tmp_path / "s", "s", {}) as folder:
+        with folder.part(0, {}) as part:
+            part.write(Document(id="a", text="x", source="cc"))
+    assert not dead.exists() and not old.exists()
+    assert live.exists() and other.exists() and (tmp_path / "s" / "manifest.json").exists()
