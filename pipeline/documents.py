@@ -117,14 +117,18 @@ def read_schema(path: Path | str) -> pa.Schema:
         raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
+def open_parquet(path: Path | str) -> pq.ParquetFile:
+    """A Parquet part, or a StageError naming it (pyarrow raises several types for truncated or
+    non-Parquet files)."""
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:
+        raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
 def read_documents(path: Path | str, columns: list[str] | None = None) -> Iterator[Document]:
     """Stream the documents of one Parquet part, a batch at a time (memory ~ one batch)."""
-    path = Path(path)
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for truncated/non-parquet files
-        raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
-    for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
+    for batch in open_parquet(path).iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
         for row in batch.to_pylist():
             meta = row.pop("meta", None)
             row.pop("stage", None)
@@ -141,11 +145,7 @@ def read_documents(path: Path | str, columns: list[str] | None = None) -> Iterat
 
 def read_texts(path: Path | str) -> Iterator[str]:
     """Only the texts of one Parquet part, in row order (first passes that hash or score text)."""
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:
-        raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
-    for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=["text"]):
+    for batch in open_parquet(path).iter_batches(batch_size=ROWS_PER_BATCH, columns=["text"]):
         yield from batch.column(0).to_pylist()
 
 

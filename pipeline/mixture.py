@@ -51,6 +51,7 @@ from pipeline.documents import (
     code_version_of,
     is_complete,
     kept_parts,
+    open_parquet,
     read_documents,
     read_manifest,
     sha256_file,
@@ -217,11 +218,7 @@ def _count_part(part: Path, processor, num_threads: int) -> tuple[list[str], np.
     """Document ids and token counts (BOS + ids + EOS; 0 for a document with no ids) of one part."""
     ids: list[str] = []
     counts: list[int] = []
-    try:
-        reader = pq.ParquetFile(part)
-    except Exception as exc:
-        raise StageError(f"{part}: not a readable Parquet file ({exc})") from exc
-    for batch in reader.iter_batches(batch_size=COUNT_BATCH, columns=["id", "text"]):
+    for batch in open_parquet(part).iter_batches(batch_size=COUNT_BATCH, columns=["id", "text"]):
         ids += batch.column("id").to_pylist()
         counts += [n + 2 if n else 0 for n in token_counts(processor, batch.column("text").to_pylist(), num_threads)]
     return ids, np.asarray(counts, dtype=np.int64)

@@ -10,11 +10,12 @@ A stage declares
     model), and `prepare(inputs)`: a pass over all its input parts before the streaming pass
     (hash groups, model training, percentiles), returning statistics for the manifest.
 
-A documents stage that only annotates and filters, never editing a text (language id, perplexity,
-classifiers, exact dedup), implements `judge(texts, part, first_row)` instead of `process`: it
-sees a batch of texts and returns a `Judgement` (new columns, reasons, meta additions). run_stage
-then moves the documents as Arrow columns, never as Python objects, which is most of the cost of
-a fast stage; `process` (the in-memory API tests use) applies the same judgement to Documents.
+A documents stage that decides per text (language id, perplexity, classifiers, exact dedup, and
+the text-rewriting line dedup and C4 cleaning) implements `judge(texts, part, first_row)` instead of
+`process`: it sees a batch of texts and returns a `Judgement` (reasons, new columns, meta additions,
+optionally new texts). run_stage then moves the documents as Arrow columns, never as Python
+objects, which is most of the cost of a fast stage; `process` (the in-memory API tests use) applies
+the same judgement to Documents.
 
 `run_stage` applies a stage to inputs and writes the stage-folder contract of pipeline.documents:
 one kept + one rejected part per input part, counts that reconcile, an atomic manifest.
@@ -46,7 +47,6 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.documents import (
@@ -58,6 +58,7 @@ from pipeline.documents import (
     annotation_types_of,
     is_complete,
     kept_parts,
+    open_parquet,
     read_manifest,
     read_documents,
     read_schema,
@@ -137,7 +138,7 @@ class Stage:
     def tally(self, key: str, amount: Any = 1) -> None:
         """Add to an additive statistic (an int, a float, a Counter or a numpy array). Counters of
         parts processed in worker processes are summed, so they must only ever be added to."""
-        self.counters[key] = amount if key not in self.counters else self.counters[key] + amount
+        _add_counters(self.counters, {key: amount})
 
     def map_parts(self, method: str, items: list[Any]) -> Iterator[Any]:
         """`getattr(self, method)(item)` for each item, in order, in `self.workers` forked processes
@@ -337,26 +338,23 @@ class _PartRunner:
     def write_part(self, index: int) -> tuple[DocumentCounts, dict[str, Any]]:
         stage, folder, path = self.stage, self.folder, self.files[index]
         folder.counts, stage.counters = DocumentCounts(), {}
-        if stage.reads != "raw" and stage.judges():
+        if stage.reads == "raw":
+            self._write_documents(index, stage.read(path), dict(stage.columns))
+        elif stage.judges():
             self._write_judged_part(index, path)
-        elif stage.reads == "raw":
-            docs = stage.read(path)
-            types = dict(stage.columns)
         else:
             types = annotation_types_of(read_schema(path)) | dict(stage.columns)
-            docs = stage.process(_counted(read_documents(path), folder), index)
-        if stage.reads == "raw" or not stage.judges():
-            with folder.part(index, types) as part:
-                for doc in docs:
-                    part.write(doc)
+            self._write_documents(index, stage.process(_counted(read_documents(path), folder), index), types)
         return folder.counts, stage.counters
+
+    def _write_documents(self, index: int, docs: Iterator[Document], types: dict[str, pa.DataType]) -> None:
+        with self.folder.part(index, types) as part:
+            for doc in docs:
+                part.write(doc)
 
     def _write_judged_part(self, index: int, path: Path) -> None:
         stage = self.stage
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several types for truncated/non-parquet files
-            raise StageError(f"{path}: not a readable Parquet file ({exc})") from exc
+        parquet = open_parquet(path)
         types = annotation_types_of(parquet.schema_arrow) | dict(stage.columns)
         row = 0
         with self.folder.part(index, types) as part:
