@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,7 +39,7 @@ from model.distributed import (  # noqa: E402
 from model.flops import flops_per_token, mfu, peak_flops  # noqa: E402
 from model.llama import Transformer, num_parameters  # noqa: E402
 from model.presets import get_preset  # noqa: E402
-from model.train import ADAM_BETAS, ADAM_EPS, GRAD_CLIP, param_groups  # noqa: E402
+from model.train import GRAD_CLIP, make_optimizer  # noqa: E402
 
 SECTION = "## Training on GPU"
 GOAL_MFU = 0.5
@@ -88,14 +87,13 @@ def run(args, env) -> dict:
     if not args.no_compile:
         model = compile_blocks(model)
     model = apply_fsdp(model, env, "bf16")
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=preset.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
+    optimizer = make_optimizer(model, preset.lr, 0.1)
     tokens = torch.randint(0, model_args.vocab_size, (args.batch_size, args.seq_len + 1), device=env.device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> float:
         with autocast(env.device, "bf16", env.distributed):
-            logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+            loss = model(x, y)  # the trainer's fused, chunked head + cross-entropy
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()

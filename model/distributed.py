@@ -31,6 +31,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from model.loss import compile_loss_kernel
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -139,9 +141,11 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> nn.Module:
 
 def compile_blocks(model: nn.Module) -> nn.Module:
     """torch.compile each TransformerBlock in place (torchtitan's granularity: the blocks are
-    identical, so one compiled graph serves all of them, and FSDP2's hooks stay outside it)."""
+    identical, so one compiled graph serves all of them, and FSDP2's hooks stay outside it), and
+    the per-chunk softmax kernel of the fused head + loss (model/loss.py)."""
     for block in model.layers:
         block.compile()
+    model.loss_kernel = compile_loss_kernel()
     return model
 
 

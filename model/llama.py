@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.loss import linear_cross_entropy, loss_and_logit_grad
+
 # GPT-2 / nanoGPT initialization. The LLaMA paper does not state its init; Meta's released code
 # only loads trained weights.
 INIT_STD = 0.02
@@ -157,6 +159,9 @@ class Transformer(nn.Module):
         cos, sin = precompute_rope(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # The per-chunk softmax/loss kernel of the fused head + loss (model/loss.py); compile_blocks
+        # swaps in its torch.compile'd form.
+        self.loss_kernel = loss_and_logit_grad
         self.init_weights()
 
     @torch.no_grad()
@@ -173,11 +178,10 @@ class Transformer(nn.Module):
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
-    def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """tokens: (batch, seq) int64. Returns float32 logits (batch, seq, vocab), and the mean
-        next-token cross-entropy when `targets` (same shape as tokens; -100 = ignore) is given."""
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (batch, seq) int64. Without `targets`: float32 logits (batch, seq, vocab). With
+        `targets` (same shape as tokens; -100 = ignore): the mean next-token cross-entropy, computed
+        by the fused, chunked head + loss (model/loss.py), which never builds the full logits."""
         seq = tokens.shape[1]
         if seq > self.args.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.args.max_seq_len}")
@@ -185,11 +189,10 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin)
-        logits = self.output(self.norm(h)).float()
+        h = self.norm(h)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+            return self.output(h).float()
+        return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.output.weight, targets.reshape(-1), self.loss_kernel)
 
 
 def num_parameters(model: nn.Module) -> int:

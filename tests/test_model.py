@@ -141,7 +141,7 @@ def test_model_is_causal_and_returns_loss():
     logits2 = model(changed)
     torch.testing.assert_close(logits[:, :10], logits2[:, :10])
     assert not torch.allclose(logits[:, 10:], logits2[:, 10:])
-    _, loss = model(tokens, tokens)
+    loss = model(tokens, tokens)
     # Small init: predictions near uniform, so the first loss is close to ln(vocab).
     assert loss.item() == pytest.approx(math.log(50), rel=0.05)
     with pytest.raises(ValueError, match="max_seq_len"):
@@ -167,7 +167,7 @@ def test_tiny_model_overfits_a_repeated_sequence():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
     losses = []
     for _ in range(50):
-        _, loss = model(x, y)
+        loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad()

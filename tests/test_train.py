@@ -139,7 +139,7 @@ def test_selective_activation_checkpointing_recomputes_cheap_ops_only():
         torch.manual_seed(0)
         model = apply_activation_checkpointing(Transformer(ModelArgs(dim=32, n_layers=2, n_heads=2, vocab_size=40, max_seq_len=16)), mode)
         tokens = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(1))
-        _, loss = model(tokens, tokens)
+        loss = model(tokens, tokens)
         with OpCounter() as counter:
             loss.backward()
         counts[mode], grads[mode] = counter.counts, [p.grad for p in model.parameters()]
@@ -155,13 +155,14 @@ def test_bf16_autocast_computes_matmuls_in_bf16_with_fp32_weights():
     torch.manual_seed(0)
     model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=50, max_seq_len=32))
     tokens = torch.randint(0, 50, (2, 32))
-    _, fp32_loss = model(tokens, tokens)
+    fp32_loss = model(tokens, tokens)
     seen = []
     model.layers[0].feed_forward.w1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with autocast(torch.device("cpu"), "bf16", sharded=False):
-        logits, bf16_loss = model(tokens, tokens)
+        bf16_loss = model(tokens, tokens)
+        logits = model(tokens)
     bf16_loss.backward()
-    assert seen == [torch.bfloat16] and logits.dtype == torch.float32
+    assert seen == [torch.bfloat16, torch.bfloat16] and logits.dtype == torch.float32
     assert model.output.weight.dtype == model.output.weight.grad.dtype == torch.float32
     assert bf16_loss.item() == pytest.approx(fp32_loss.item(), abs=2e-2) and bf16_loss.item() != fp32_loss.item()
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
@@ -180,7 +181,7 @@ def test_compiled_blocks_match_eager():
     tokens = torch.randint(0, 40, (2, 16))
     losses = []
     for model in (eager, compiled):
-        _, loss = model(tokens, tokens)
+        loss = model(tokens, tokens)
         loss.backward()
         losses.append(loss.item())
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
@@ -324,7 +325,7 @@ def train(model, batches):
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-5)
     norms = []
     for x, y in batches:
-        model(x, y)[1].backward()
+        model(x, y).backward()
         norms.append(full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)))
         opt.step(); opt.zero_grad()
     return norms

@@ -42,7 +42,7 @@ def trained(args: ModelArgs = ARGS, steps: int = 2, mode: str = "none"):
     scheduler = lr_scheduler(optimizer, 1, 10, 0.1)
     for _ in range(steps):
         tokens = torch.randint(0, args.vocab_size, (2, 16))
-        model(tokens, tokens)[1].backward()
+        model(tokens, tokens).backward()
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
