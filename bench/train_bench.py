@@ -156,7 +156,7 @@ def write_report(out: Path, runs: dict, args) -> None:
         f"batch {BATCH} x {SEQ} tokens, {THREADS} threads ({cpu}, torch {torch.__version__}); the four take turns, one "
         f"step each per round, and the fastest of {args.steps} timed rounds after {args.warmup} untimed ones (compilation) "
         "is kept. Ours: compiled blocks and the fused, chunked head + cross-entropy (model/loss.py), which never builds the "
-        "8 x 256 x 32000 fp32 logits that transformers upcasts for its loss. Load average {args.load[0]:.1f} before and {args.load[1]:.1f} "
+        f"{BATCH} x {SEQ} x {ARGS.vocab_size} fp32 logits that transformers upcasts for its loss. Load average {args.load[0]:.1f} before and {args.load[1]:.1f} "
         f"after on {os.cpu_count()} cores: above the thread count, other processes shared the cores and the figures "
         "are noisy (each model's fastest step is kept to limit that).",
         "",

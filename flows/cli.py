@@ -93,17 +93,22 @@ def run_stage_command(
 def build(
     spec: Path = typer.Option(..., help="Build spec (YAML), or a name in data_specs/ such as `demo`."),
     out: Path = typer.Option(..., help="Build folder (stages/, mixture/, tokenizer/, tokens/)."),
-    inputs: Path = typer.Option(Path("."), help="Folder the spec's input patterns are relative to."),
+    inputs: str = typer.Option(".", help="Folder the spec's input patterns are relative to; may be a URL (s3://bucket/raw)."),
     force: bool = typer.Option(False, help="Recompute every stage even when its output is up to date."),
     ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server instead of a local server."),
     workers: Optional[int] = typer.Option(None, min=1, help="Processes per stage (default: the spec's `workers`)."),
     dask: Optional[str] = typer.Option(None, help="Run the stages on this Dask scheduler (e.g. tcp://10.0.0.5:8786)."),
+    ray: Optional[str] = typer.Option(None, help="Run the stages on this Ray cluster (e.g. ray://10.0.0.5:10001, or auto "
+                                      "for the local `ray start --head`)."),
+    publish: Optional[str] = typer.Option(None, help="Afterwards upload the build's folders to this URL (s3://bucket/builds/x)."),
 ) -> None:
     """Build the corpus of a spec: every source's stages, tokenizer, mixture, token shards. Unchanged
     stages (same config, code and input bytes) are reused."""
     from pipeline.documents import StageError
     from pipeline.spec import load_spec
 
+    if dask and ray:
+        _fail("--dask and --ray are mutually exclusive: run the stages on one cluster")
     try:
         load_spec(spec)
     except StageError as exc:
@@ -111,7 +116,8 @@ def build(
     _use_server(out.parent / "prefect", ephemeral)
     from flows.corpus import build_corpus
 
-    result = build_corpus(str(spec), str(inputs), str(out), force, workers, dask_address=dask)
+    result = build_corpus(str(spec), inputs, str(out), force, workers, dask_address=dask, ray_address=ray,
+                          publish_url=publish)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -144,7 +150,7 @@ def rerun(
 @app.command()
 def serve(
     spec: Path = typer.Option(Path("demo"), help="Build spec (YAML), or a name in data_specs/."),
-    inputs: Path = typer.Option(..., help="Folder the spec's input patterns are relative to."),
+    inputs: str = typer.Option(..., help="Folder the spec's input patterns are relative to; may be a URL (s3://bucket/raw)."),
     out: Path = typer.Option(..., help="Build folder each scheduled run updates (unchanged stages are reused)."),
     cron: str = typer.Option("0 3 * * 0", help="Cron schedule (UTC), e.g. '0 3 * * 0' for Sundays at 03:00."),
     name: Optional[str] = typer.Option(None, help="Deployment name (default: scheduled-<spec name>)."),
@@ -177,7 +183,7 @@ def verify(build: Path = typer.Argument(..., help="A build folder (stages/, toke
 
 @app.command()
 def pretrain(
-    tokens: Path = typer.Option(..., help="Token-shard folder (a build's tokens/)."),
+    tokens: str = typer.Option(..., help="Token-shard folder (a build's tokens/), or the URL of a published one."),
     out: Path = typer.Option(..., help="Run folder for metrics, checkpoints and summary."),
     spec: Optional[Path] = typer.Option(None, help="Take the training settings from this spec's `train` section."),
     preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, 7B, ...)."),
@@ -199,8 +205,29 @@ def pretrain(
     _use_server(out.parent / "prefect", ephemeral)
     from flows.pretrain import pretrain as pretrain_flow
 
-    summary = pretrain_flow(str(tokens), str(out), train.model_dump(mode="json"))
+    summary = pretrain_flow(tokens, str(out), train.model_dump(mode="json"))
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("publish")
+def publish_command(
+    build: Path = typer.Argument(..., help="Build folder (llama-recipe build --out)."),
+    url: str = typer.Argument(..., help="Where to: any fsspec URL (s3://bucket/builds/x, gs://..., file:///...)."),
+) -> None:
+    """Upload a build's committed folders to object storage; folders already there unchanged are
+    skipped, each folder's manifest.json goes last. Credentials/endpoints: fsspec's configuration
+    (e.g. AWS_ACCESS_KEY_ID, FSSPEC_S3_ENDPOINT_URL)."""
+    from pipeline.documents import StageError
+    from pipeline.storage import publish
+
+    if not (build / "BUILD.json").is_file():
+        _fail(f"{build}: no BUILD.json; is this a build folder (llama-recipe build --out)?")
+    try:
+        report = publish(build, url, progress=typer.echo)
+    except (StageError, OSError) as exc:
+        _fail(f"publishing to {url}: {exc}")
+    typer.echo(f"{len(report['uploaded'])} folders uploaded, {len(report['unchanged'])} unchanged "
+               f"({report['files']} files, {report['bytes']:,} bytes)")
 
 
 @app.command("model-info")

@@ -29,10 +29,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.charts import chart_markdown
-from pipeline.documents import StageError, read_manifest, read_timing
+from pipeline.documents import REMOTE_INPUTS, StageError, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.spec import BUILD_STEPS, load_spec
 from pipeline.stage import get_stage, is_up_to_date, run_stage
+from pipeline.storage import fetch_inputs, is_remote, join, publish
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, train_tokenizer
 
@@ -128,9 +129,12 @@ def build_source(
 ) -> dict[str, str]:
     """Run one source's chain of stages (recomputing those named in `force`); returns {stage name:
     output folder}. Each stage is submitted to the flow's task runner (a thread here, a Dask worker
-    with --dask), one after the other."""
+    with --dask, a Ray worker with --ray), one after the other."""
     outputs: dict[str, str] = {}
     inputs = raw_inputs
+    if any(is_remote(p) for p in raw_inputs):
+        first = get_stage(next(iter(stages)))
+        inputs = fetch_inputs_task(source, raw_inputs, str(Path(stages_dir).parent / REMOTE_INPUTS), first.raw_patterns)
     for name, config in stages.items():
         output = str(Path(stages_dir) / name)
         stage_cls, known = get_stage(name), outputs | available_refs
@@ -140,6 +144,25 @@ def build_source(
         outputs[name] = output
         inputs = [output]
     return outputs
+
+
+@task(task_run_name="fetch-{source}-inputs", cache_policy=NO_CACHE)
+def fetch_inputs_task(source: str, urls: list[str], cache_dir: str, file_patterns: tuple[str, ...]) -> list[str]:
+    """Remote inputs (s3://, https://, ...) into the build's remote-inputs/ cache; files already
+    there in the same version are not downloaded again (pipeline/storage.py)."""
+    logger = get_run_logger()
+    local = fetch_inputs(urls, Path(cache_dir), tuple(file_patterns), progress=logger.info)
+    logger.info("%s: %d input files from %s", source, len(local), ", ".join(urls))
+    return local
+
+
+@task(task_run_name="publish", cache_policy=NO_CACHE)
+def publish_task(build_dir: str, url: str) -> dict[str, Any]:
+    """Upload the build's committed folders to `url` (unchanged ones skipped, manifests last)."""
+    report = publish(Path(build_dir), url, progress=get_run_logger().info)
+    rows = [{"folder": f, "state": "uploaded"} for f in report["uploaded"]] + [{"folder": f, "state": "unchanged"} for f in report["unchanged"]]
+    create_table_artifact(key="publish", table=rows, description=f"published to {url}: {report['files']} files, {report['bytes']:,} bytes uploaded")
+    return report
 
 
 def _reused(step: str, manifest: dict[str, Any], output: str, started: float) -> bool:
@@ -192,25 +215,35 @@ def token_shards_task(mixture_dir: str, tokenizer_model: str, output: str, confi
     return manifest["stats"]
 
 
-def resolve_inputs(patterns: list[str], inputs_dir: Path) -> list[str]:
-    return [p if Path(p).is_absolute() else str(inputs_dir / p) for p in patterns]
+def resolve_inputs(patterns: list[str], inputs_dir: str) -> list[str]:
+    """A spec's input patterns under the inputs folder, which may be a URL (s3://bucket/raw)."""
+    return [join(inputs_dir, p) for p in patterns]
 
 
-def task_runner_for(dask_address: str | None):
-    """The task runner of the source subflows: Prefect's default (threads in this process), or an
-    existing Dask cluster's scheduler (prefect-dask), which runs the stage tasks on its workers."""
-    if not dask_address:
-        return None
-    from prefect_dask import DaskTaskRunner
+def task_runner_for(dask_address: str | None = None, ray_address: str | None = None):
+    """The task runner of the source subflows: Prefect's default (threads in this process), an
+    existing Dask cluster's scheduler (prefect-dask), or an existing Ray cluster (prefect-ray: a
+    `ray://HOST:10001` client address, a GCS `HOST:PORT`, or `auto` for the local `ray start --head`);
+    the cluster's workers run the stage tasks. Prefect sends its settings with each task, so the workers
+    report their task runs to this process's server (which they must be able to reach)."""
+    if dask_address and ray_address:
+        raise ValueError("a Dask address and a Ray address were both given: run the stages on one cluster")
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
 
-    return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(address=dask_address)
+    if ray_address:
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=ray_address)
+    return None
 
 
 def record_build(build: Path, spec_path: str, inputs_dir: str) -> None:
     """BUILD.json: what `llama-recipe rerun` needs to run this build again (spec, inputs)."""
     build.mkdir(parents=True, exist_ok=True)
     record = {"spec": str(Path(spec_path).resolve()) if Path(spec_path).exists() else spec_path,
-              "inputs": str(Path(inputs_dir).resolve())}
+              "inputs": inputs_dir if is_remote(inputs_dir) else str(Path(inputs_dir).resolve())}
     (build / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -224,12 +257,14 @@ def read_build_record(build: Path) -> dict[str, str]:
 @flow(name="build-corpus", flow_run_name="build-corpus-{spec_path}")
 def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = False,
                  workers: int | None = None, rerun: list[str] | None = None,
-                 dask_address: str | None = None) -> dict[str, Any]:
+                 dask_address: str | None = None, ray_address: str | None = None,
+                 publish_url: str | None = None) -> dict[str, Any]:
     """The whole corpus build of a spec: sources, tokenizer, mixture, token shards. Steps whose
     config, code and inputs are unchanged are reused. `force` recomputes everything; `rerun`
     recomputes the named stages and everything downstream of them (upstream stays untouched);
-    `workers` overrides the spec's processes per stage; `dask_address` runs the stages on a Dask
-    cluster."""
+    `workers` overrides the spec's processes per stage; `dask_address` (or `ray_address`) runs the
+    stages on a Dask (or Ray) cluster. `inputs_dir` may be a URL (fetched, pipeline/storage.py);
+    `publish_url` uploads the finished build's folders to an object store."""
     spec = load_spec(spec_path)
     workers = workers or spec.worker_count()
     build = Path(build_dir)
@@ -238,7 +273,7 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
     forced = everything if force else spec.downstream(rerun) if rerun else set()
     if forced:
         get_run_logger().info("recomputing: %s", ", ".join(sorted(forced)))
-    runner = task_runner_for(dask_address)
+    runner = task_runner_for(dask_address, ray_address)
     stage_outputs: dict[str, str] = {}
     final_outputs: dict[str, str] = {}
     for source in spec.source_order():
@@ -250,7 +285,7 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
         outputs = source_flow(
             source,
             source_spec.stages,
-            resolve_inputs(source_spec.inputs, Path(inputs_dir)),
+            resolve_inputs(source_spec.inputs, inputs_dir),
             str(build / "stages"),
             {name: path for name, path in stage_outputs.items() if name in wanted},
             sorted(forced & set(source_spec.stages)),
@@ -267,4 +302,8 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
     tokens_dir = str(build / "tokens")
     token_shards_task(mixture_dir, tokenizer_model, tokens_dir, spec.token_shards.model_dump(mode="json"),
                       "token_shards" in forced)
-    return {"stages": stage_outputs, "mixture": mixture_dir, "tokenizer": tokenizer_model, "tokens": tokens_dir}
+    result = {"stages": stage_outputs, "mixture": mixture_dir, "tokenizer": tokenizer_model, "tokens": tokens_dir}
+    if publish_url:
+        publish_task(str(build), publish_url)
+        result["published"] = publish_url
+    return result

@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.spec import TrainSpec
+from pipeline.storage import fetch_folder, is_remote
 
 
 def torchrun_command(tokens_dir: str, run_dir: str, train: TrainSpec) -> list[str]:
@@ -175,7 +176,17 @@ def torchrun_task(tokens_dir: str, run_dir: str, train: TrainSpec) -> dict[str, 
     return summary
 
 
+@task(task_run_name="fetch-tokens", cache_policy=NO_CACHE)
+def fetch_tokens_task(url: str, run_dir: str) -> str:
+    """A published token-shard folder (s3://.../tokens) into RUN_DIR/tokens, checked file by file
+    against its manifest; an up-to-date copy is not fetched again."""
+    return str(fetch_folder(url, Path(run_dir) / "tokens", progress=get_run_logger().info))
+
+
 @flow(name="pretrain", flow_run_name="pretrain-{run_dir}")
 def pretrain(tokens_dir: str, run_dir: str, train: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pretrain on a token-shard folder with torchrun (gloo on CPU, NCCL on GPU)."""
+    """Pretrain on a token-shard folder with torchrun (gloo on CPU, NCCL on GPU). The folder may be
+    a URL of a published build's tokens/ (pipeline/storage.py)."""
+    if is_remote(tokens_dir):
+        tokens_dir = fetch_tokens_task(tokens_dir, run_dir)
     return torchrun_task(tokens_dir, run_dir, TrainSpec(**(train or {})))

@@ -36,6 +36,7 @@ BASE_COLUMNS = ("id", "text", "source", "meta")
 REJECT_COLUMNS = ("reason", "stage")
 MANIFEST = "manifest.json"
 TIMING = "timing.json"
+REMOTE_INPUTS = "remote-inputs"  # inputs fetched from URLs, inside a build (pipeline/storage.py)
 CONTRACT_VERSION = 1
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_BATCH = 1024
@@ -278,8 +279,25 @@ def _describe(path: Path, root: Path) -> dict[str, Any]:
     return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def display_url(path: Path) -> str | None:
+    """The URL a file under a build's remote-inputs/ folder was fetched from (None for any other
+    file), so manifests name the real source rather than the cache."""
+    parts = path.parts
+    if REMOTE_INPUTS not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index(REMOTE_INPUTS)
+    rest = parts[at + 1:]
+    if len(rest) < 2:
+        return None
+    return f"{rest[0]}://" + "/".join(rest[1:])
+
+
 def _display_path(path: Path, base: Path) -> str:
-    """Inputs are recorded relative to the build folder when inside it, so a moved build stays valid."""
+    """Inputs are recorded relative to the build folder when inside it, so a moved build stays valid;
+    inputs fetched from a URL by their URL."""
+    url = display_url(path)
+    if url is not None:
+        return url
     path = path.resolve()
     try:
         return str(path.relative_to(base.resolve()))

@@ -94,7 +94,7 @@ def verify_build(build: Path | str) -> LedgerReport:
     return report
 
 
-def _listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Every file the manifest describes with a sha256, relative to its folder."""
     entries = [*manifest.get("outputs", []), *manifest.get("rejected_outputs", []), *manifest.get("artifacts", [])]
     for shard in (manifest.get("stats") or {}).get("shards", []) if isinstance(manifest.get("stats"), dict) else []:
@@ -107,7 +107,7 @@ def _listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _check_files(build: Path, folder: Path, manifest: dict[str, Any], problems: list[str]) -> int:
     name = folder.relative_to(build)
-    entries = _listed_files(manifest)
+    entries = listed_files(manifest)
     for entry in entries:
         path = folder / entry["path"]
         where = f"{name}/{entry['path']}"

@@ -91,8 +91,34 @@ def test_rerun_refuses_a_folder_that_is_not_a_build_and_an_unknown_stage(tmp_pat
     assert result.exit_code == 2 and "no stage cc_langdi" in result.output
 
 
+def test_build_runs_on_one_cluster_dask_or_ray_not_both(tmp_path):
+    from flows.corpus import task_runner_for
+
+    result = runner.invoke(app, ["build", "--spec", "demo", "--out", str(tmp_path / "build"),
+                                 "--dask", "tcp://127.0.0.1:8786", "--ray", "auto"])
+    assert result.exit_code == 2 and "--dask and --ray are mutually exclusive" in result.output
+    assert not (tmp_path / "build").exists()
+    with pytest.raises(ValueError, match="a Dask address and a Ray address"):
+        task_runner_for(dask_address="tcp://127.0.0.1:8786", ray_address="auto")
+
+
 def test_stages_marks_the_stages_whose_parts_run_in_parallel():
     result = runner.invoke(app, ["stages"])
     lines = {line.split()[0]: line for line in result.output.strip().splitlines()}
     assert "parts||" in lines["cc_langid"] and "parts||" in lines["cc_line_dedup"]
     assert "parts||" not in lines["c4_quality"]  # its span dedup carries state from part to part
+
+
+def test_publish_uploads_a_build_and_refuses_a_folder_that_is_not_one(tmp_path, s3_bucket):
+    from tests.test_storage import small_build
+
+    fs, bucket = s3_bucket
+    refused = runner.invoke(app, ["publish", str(tmp_path), f"s3://{bucket}/b"])
+    assert refused.exit_code == 2 and "no BUILD.json" in refused.output
+    build = small_build(tmp_path)
+    first = runner.invoke(app, ["publish", str(build), f"s3://{bucket}/b"])
+    assert first.exit_code == 0, first.output
+    assert "2 folders uploaded, 0 unchanged" in first.output
+    assert fs.exists(f"{bucket}/b/stages/c4_quality/manifest.json") and fs.exists(f"{bucket}/b/BUILD.json")
+    again = runner.invoke(app, ["publish", str(build), f"s3://{bucket}/b"])
+    assert "0 folders uploaded, 2 unchanged" in again.output

@@ -260,3 +260,119 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
     local, on_dask = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_dask) and len(local) > 50
     assert [name for name in local if local[name] != on_dask[name]] == []
+
+
+def test_a_build_from_an_object_store_writes_the_local_bytes_and_publishes_them(recipe_run, tiny_spec, tmp_path, s3_bucket):
+    """Inputs on S3 (moto's server on 127.0.0.1), published to S3: the same parts and shards as the
+    local build; manifests differ only in naming the inputs' URLs; the published tree is the build."""
+    from flows.corpus import build_corpus
+    from pipeline.storage import fetch_folder
+
+    fs, bucket = s3_bucket
+    out, _ = recipe_run
+    fs.put(str(out / "samples"), f"{bucket}/raw", recursive=True)
+    url = f"s3://{bucket}/builds/tiny"
+    result = build_corpus(str(tiny_spec), f"s3://{bucket}/raw", str(tmp_path / "build"), publish_url=url)
+    assert result["published"] == url
+    local, from_s3 = _build_files(out / "build"), _build_files(tmp_path / "build")
+    assert set(local) == set(from_s3) and len(local) > 50
+    differing = [n for n in local if local[n] != from_s3[n]]
+    assert all(n.endswith("manifest.json") for n in differing), differing  # parts and shards: byte for byte
+    for name in differing:
+        ours, theirs = json.loads(from_s3[name]), json.loads(local[name])
+        if name.endswith("_ingest/manifest.json"):  # the readers name the URLs, same bytes
+            assert all(i["path"].startswith(f"s3://{bucket}/raw/") for i in ours["inputs"]), name
+            assert [i["sha256"] for i in ours["inputs"]] == [i["sha256"] for i in theirs["inputs"]]
+            assert ours["identity"] == theirs["identity"]
+        # Downstream of an ingest folder, only the record of the inputs (an upstream manifest's
+        # checksum) and the identity built from it differ.
+        assert {k: v for k, v in ours.items() if k not in ("inputs", "identity")} == \
+            {k: v for k, v in theirs.items() if k not in ("inputs", "identity")}, name
+    published = {p[len(f"{bucket}/builds/tiny/"):]: fs.cat_file(p) for p in fs.find(f"{bucket}/builds/tiny")}
+    assert {n: published[n] for n in from_s3} == from_s3
+    assert not [n for n in published if n.startswith("remote-inputs")]
+    # What `pretrain --tokens s3://...` fetches is the build's token shards.
+    tokens = fetch_folder(f"{url}/tokens", tmp_path / "fetched-tokens")
+    assert _build_files(tokens) == _build_files(tmp_path / "build" / "tokens")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny_spec, tmp_path, monkeypatch):
+    import contextlib
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from datetime import datetime, timezone
+
+    import ray._private.ray_constants as ray_constants
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+    from flows.corpus import build_corpus
+
+    out, _ = recipe_run
+    # Everything on 127.0.0.1. Ray otherwise gives its node the machine's interface address
+    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes it take the loopback, as on a laptop; Ray reads it at
+    # import, hence the setattr for this process), and its dashboard process asks cloud metadata
+    # endpoints (169.254.169.254, metadata.google.internal) who hosts it and tells usage-stats.ray.io
+    # that usage stats are off: a proxy on a closed local port answers all of them (no DNS lookup
+    # either). The cluster is not given PREFECT_API_URL: Prefect sends its settings (this test's
+    # server) with each task, which the task-run count below checks.
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    dead_proxy = f"http://127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "http_proxy": dead_proxy, "https_proxy": dead_proxy, "no_proxy": "127.0.0.1,localhost"}
+    ray_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths under it must fit 107 bytes
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+               "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", ray_dir,
+               "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+               "--dashboard-agent-listen-port", str(_free_port())]
+    log = tmp_path / "ray-head.log"
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own in this process
+    with log.open("wb") as log_file:
+        head = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text() and head.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert "Ray runtime started" in log.read_text() and head.poll() is None, log.read_text()
+        started = datetime.now(timezone.utc)
+        # The spec's 2 processes per stage: Ray's workers are ordinary processes, which may fork.
+        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"), ray_address=f"127.0.0.1:{port}")
+    finally:
+        head.terminate()  # `ray start --block` stops its node's processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)  # anything of its process group still there
+            shutil.rmtree(ray_dir, ignore_errors=True)
+            signal.signal(signal.SIGTERM, sigterm)
+    local, on_ray = _build_files(out / "build"), _build_files(tmp_path / "build")
+    assert set(local) == set(on_ray) and len(local) > 50
+    assert [name for name in local if local[name] != on_ray[name]] == []
+
+    stages = [name for source in load_spec(tiny_spec).sources.values() for name in source.stages]
+
+    async def reported() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(any_=stages), start_time=TaskRunFilterStartTime(after_=started)))
+            return sorted(r.name for r in runs if r.state and r.state.is_completed())
+
+    # Each stage's task run, run by a Ray worker, reached this test's Prefect server.
+    assert asyncio.run(reported()) == sorted(stages)
