@@ -14,8 +14,10 @@ stage (all its shards): a build has tens of task runs, which Prefect's SQLite ba
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +256,60 @@ def read_build_record(build: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
+def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: int, runner) -> dict[str, str]:
+    """Every source's subflow; returns {stage name: output folder}. A source starts once the sources
+    before it in `spec.source_order()` whose outputs it references are done. Locally (no cluster)
+    the sources run one after the other, each stage using the machine's `workers` processes; on a
+    Dask or Ray cluster the independent sources run at the same time (threads here submitting to
+    the cluster), so the cluster works on several stages at once. Same outputs either way."""
+    order = spec.source_order()
+    produced_by = {stage: source for source in order for stage in spec.sources[source].stages}
+
+    def wanted(source: str) -> set[str]:
+        return {ref for name in spec.sources[source].stages
+                for ref in get_stage(name).references + get_stage(name).optional_references}
+
+    def needs(source: str) -> list[str]:
+        # Only earlier sources: exactly the outputs a one-after-the-other run would have at hand.
+        earlier = order[:order.index(source)]
+        return [s for s in earlier if any(produced_by.get(ref) == s for ref in wanted(source))]
+
+    def run(source: str, upstream: dict[str, str]) -> dict[str, str]:
+        source_spec = spec.sources[source]
+        source_flow = build_source.with_options(task_runner=runner) if runner else build_source
+        return source_flow(
+            source,
+            source_spec.stages,
+            resolve_inputs(source_spec.inputs, inputs_dir),
+            str(build / "stages"),
+            # Only the outputs this source's stages reference, so the UI's graph shows the real
+            # dependencies (wikipedia → cc) instead of every earlier source.
+            {name: path for name, path in upstream.items() if name in wanted(source)},
+            sorted(forced & set(source_spec.stages)),
+            workers,
+        )
+
+    outputs: dict[str, dict[str, str]] = {}
+    if runner is None:
+        for source in order:
+            outputs[source] = run(source, {k: v for s in needs(source) for k, v in outputs[s].items()})
+        return {k: v for source in order for k, v in outputs[source].items()}
+
+    def after(source: str, dependencies: list[Future]) -> dict[str, str]:
+        return run(source, {k: v for future in dependencies for k, v in future.result().items()})
+
+    futures: dict[str, Future] = {}
+    # One connection to the cluster for the whole build: each subflow's copy of the runner finds it
+    # open and leaves it so (prefect-ray's runner shuts down a Ray connection it opened itself, which
+    # would cut off the other sources' subflows still running).
+    with runner, ThreadPoolExecutor(max_workers=len(order), thread_name_prefix="source") as pool:
+        for source in order:
+            # Each thread runs the subflow inside this flow run's context (Prefect keeps it in
+            # contextvars, which threads do not inherit).
+            futures[source] = pool.submit(contextvars.copy_context().run, after, source, [futures[s] for s in needs(source)])
+        return {k: v for source in order for k, v in futures[source].result().items()}
+
+
 @flow(name="build-corpus", flow_run_name="build-corpus-{spec_path}")
 def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = False,
                  workers: int | None = None, rerun: list[str] | None = None,
@@ -274,25 +330,8 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
     if forced:
         get_run_logger().info("recomputing: %s", ", ".join(sorted(forced)))
     runner = task_runner_for(dask_address, ray_address)
-    stage_outputs: dict[str, str] = {}
-    final_outputs: dict[str, str] = {}
-    for source in spec.source_order():
-        source_spec = spec.sources[source]
-        # Pass only the outputs this source's stages reference, so the UI's graph shows the real
-        # dependencies (wikipedia → cc) instead of every earlier source.
-        wanted = {ref for name in source_spec.stages for ref in get_stage(name).references + get_stage(name).optional_references}
-        source_flow = build_source.with_options(task_runner=runner) if runner else build_source
-        outputs = source_flow(
-            source,
-            source_spec.stages,
-            resolve_inputs(source_spec.inputs, inputs_dir),
-            str(build / "stages"),
-            {name: path for name, path in stage_outputs.items() if name in wanted},
-            sorted(forced & set(source_spec.stages)),
-            workers,
-        )
-        stage_outputs |= outputs
-        final_outputs[source] = outputs[list(source_spec.stages)[-1]]
+    stage_outputs = _run_sources(spec, inputs_dir, build, forced, workers, runner)
+    final_outputs = {source: stage_outputs[list(source_spec.stages)[-1]] for source, source_spec in spec.sources.items()}
     # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
     shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}
     tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),

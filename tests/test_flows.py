@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,7 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
     out, _ = recipe_run
     # Dask's worker processes report their task runs to the same Prefect server as this process.
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    started = datetime.now(timezone.utc)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         # workers=1: Dask's worker processes are daemons, which may not fork (the local build used 2).
@@ -260,6 +262,25 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
     local, on_dask = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_dask) and len(local) > 50
     assert [name for name in local if local[name] != on_dask[name]] == []
+    # On a cluster the independent sources run at the same time (wikipedia still before cc).
+    runs = _source_runs_since(started)
+    assert len(runs) == 7
+    assert any(a[1] < b[2] and b[1] < a[2] for a in runs for b in runs if a is not b), runs
+    times = {name: (start, end) for name, start, end in runs}
+    assert times["source-wikipedia"][1] <= times["source-cc"][0]
+
+
+def _source_runs_since(started) -> list[tuple[str, object, object]]:
+    """(name, start, end) of the source subflow runs that started after `started`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+    async def read() -> list[tuple[str, object, object]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
+            return sorted((r.name, r.start_time, r.end_time) for r in runs if r.name.startswith("source-"))
+
+    return asyncio.run(read())
 
 
 def test_a_build_from_an_object_store_writes_the_local_bytes_and_publishes_them(recipe_run, tiny_spec, tmp_path, s3_bucket):
@@ -313,7 +334,6 @@ def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny
     import sys
     import tempfile
     import time
-    from datetime import datetime, timezone
 
     import ray._private.ray_constants as ray_constants
     from prefect.client.orchestration import get_client
@@ -365,6 +385,8 @@ def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny
     local, on_ray = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_ray) and len(local) > 50
     assert [name for name in local if local[name] != on_ray[name]] == []
+    runs = _source_runs_since(started)
+    assert len(runs) == 7 and any(a[1] < b[2] and b[1] < a[2] for a in runs for b in runs if a is not b), runs
 
     stages = [name for source in load_spec(tiny_spec).sources.values() for name in source.stages]
 
