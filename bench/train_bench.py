@@ -122,7 +122,7 @@ def measure(steps: int, warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="BENCHMARKS.md to update (its Training section)")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation happens here)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
