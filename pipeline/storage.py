@@ -62,6 +62,15 @@ def _has_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
+def filesystem(url: str):
+    """(fsspec filesystem, path) for a URL, or a StageError naming the URL: an unknown scheme, or a
+    known one whose package is not installed (gcsfs for gs://, adlfs for az://; s3fs is pinned)."""
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise StageError(f"{url}: {exc}") from exc
+
+
 def cache_path(url: str, cache_root: Path) -> Path:
     """Where a remote file is kept locally: <cache_root>/<scheme>/<bucket or host>/<key>."""
     scheme, rest = url.split("://", 1)
@@ -118,26 +127,36 @@ def fetch_inputs(patterns: list[str], cache_root: Path, file_patterns: tuple[str
         if not is_remote(pattern):
             local.append(pattern)
             continue
-        fs, path = url_to_fs(pattern)
-        scheme = pattern.split("://", 1)[0]
-        if _has_glob(path):
-            infos = fs.glob(path, detail=True)
-        elif fs.isdir(path):
-            infos = fs.find(path, detail=True)
-            infos = {p: i for p, i in infos.items() if any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in file_patterns)}
-        elif fs.exists(path):
-            infos = {path: fs.info(path)}
-        else:
-            raise StageError(f"{pattern}: not found")
-        files = sorted((p, i) for p, i in infos.items() if i.get("type", "file") == "file")
-        if not files:
-            raise StageError(f"{pattern}: no file matches this pattern")
-        for remote_path, info in files:
-            url = f"{scheme}://{remote_path.split('://', 1)[-1]}"
-            target = cache_path(url, cache_root)
-            if _fetch_file(fs, remote_path, url, target, info) and progress:
-                progress(f"fetched {url} ({info.get('size', 0):,} bytes)")
-            local.append(str(target))
+        try:
+            local += _fetch_pattern(pattern, cache_root, file_patterns, progress)
+        except OSError as exc:  # what fsspec raises for access, network and missing-bucket errors
+            raise StageError(f"{pattern}: {exc}") from exc
+    return local
+
+
+def _fetch_pattern(pattern: str, cache_root: Path, file_patterns: tuple[str, ...], progress: Progress | None) -> list[str]:
+    """One remote file, glob or folder into the cache; the cached files' paths."""
+    fs, path = filesystem(pattern)
+    scheme = pattern.split("://", 1)[0]
+    local: list[str] = []
+    if _has_glob(path):
+        infos = fs.glob(path, detail=True)
+    elif fs.isdir(path):
+        infos = fs.find(path, detail=True)
+        infos = {p: i for p, i in infos.items() if any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in file_patterns)}
+    elif fs.exists(path):
+        infos = {path: fs.info(path)}
+    else:
+        raise StageError(f"{pattern}: not found")
+    files = sorted((p, i) for p, i in infos.items() if i.get("type", "file") == "file")
+    if not files:
+        raise StageError(f"{pattern}: no file matches this pattern")
+    for remote_path, info in files:
+        url = f"{scheme}://{remote_path.split('://', 1)[-1]}"
+        target = cache_path(url, cache_root)
+        if _fetch_file(fs, remote_path, url, target, info) and progress:
+            progress(f"fetched {url} ({info.get('size', 0):,} bytes)")
+        local.append(str(target))
     return local
 
 
@@ -166,7 +185,7 @@ def publish(build: Path, url: str, progress: Progress | None = None) -> dict[str
     """Upload the committed folders of `build` to `url` (see the module docstring); returns
     {"uploaded": [...], "unchanged": [...], "files": n, "bytes": n}."""
     build = Path(build)
-    fs, root = url_to_fs(url)
+    fs, root = filesystem(url)
     root = root.rstrip("/")
     report: dict[str, Any] = {"uploaded": [], "unchanged": [], "files": 0, "bytes": 0}
     for folder in committed_folders(build):
@@ -207,7 +226,7 @@ def publish(build: Path, url: str, progress: Progress | None = None) -> dict[str
 def fetch_folder(url: str, local: Path, progress: Progress | None = None) -> Path:
     """Download a published folder (one with manifest.json) to `local`, checking every file against
     the manifest's sha256; files already there with the right checksum are kept."""
-    fs, root = url_to_fs(url)
+    fs, root = filesystem(url)
     root = root.rstrip("/")
     if not fs.exists(f"{root}/{MANIFEST}"):
         raise StageError(f"{url}: no {MANIFEST} there (not a published folder, or its upload is incomplete)")

@@ -143,3 +143,15 @@ def test_publish_to_a_shared_filesystem_path_creates_its_folders(tmp_path):
         assert local_files(published) == local_files(build)
         copy = fetch_folder(str(target) + "/stages/c4_quality", tmp_path / f"copy-{published.parent.name}")
         assert local_files(copy) == local_files(build / "stages" / "c4_quality")
+
+
+def test_unusable_urls_give_one_clear_error(s3_bucket, tmp_path):
+    fs, bucket = s3_bucket
+    with pytest.raises(StageError, match=r"nosuch://b/x: Protocol not known"):
+        fetch_inputs(["nosuch://b/x"], tmp_path)
+    with pytest.raises(StageError, match=r"gs://b/x: .*gcsfs"):  # gcsfs is not installed here
+        fetch_inputs(["gs://b/x"], tmp_path)
+    with pytest.raises(StageError, match=r"s3://no-such-bucket-here/raw/\*\.json\.gz"):
+        fetch_inputs(["s3://no-such-bucket-here/raw/*.json.gz"], tmp_path)
+    with pytest.raises(StageError, match="gcsfs"):
+        publish(small_build(tmp_path), "gs://b/builds")
