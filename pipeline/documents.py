@@ -225,6 +225,20 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def dependency_digest(path: Path) -> str:
+    """The digest a stage records and hashes for one file it depends on: the sha256 of its bytes,
+    except for another stage folder's manifest.json, which is hashed without the paths of that
+    stage's own inputs. Where the raw files lay (a local folder, a moved folder, an s3:// URL) is not
+    what they contain, and their sha256 stays in, so a build from moved or remote inputs has the same
+    identities downstream and is reused, not recomputed."""
+    path = Path(path)
+    if path.name != MANIFEST:
+        return sha256_file(path)
+    manifest = json.loads(path.read_text())
+    manifest["inputs"] = [{k: v for k, v in entry.items() if k != "path"} for entry in manifest.get("inputs", [])]
+    return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+
+
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
 
@@ -430,7 +444,8 @@ class StageFolder:
     def _described_inputs(self) -> list[dict[str, Any]]:
         base = self.output.parent
         return [
-            {"path": _display_path(p, base), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            {"path": _display_path(p, base), "sha256": dependency_digest(p)}
+            | ({} if p.name == MANIFEST else {"bytes": p.stat().st_size})  # a manifest's size varies with its paths
             if p.is_file()
             else {"path": _display_path(p, base)}
             for p in self.inputs

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.documents import MANIFEST, sha256_file
+from pipeline.documents import MANIFEST, dependency_digest, sha256_file
 
 TOP_FOLDERS = ("tokenizer", "mixture", "tokens")
 # Stages whose documents come from the manifests they list as inputs (not from kept parts).
@@ -212,7 +212,7 @@ def _check_chain(build: Path, folder: Path, manifest: dict[str, Any], manifests:
             path = path if path.is_absolute() else folder.parent / path
             rel = str(path.relative_to(source_folder))
             if rel == MANIFEST:
-                if path.is_file() and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+                if path.is_file() and entry.get("sha256") and dependency_digest(path) != entry["sha256"]:
                     problems.append(f"{name}: its input {source_name}/{MANIFEST} changed after it ran (stale: rerun it)")
             elif written.get(rel) != entry.get("sha256"):
                 problems.append(f"{name}: its input {source_name}/{rel} is not the file {source_name} wrote (stale: rerun it)")

@@ -62,7 +62,7 @@ from pipeline.documents import (
     read_manifest,
     read_documents,
     read_schema,
-    sha256_file,
+    dependency_digest,
     stage_identity,
 )
 
@@ -266,7 +266,7 @@ def planned_identity(stage: Stage, inputs: list[Path | str]) -> str:
     return stage_identity(
         stage.config.model_dump(mode="json"),
         stage.code_version(),
-        [sha256_file(p) for p in dependencies(stage, input_files(stage, inputs))],
+        [dependency_digest(p) for p in dependencies(stage, input_files(stage, inputs))],
     )
 
 

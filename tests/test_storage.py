@@ -155,3 +155,18 @@ def test_unusable_urls_give_one_clear_error(s3_bucket, tmp_path):
         fetch_inputs(["s3://no-such-bucket-here/raw/*.json.gz"], tmp_path)
     with pytest.raises(StageError, match="gcsfs"):
         publish(small_build(tmp_path), "gs://b/builds")
+
+
+def test_where_the_inputs_lay_does_not_change_the_digest_downstream_stages_hash(tmp_path):
+    from pipeline.documents import dependency_digest, sha256_file
+
+    first, moved = small_build(tmp_path / "a"), small_build(tmp_path / "b")  # same bytes, other raw folder
+    manifests = [b / "stages" / "c4_ingest" / "manifest.json" for b in (first, moved)]
+    assert sha256_file(manifests[0]) != sha256_file(manifests[1])  # the paths are recorded
+    assert dependency_digest(manifests[0]) == dependency_digest(manifests[1])
+    other = tmp_path / "c" / "raw"
+    other.mkdir(parents=True)
+    (other / "c4-train.00000-of-01024.json.gz").write_bytes(c4_lines(7, 0))
+    changed = run_stage(C4Ingest(), [other], tmp_path / "c" / "build" / "stages" / "c4_ingest")
+    assert changed["identity"] != read_manifest(first / "stages" / "c4_ingest")["identity"]
+    assert dependency_digest(tmp_path / "c" / "build" / "stages" / "c4_ingest" / "manifest.json") != dependency_digest(manifests[0])
