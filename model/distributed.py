@@ -189,20 +189,20 @@ def all_reduce_mean(value: float, env: DistEnv) -> float:
     return t.item() / env.world_size
 
 
-def all_reduce_min(value: int, env: DistEnv) -> int:
+def _all_reduce_int(value: int, env: DistEnv, op: dist.ReduceOp) -> int:
     if not env.distributed:
         return value
     t = torch.tensor([value], dtype=torch.int64, device=env.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    dist.all_reduce(t, op=op)
     return int(t.item())
+
+
+def all_reduce_min(value: int, env: DistEnv) -> int:
+    return _all_reduce_int(value, env, dist.ReduceOp.MIN)
 
 
 def all_reduce_max(value: int, env: DistEnv) -> int:
-    if not env.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=env.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return _all_reduce_int(value, env, dist.ReduceOp.MAX)
 
 
 def barrier(env: DistEnv) -> None:
