@@ -237,7 +237,7 @@ def fetch_folder(url: str, local: Path, progress: Progress | None = None) -> Pat
         return local
     expected = {entry["path"]: entry for entry in listed_files(manifest)}
     for remote_file in fs.find(root):
-        relative = remote_file.split("://", 1)[-1][len(root.split("://", 1)[-1]) + 1:]
+        relative = remote_file[len(root) + 1:]  # fsspec lists paths as it takes them: root + "/" + ...
         if relative == MANIFEST:
             continue
         target = local / relative
