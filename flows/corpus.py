@@ -6,6 +6,7 @@ token shards. Only wiring lives here; every stage's work is in pipeline/.
       ├─ source cc:        cc_ingest → cc_doc_dedup → cc_line_dedup → cc_langid → cc_perplexity* → cc_wikiref*
       ├─ source c4, github, books, arxiv, stackexchange: their ingest → cleaners
       ├─ tokenizer (SentencePiece BPE) → mixture (Table 1, exact token targets) → token shards
+      └─ publish (with publish_url: the committed folders to object storage, pipeline/storage.py)
     (* reference the Wikipedia output: the KenLM model and the cited-URL list)
 
 Task runs take and return paths and small summaries, never documents, and each task covers a whole
