@@ -217,11 +217,14 @@ def publish_command(
     """Upload a build's committed folders to object storage; folders already there unchanged are
     skipped, each folder's manifest.json goes last. Credentials/endpoints: fsspec's configuration
     (e.g. AWS_ACCESS_KEY_ID, FSSPEC_S3_ENDPOINT_URL)."""
+    from flows.corpus import read_build_record
     from pipeline.documents import StageError
     from pipeline.storage import publish
 
-    if not (build / "BUILD.json").is_file():
-        _fail(f"{build}: no BUILD.json; is this a build folder (llama-recipe build --out)?")
+    try:
+        read_build_record(build)  # refuses a folder that is not a build
+    except StageError as exc:
+        _fail(str(exc))
     try:
         report = publish(build, url, progress=typer.echo)
     except (StageError, OSError) as exc:

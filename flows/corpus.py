@@ -32,16 +32,15 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.charts import chart_markdown
-from pipeline.documents import REMOTE_INPUTS, StageError, read_manifest, read_timing
+from pipeline.documents import BUILD_RECORD, REMOTE_INPUTS, StageError, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.spec import BUILD_STEPS, load_spec
 from pipeline.stage import get_stage, is_up_to_date, run_stage
-from pipeline.storage import fetch_inputs, is_remote, join, publish
+from pipeline.storage import absolute, fetch_inputs, is_remote, join, publish
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, train_tokenizer
 
 
-BUILD_RECORD = "BUILD.json"  # at the build root: the spec and inputs of the last build, for `rerun`
 
 
 def stage_summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +245,7 @@ def record_build(build: Path, spec_path: str, inputs_dir: str) -> None:
     """BUILD.json: what `llama-recipe rerun` needs to run this build again (spec, inputs)."""
     build.mkdir(parents=True, exist_ok=True)
     record = {"spec": str(Path(spec_path).resolve()) if Path(spec_path).exists() else spec_path,
-              "inputs": inputs_dir if is_remote(inputs_dir) else str(Path(inputs_dir).resolve())}
+              "inputs": absolute(inputs_dir)}
     (build / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -266,14 +265,14 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
     order = spec.source_order()
     produced_by = {stage: source for source in order for stage in spec.sources[source].stages}
 
-    def wanted(source: str) -> set[str]:
-        return {ref for name in spec.sources[source].stages
-                for ref in get_stage(name).references + get_stage(name).optional_references}
+    wanted = {source: {ref for name in spec.sources[source].stages
+                       for ref in get_stage(name).references + get_stage(name).optional_references}
+              for source in order}
 
     def needs(source: str) -> list[str]:
         # Only earlier sources: exactly the outputs a one-after-the-other run would have at hand.
         earlier = order[:order.index(source)]
-        return [s for s in earlier if any(produced_by.get(ref) == s for ref in wanted(source))]
+        return [s for s in earlier if any(produced_by.get(ref) == s for ref in wanted[source])]
 
     def run(source: str, upstream: dict[str, str]) -> dict[str, str]:
         source_spec = spec.sources[source]
@@ -285,7 +284,7 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
             str(build / "stages"),
             # Only the outputs this source's stages reference, so the UI's graph shows the real
             # dependencies (wikipedia → cc) instead of every earlier source.
-            {name: path for name, path in upstream.items() if name in wanted(source)},
+            {name: path for name, path in upstream.items() if name in wanted[source]},
             sorted(forced & set(source_spec.stages)),
             workers,
         )

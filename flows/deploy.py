@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.corpus import build_corpus
-from pipeline.storage import is_remote
+from pipeline.storage import absolute
 
 DEFAULT_CRON = "0 3 * * 0"  # Sundays at 03:00: CommonCrawl publishes about one crawl a month
 
@@ -26,7 +26,7 @@ def serve_build(spec: str, inputs: str, out: str, cron: str = DEFAULT_CRON, name
     build_corpus.serve(
         name=name or deployment_name(spec),
         cron=cron,
-        parameters={"spec_path": spec, "inputs_dir": inputs if is_remote(inputs) else str(Path(inputs).resolve()), "build_dir": str(Path(out).resolve()),
+        parameters={"spec_path": spec, "inputs_dir": absolute(inputs), "build_dir": str(Path(out).resolve()),
                     "workers": workers},
         description=f"Scheduled corpus build of {spec} into {out}",
         tags=["llama-recipe", "corpus-build"],

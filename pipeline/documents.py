@@ -36,6 +36,7 @@ BASE_COLUMNS = ("id", "text", "source", "meta")
 REJECT_COLUMNS = ("reason", "stage")
 MANIFEST = "manifest.json"
 TIMING = "timing.json"
+BUILD_RECORD = "BUILD.json"  # at a build's root: the spec and inputs of its last build (`rerun`, `publish`)
 REMOTE_INPUTS = "remote-inputs"  # inputs fetched from URLs, inside a build (pipeline/storage.py)
 CONTRACT_VERSION = 1
 PARQUET_COMPRESSION = "zstd"

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from fsspec.core import url_to_fs
 
-from pipeline.documents import MANIFEST, REMOTE_INPUTS, StageError, is_complete, sha256_file
+from pipeline.documents import BUILD_RECORD, MANIFEST, REMOTE_INPUTS, StageError, is_complete, sha256_file
 from pipeline.ledger import build_folders, listed_files
 
 _SIDECAR_SUFFIX = ".fetched.json"  # beside each fetched file: the remote size and version it came from
@@ -47,6 +47,11 @@ def is_remote(path: str | Path) -> bool:
     if "://" not in text:
         return False
     return text.split("://", 1)[0] not in ("file", "local")
+
+
+def absolute(location: str) -> str:
+    """A URL as it is, a local path made absolute (what a build records and a deployment passes on)."""
+    return location if is_remote(location) else str(Path(location).resolve())
 
 
 def join(base: str, relative: str) -> str:
@@ -193,19 +198,18 @@ def publish(build: Path, url: str, progress: Progress | None = None) -> dict[str
         remote = f"{root}/{relative}" if relative != "." else root
         local_manifest = (folder / MANIFEST).read_bytes()
         remote_manifest = f"{remote}/{MANIFEST}"
-        if fs.exists(remote_manifest) and fs.cat_file(remote_manifest) == local_manifest:
-            report["unchanged"].append(relative)
-            continue
         if fs.exists(remote_manifest):
+            if fs.cat_file(remote_manifest) == local_manifest:
+                report["unchanged"].append(relative)
+                continue
             fs.rm_file(remote_manifest)  # the old version is incomplete from here on
         files = _folder_files(folder)
-        wanted = {f"{remote}/{p.relative_to(folder).as_posix()}" for p in files}
+        targets = {path: f"{remote}/{path.relative_to(folder).as_posix()}" for path in files}
         if fs.exists(remote):
-            for stale in set(fs.find(remote)) - wanted:
+            for stale in set(fs.find(remote)) - set(targets.values()):
                 fs.rm_file(stale)
         made: set[str] = set()
-        for path in files:
-            target = f"{remote}/{path.relative_to(folder).as_posix()}"
+        for path, target in targets.items():
             _makedirs(fs, posixpath.dirname(target), made)
             fs.put_file(str(path), target)
             report["files"] += 1
@@ -217,9 +221,9 @@ def publish(build: Path, url: str, progress: Progress | None = None) -> dict[str
         report["uploaded"].append(relative)
         if progress:
             progress(f"published {relative} ({len(files) + 1} files)")
-    if (build / "BUILD.json").is_file():
+    if (build / BUILD_RECORD).is_file():
         _makedirs(fs, root, set())
-        fs.pipe_file(f"{root}/BUILD.json", (build / "BUILD.json").read_bytes())
+        fs.pipe_file(f"{root}/{BUILD_RECORD}", (build / BUILD_RECORD).read_bytes())
     return report
 
 
