@@ -25,14 +25,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _use_server(prefect_home: Path, ephemeral: bool) -> str:
-    """Point Prefect at one local server (started in the background if none answers)."""
+def _use_server(ephemeral: bool) -> str:
+    """Point Prefect at the one server every command reports to (flows/server.py says which); one
+    started here keeps its database and log in runs/prefect, as `llama-recipe ui` does."""
+    prefect_home = RUNS / "prefect"
     if ephemeral:
         return "ephemeral"
-    from flows.server import ensure_server
+    from flows.server import ServerError, find_server, point_prefect_at, start_server
 
-    typer.echo(f"prefect: using a local server (home {prefect_home}) ...")
-    url = ensure_server(prefect_home)
+    try:
+        url = find_server()
+        if url is None:
+            typer.echo(f"prefect: starting a local server (home {prefect_home}) ...")
+            url = start_server(prefect_home)
+    except ServerError as exc:
+        _fail(str(exc))
+    point_prefect_at(url)
     typer.echo(f"prefect: {url}  (UI: {url.removesuffix('/api')})")
     return url
 
@@ -113,7 +121,7 @@ def build(
         load_spec(spec)
     except StageError as exc:
         _fail(str(exc))
-    _use_server(out.parent / "prefect", ephemeral)
+    _use_server(ephemeral)
     from flows.corpus import build_corpus
 
     result = build_corpus(str(spec), inputs, str(out), force, workers, dask_address=dask, ray_address=ray,
@@ -140,7 +148,7 @@ def rerun(
     except StageError as exc:
         _fail(str(exc))
     typer.echo(f"recomputing {', '.join(sorted(plan))} in {build}")
-    _use_server(build.parent / "prefect", ephemeral)
+    _use_server(ephemeral)
     from flows.corpus import build_corpus
 
     result = build_corpus(record["spec"], record["inputs"], str(build), workers=workers, rerun=list(stage))
@@ -152,22 +160,27 @@ def serve(
     spec: Path = typer.Option(Path("demo"), help="Build spec (YAML), or a name in data_specs/."),
     inputs: str = typer.Option(..., help="Folder the spec's input patterns are relative to; may be a URL (s3://bucket/raw)."),
     out: Path = typer.Option(..., help="Build folder each scheduled run updates (unchanged stages are reused)."),
-    cron: str = typer.Option("0 3 * * 0", help="Cron schedule (UTC), e.g. '0 3 * * 0' for Sundays at 03:00."),
+    cron: Optional[str] = typer.Option(None, help="Cron schedule (UTC), e.g. '0 3 * * 0' (the default: Sundays at 03:00)."),
+    interval: Optional[float] = typer.Option(None, min=1, help="Instead of --cron: run every INTERVAL seconds."),
     name: Optional[str] = typer.Option(None, help="Deployment name (default: scheduled-<spec name>)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Processes per stage (default: the spec's `workers`)."),
 ) -> None:
-    """Serve the corpus build as a Prefect deployment on a cron schedule (blocks; Ctrl-C stops)."""
+    """Serve the corpus build as a Prefect deployment on a schedule and run each scheduled build here
+    (blocks; Ctrl-C stops serving and pauses the schedule). `llama-recipe doctor` shows the next run."""
     from pipeline.documents import StageError
     from pipeline.spec import load_spec
 
+    if cron and interval:
+        _fail("--cron and --interval are mutually exclusive: give one schedule")
     try:
         load_spec(spec)
     except StageError as exc:
         _fail(str(exc))
-    _use_server(out.parent / "prefect", ephemeral=False)  # schedules need a real server (a scheduler)
-    from flows.deploy import serve_build
+    _use_server(ephemeral=False)  # schedules need a real server (a scheduler)
+    from flows.deploy import DEFAULT_CRON, serve_build
 
-    serve_build(str(spec), str(inputs), str(out), cron, name, workers)
+    serve_build(str(spec), str(inputs), str(out), cron=None if interval else (cron or DEFAULT_CRON),
+                interval=interval, name=name, workers=workers)
 
 
 @app.command()
@@ -202,7 +215,7 @@ def pretrain(
     extra = [*train.extra_args, *(a for k, v in options.items() if v for a in (k, v)), *(["--compile"] if compile else [])]
     overrides = {k: v for k, v in {"preset": preset, "steps": steps, "nproc": nproc, "extra_args": extra}.items() if v is not None}
     train = train.model_copy(update=overrides)
-    _use_server(out.parent / "prefect", ephemeral)
+    _use_server(ephemeral)
     from flows.pretrain import pretrain as pretrain_flow
 
     summary = pretrain_flow(tokens, str(out), train.model_dump(mode="json"))
@@ -264,17 +277,40 @@ def export_hf(
 @app.command()
 def ui(
     port: int = typer.Option(4200, help="Port on 127.0.0.1."),
-    home: Path = typer.Option(RUNS / "prefect", help="Prefect home (SQLite database, server log)."),
+    home: Path = typer.Option(RUNS / "prefect", help="Prefect home (SQLite database, server log) if one is started."),
     stop: bool = typer.Option(False, help="Stop the background server started from this home."),
 ) -> None:
-    """Start the Prefect server and UI on 127.0.0.1 (in the background; reused by later commands)."""
-    from flows.server import ensure_server, stop_server
+    """Start the Prefect server and UI on 127.0.0.1 (in the background; reused by later commands),
+    or use the one that answers; prints its health (as `llama-recipe doctor`)."""
+    from flows.server import ServerError, find_server, health, start_server, stop_server
 
     if stop:
         typer.echo("stopped" if stop_server(home) else "no server started from this home")
         return
-    url = ensure_server(home, port=port)
+    try:
+        url = find_server(port) or start_server(home, port=port)
+    except ServerError as exc:
+        _fail(str(exc))
+    typer.echo(health(url).render())
     typer.echo(f"Prefect UI: {url.removesuffix('/api')}   (stop with: llama-recipe ui --stop)")
+
+
+@app.command()
+def doctor(
+    port: int = typer.Option(4200, help="The local server's port (when PREFECT_API_URL is not set)."),
+) -> None:
+    """The Prefect server's health: version, database, services, errors in its log since it started,
+    late runs, and each deployment's schedule with its next and last run. Exit status 1 if unhealthy."""
+    from flows.server import ServerError, api_url, find_server, health
+
+    try:
+        url = find_server(port)
+    except ServerError as exc:
+        _fail(str(exc))
+    report = health(url or api_url(port=port))
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -303,7 +339,7 @@ def demo(
         write_samples(samples_dir, seed=seed, scale=scale)
     else:
         typer.echo(f"[1/3] sample inputs already in {samples_dir}")
-    url = _use_server(out.parent / "prefect", ephemeral)
+    url = _use_server(ephemeral)
     typer.echo("[2/3] corpus build → tokenizer → mixture → token shards → [3/3] pretraining (progress below)")
     from flows.recipe import recipe
     from flows.summary import render_summary

@@ -42,3 +42,63 @@ def s3_bucket(monkeypatch):
         yield fs, bucket
     finally:
         server.stop()
+
+
+# ---- the suite's Prefect server ---------------------------------------------------------------
+
+# Logs of the real Prefect servers the tests started; every test fails that leaves an ERROR record or
+# a traceback in one of them (issue 18: a broken server service must never hide behind a green suite).
+SERVER_LOGS: list[Path] = []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server start` (SQLite, every service: scheduler, late runs, ...) on
+    127.0.0.1 for the flow tests, started as the CLI starts it; this process and every process it
+    starts report to it. Yields the API URL."""
+    from flows.server import LOG_NAME, point_prefect_at, start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    url = start_server(home, port=free_port(), wait_s=180)
+    SERVER_LOGS.append(home / LOG_NAME)
+    previous = os.environ.get("PREFECT_API_URL")
+    point_prefect_at(url)
+    try:
+        yield url
+    finally:
+        # Send what this process still queues for the server (logs, events) before it stops.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+        stop_server(home)
+
+
+@pytest.fixture(autouse=True)
+def server_log_stays_clean():
+    """Fail the test during which a watched server log gained an ERROR record or a traceback."""
+    from flows.server import log_errors
+
+    before = {log: (log.stat().st_size if log.exists() else 0) for log in SERVER_LOGS}
+    yield
+    for log in SERVER_LOGS:
+        errors = log_errors(log, before.get(log, 0))
+        if errors:
+            pytest.fail(f"the Prefect server log {log} gained {len(errors)} error(s) during this test; the first:\n"
+                        + errors[0][:3000], pytrace=False)

@@ -1,6 +1,7 @@
 """End to end through Prefect: samples → every stage → tokenizer → mixture → shards → torchrun training.
 
-One Prefect test harness (its ephemeral server starts once, ~20 s) serves the whole module.
+The suite's real Prefect server (tests/conftest.py: `prefect server start`, every service running)
+serves the whole module; a test fails if that server's log gains an error while it runs.
 """
 
 from __future__ import annotations
@@ -21,14 +22,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory) -> Path:
     """The demo spec with a shorter training run."""
     raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
@@ -41,7 +34,7 @@ def tiny_spec(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recipe_run(prefect_harness, tiny_spec, tmp_path_factory):
+def recipe_run(prefect_server, tiny_spec, tmp_path_factory):
     from flows.recipe import recipe
     from pipeline.samples import write_samples
 
@@ -200,7 +193,7 @@ def test_a_config_change_recomputes_that_stage_and_its_downstream(recipe_run, ti
     assert {name: m for name, (_, m) in _snapshot(build).items()} == {name: m for name, (_, m) in before.items()}
 
 
-def test_serve_registers_a_scheduled_deployment(prefect_harness, tiny_spec, tmp_path):
+def test_serve_registers_a_scheduled_deployment(prefect_server, tiny_spec, tmp_path):
     import os
     import subprocess
     import sys

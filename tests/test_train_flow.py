@@ -43,28 +43,24 @@ def test_rerun_on_rebuilt_tokens_sets_the_old_run_aside(tmp_path):
     assert not (run / "checkpoints").exists() and (run / "previous" / "checkpoints" / "step-000003").is_dir()
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.slow
-def test_pretrain_flow_reports_progress_loss_curve_and_mfu(prefect_harness, tmp_path):
+def test_pretrain_flow_reports_progress_loss_curve_and_mfu(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from flows.pretrain import pretrain
 
     data, run = tokens(tmp_path / "tokens"), tmp_path / "run"
-    summary = pretrain(str(data), str(run), TRAIN)
+    state = pretrain(str(data), str(run), TRAIN, return_state=True)
+    summary, flow_run_id = state.result(), state.state_details.flow_run_id
     assert summary["steps"] == 6 and summary["world_size"] == 2 and summary["mfu"] > 0
     assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     async def artifacts() -> dict:
         async with get_client() as client:
-            found = await client.read_artifacts()
+            # The suite's server holds other tests' runs too: this flow run's artifacts only.
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
             return {a.key: a for a in found if a.key}
 
     found = asyncio.run(artifacts())

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.spec import SPEC_DIR, load_spec
+from tests.conftest import SERVER_LOGS
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,7 @@ def finished_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     home = root / "prefect"
     url = ensure_server(home, port=_free_port(), use_it=False)
+    SERVER_LOGS.append(home / "server.log")  # its errors fail the test too (tests/conftest.py)
     try:
         write_samples(root / "samples", seed=2, scale=0.05)
         raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
