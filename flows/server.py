@@ -298,5 +298,9 @@ def health(url: str, scheduler_grace_s: float = 90.0) -> ServerHealth:
         updated = datetime.fromisoformat(deployment["updated"].replace("Z", "+00:00"))
         if active and not item.paused and not upcoming and (now - updated).total_seconds() > scheduler_grace_s:
             item.problem = "an active schedule but no scheduled run: the server's scheduler is not creating runs (see its log)"
+        elif active and not item.paused and deployment.get("status") == "NOT_READY":
+            # The server's foreman marks a deployment NOT_READY when nothing has polled it for a minute.
+            item.problem = (f"nothing is running its builds (last polled {deployment.get('last_polled') or 'never'}): "
+                            "start `llama-recipe serve` again, or a worker on its work pool; until then its runs go Late")
         report.deployments.append(item)
     return report

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -62,6 +63,63 @@ class Document:
     @property
     def rejected(self) -> bool:
         return self.reason is not None
+
+
+# ---- record validity: what a reader checks before a record becomes a Document --------------------
+
+# A Python str can hold lone UTF-16 surrogates (JSON's "\ud800" escape parses into one; real web JSON
+# has them), which no UTF-8 writer accepts. json.loads joins a valid escaped pair into one code point,
+# so any surrogate left in a str is a lone one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(value: str) -> bool:
+    return not value.isascii() and _SURROGATE.search(value) is not None
+
+
+def without_surrogates(value: Any) -> Any:
+    """`value` (a str, or a dict/list holding strs) with every lone surrogate replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if has_surrogate(value) else value
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(v) for v in value]
+    return value
+
+
+def _surrogate_in(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_surrogate(value)
+    if isinstance(value, dict):
+        return any(_surrogate_in(k) or _surrogate_in(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_surrogate_in(v) for v in value)
+    return False
+
+
+def invalid_text_field(doc: "Document") -> str | None:
+    """The first field of `doc` holding a lone surrogate ("text", "id" or "meta.<key>"), or None."""
+    if has_surrogate(doc.text):
+        return "text"
+    if has_surrogate(doc.id):
+        return "id"
+    for key, value in doc.meta.items():
+        if _surrogate_in(key) or _surrogate_in(value):
+            return f"meta.{without_surrogates(key)}"
+    return None
+
+
+def wrong_type(record: dict[str, Any], types: dict[str, type | tuple[type, ...]]) -> str | None:
+    """The first field of a raw record that is present (not None) with a type other than the
+    reader expects, or None: a reader rejects the record as `wrong_type:<field>` rather than let a
+    later stage meet, say, a licence given as a list."""
+    for name, expected in types.items():
+        value = record.get(name)
+        if value is not None and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in
+                                                                      (expected if isinstance(expected, tuple) else (expected,)))):
+            return name
+    return None
 
 
 class StageError(RuntimeError):

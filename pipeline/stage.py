@@ -43,7 +43,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,7 +63,9 @@ from pipeline.documents import (
     read_documents,
     read_schema,
     dependency_digest,
+    invalid_text_field,
     stage_identity,
+    without_surrogates,
 )
 
 # Modules that define stages; importing them fills the registry.
@@ -102,6 +104,16 @@ class StageConfig(BaseModel):
     """Base for stage configs: unknown keys are an error, so a typo in a spec fails at load."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReaderConfig(StageConfig):
+    """Base of the raw readers' configs (stages with reads = "raw")."""
+
+    # A lone UTF-16 surrogate in a record (JSON's "\ud800" escape; real web JSON has them) is not
+    # Unicode text and no UTF-8 writer accepts it. "reject" (default): the record becomes a rejected
+    # row, invalid_text:surrogate (or invalid_text:surrogate:<field> for another field). "replace":
+    # each lone surrogate becomes U+FFFD and the record goes on (counted as invalid_text_replaced).
+    invalid_text: Literal["reject", "replace"] = "reject"
 
 
 class Stage:
@@ -277,12 +289,6 @@ def is_up_to_date(stage: Stage, inputs: list[Path | str], output: Path | str) ->
     return read_manifest(output).get("identity") == planned_identity(stage, inputs)
 
 
-def _counted(docs: Iterator[Document], folder: StageFolder) -> Iterator[Document]:
-    for doc in docs:
-        folder.count_input(doc)
-        yield doc
-
-
 ProgressFn = Callable[[str, int, int], None]
 
 # The object forked worker processes call: set in the parent just before the pool is created, so
@@ -336,16 +342,51 @@ class _PartRunner:
         self.stage, self.folder, self.files = stage, folder, files
 
     def write_part(self, index: int) -> tuple[DocumentCounts, dict[str, Any]]:
+        """Write part `index`. An exception that escapes the stage's code fails the stage with one
+        line naming the stage, the input file and the record (1-based) it was at; write errors
+        (OSError) are the stage folder's to report (disk full, read-only)."""
         stage, folder, path = self.stage, self.folder, self.files[index]
         folder.counts, stage.counters = DocumentCounts(), {}
-        if stage.reads == "raw":
-            self._write_documents(index, stage.read(path), dict(stage.columns))
-        elif stage.judges():
-            self._write_judged_part(index, path)
-        else:
-            types = annotation_types_of(read_schema(path)) | dict(stage.columns)
-            self._write_documents(index, stage.process(_counted(read_documents(path), folder), index), types)
+        self.record = "0"
+        try:
+            if stage.reads == "raw":
+                self._write_documents(index, self._checked_records(stage.read(path)), dict(stage.columns))
+            elif stage.judges():
+                self._write_judged_part(index, path)
+            else:
+                types = annotation_types_of(read_schema(path)) | dict(stage.columns)
+                self._write_documents(index, stage.process(self._counted(read_documents(path)), index), types)
+        except (StageError, OSError):
+            raise
+        except Exception as exc:
+            raise StageError(f"{stage.name}: {path}: record {self.record}: {type(exc).__name__}: {exc}") from exc
         return folder.counts, stage.counters
+
+    def _counted(self, docs: Iterator[Document]) -> Iterator[Document]:
+        for number, doc in enumerate(docs, 1):
+            self.record = str(number)
+            self.folder.count_input(doc)
+            yield doc
+
+    def _checked_records(self, docs: Iterator[Document]) -> Iterator[Document]:
+        """A raw reader's documents, each checked before it is written: a lone surrogate anywhere
+        in it rejects it (or is replaced, per the reader's `invalid_text`), so no record can stop
+        the writer."""
+        stage = self.stage
+        replace = getattr(stage.config, "invalid_text", "reject") == "replace"
+        number = 1
+        self.record = "1"
+        for doc in docs:
+            field = invalid_text_field(doc)
+            if field is not None:
+                doc.id, doc.text, doc.meta = without_surrogates(doc.id), without_surrogates(doc.text), without_surrogates(doc.meta)
+                if replace:
+                    stage.tally("invalid_text_replaced")
+                elif doc.reason is None:
+                    doc.reject("invalid_text:surrogate" if field == "text" else f"invalid_text:surrogate:{field}")
+            yield doc
+            number += 1
+            self.record = str(number)  # the next one, while the reader reads it
 
     def _write_documents(self, index: int, docs: Iterator[Document], types: dict[str, pa.DataType]) -> None:
         with self.folder.part(index, types) as part:
@@ -359,6 +400,7 @@ class _PartRunner:
         row = 0
         with self.folder.part(index, types) as part:
             for batch in parquet.iter_batches(batch_size=JUDGED_BATCH):
+                self.record = f"{row + 1}-{row + batch.num_rows}"  # a judged batch
                 table = pa.Table.from_batches([batch])
                 verdict = stage.judge(table["text"].to_pylist(), index, row)
                 bytes_in = None
@@ -429,6 +471,8 @@ def run_stage(
         folder.counts, stage.counters = total_counts, total_counters
         folder.stats.update(stats)
         folder.stats.update(getattr(stage, "final_stats", lambda: {})())
+        if "invalid_text_replaced" in stage.counters:  # a reader with invalid_text: replace
+            folder.stats["invalid_text_replaced"] = stage.counters["invalid_text_replaced"]
         if not any((folder.tmp / "artifacts").iterdir()):
             (folder.tmp / "artifacts").rmdir()
     return read_manifest(output)

@@ -5,6 +5,7 @@ reach, and kill -9 at random points of a corpus build. Anyone can rerun it:
     .venv/bin/python scripts/reliability.py --quick          # the reduced set tests/test_reliability.py runs
     .venv/bin/python scripts/reliability.py --only xxe,tar   # some input kinds, table on stdout
     .venv/bin/python scripts/reliability.py --kills 10 --no-inputs   # only the kill campaign
+    .venv/bin/python scripts/reliability.py --fuzz 2000      # also fuzz every reader (scripts/fuzz.py)
 
 Bad inputs: each case writes its input files into its own folder, then runs the reader's stage
 (run_stage) on them in a child process under strace, with a wall-clock limit (a hang) and an
@@ -925,7 +926,8 @@ LIMITS = [
 ]
 
 
-def render(results: list[dict], kills: dict | None, disk: list[dict] | None, command: str) -> str:
+def render(results: list[dict], kills: dict | None, disk: list[dict] | None, command: str,
+           fuzz_section: str | None = None) -> str:
     out = ["# Reliability campaign", "",
            f"Produced by `{command}` (scripts/reliability.py; rerun it to refresh this file). "
            "Each bad input runs through its reader's stage in a child process under strace, with a "
@@ -977,6 +979,8 @@ def render(results: list[dict], kills: dict | None, disk: list[dict] | None, com
             out.append(f"| {r['case']} | {r['rc']} | `{r['message']}` | {'yes' if r.get('traceback') else 'no'} | "
                        f"{'yes' if r['complete_folder_left'] else 'no'} |")
         out.append("")
+    if fuzz_section:
+        out += [fuzz_section, ""]
     out += ["## Limits", "", *LIMITS, ""]
     return "\n".join(out)
 
@@ -991,6 +995,8 @@ def main() -> None:
     parser.add_argument("--spec", default="demo", help="build spec of the kill campaign")
     parser.add_argument("--no-inputs", action="store_true", help="skip the bad-input cases")
     parser.add_argument("--no-strace", action="store_true")
+    parser.add_argument("--fuzz", type=int, default=0, help="also fuzz every reader with this many mutated inputs "
+                        "per seed file (scripts/fuzz.py; 2000 for the full campaign)")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
@@ -1023,10 +1029,16 @@ def main() -> None:
     if disk:
         for row in disk:
             print(f"{row['case']}: rc {row['rc']}: {row['message']}")
+    fuzz_section = None
+    if args.fuzz:
+        import fuzz
+
+        fuzz_rows = fuzz.campaign(args.fuzz, work=work / "fuzz")
+        fuzz_section = fuzz.render(fuzz_rows, f"python scripts/reliability.py --fuzz {args.fuzz}")
     shutil.rmtree(secret_dir, ignore_errors=True)
     command = "python scripts/reliability.py" + (" --quick" if args.quick else "") + (f" --kills {args.kills}" if args.kills != 10 else "")
     # The outside folder's random name would make every run's table differ: name it by its role.
-    text = render(results, kills, disk, command).replace(str(secret_dir), "<outside folder>")
+    text = render(results, kills, disk, command, fuzz_section).replace(str(secret_dir), "<outside folder>")
     if args.out:
         args.out.write_text(text + "\n")
     else:
@@ -1034,6 +1046,7 @@ def main() -> None:
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     failed = sum(r["status"] != "ok" for r in results) + (sum(not r["ok"] for r in kills["rows"]) if kills else 0)
+    failed += sum(r["crashes"] + r["hangs"] + r["fails"] for r in fuzz_rows) if args.fuzz else 0
     sys.exit(1 if failed else 0)
 
 

@@ -92,6 +92,25 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _delete_deployment(url: str, name: str) -> None:
+    """Delete a test's deployment and with it its scheduled runs, which would otherwise turn Late one
+    by one for the rest of the session (each a write that competes for the SQLite database)."""
+    deployment = _deployment(url, name)
+    if deployment:
+        call_api_delete(url, f"/deployments/{deployment['id']}")
+        left = call_api(url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
+                                                                 "state": {"type": {"any_": ["SCHEDULED"]}}}})
+        for run in left:
+            call_api_delete(url, f"/flow_runs/{run['id']}")
+
+
+def call_api_delete(url: str, path: str) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", method="DELETE"), timeout=30):
+        pass
+
+
 def test_a_served_schedule_fires_and_the_build_completes(prefect_server, small_build, tmp_path):
     spec, samples = small_build
     build = tmp_path / "build"
@@ -114,6 +133,7 @@ def test_a_served_schedule_fires_and_the_build_completes(prefect_server, small_b
         assert next_run.strip().startswith("next run: 20") and "last run: Completed" in next_run
     finally:
         _stop(serving)
+        _delete_deployment(prefect_server, "build-corpus/every-20s")
 
 
 def test_the_prefect_yaml_deployment_runs_on_a_process_work_pool(prefect_server, small_build, tmp_path):
@@ -140,5 +160,4 @@ def test_the_prefect_yaml_deployment_runs_on_a_process_work_pool(prefect_server,
         _assert_a_whole_build(prefect_server, run_, spec, build)
     finally:
         _stop(worker)
-        subprocess.run(prefect + ["deployment", "pause", "build-corpus/weekly-corpus-build"], env=env,
-                       capture_output=True, timeout=120)
+        _delete_deployment(prefect_server, "build-corpus/weekly-corpus-build")

@@ -43,7 +43,7 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from pipeline.commoncrawl.html import HTML_TYPES, decode_html, html_to_text, parse_http_response
 from pipeline.documents import Document, StageError
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 # Not from cc_net: the most of one record's body a reader holds, so a record that inflates to
@@ -54,7 +54,7 @@ WARC_VERSION_RE = re.compile(rb"WARC/1\.[01]\r?\n")
 _UUID_RE = re.compile(r"urn:uuid:([0-9a-fA-F-]+)")
 
 
-class IngestConfig(StageConfig):
+class IngestConfig(ReaderConfig):
     # cc_net CCShardReader(min_len=300): pages with fewer characters (after the title) are dropped.
     min_length: int = 300
     # Pages whose bytes are not UTF-8 (the WET text is UTF-8 by spec): reject when more than this
@@ -214,7 +214,7 @@ class CCIngest(Stage):
         ).reject(reason)
 
 
-class WarcIngestConfig(StageConfig):
+class WarcIngestConfig(ReaderConfig):
     # cc_net CCShardReader(min_len=300), as for WET pages.
     min_length: int = 300
     # As cc_ingest; WARC Content-Lengths are the crawler's own and normally right.

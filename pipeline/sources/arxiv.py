@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.documents import Document, StageError
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage, StageConfig
 
 SOURCE = "arxiv"
 
@@ -197,7 +197,7 @@ def flatten_inputs(main: str, texts: dict[str, str], max_chars: int | None = Non
     return expand(main, (main,)), missing
 
 
-class ArxivIngestConfig(StageConfig):
+class ArxivIngestConfig(ReaderConfig):
     # Per-file and per-paper caps on uncompressed bytes. arXiv itself caps submissions at 50 MB;
     # text sources are far smaller, so these stop bombs without rejecting real papers.
     max_member_bytes: int = 20_000_000

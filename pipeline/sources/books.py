@@ -25,7 +25,7 @@ import zstandard
 from datasketch import MinHash, MinHashLSHEnsemble
 
 from pipeline.documents import Document, StageError, read_documents
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage, StageConfig
 
 SOURCE = "books"
 
@@ -264,7 +264,7 @@ def zstd_lines(fh, max_line_bytes: int = MAX_LINE_BYTES, chunk_size: int = 1 << 
         yield b"".join(parts)
 
 
-class BooksIngestConfig(StageConfig):
+class BooksIngestConfig(ReaderConfig):
     # Not from the paper. A PG "book" under ~one printed page is an index, a placeholder or an
     # audio-book stub, not book-length prose.
     min_chars: int = 1000

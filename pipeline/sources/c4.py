@@ -22,9 +22,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from pipeline.documents import Document
+from pipeline.documents import Document, wrong_type
 from pipeline.sources.ldnoobw import LDNOOBW_EN
-from pipeline.stage import Judgement, Stage, StageConfig
+from pipeline.stage import Judgement, ReaderConfig, Stage, StageConfig
 
 SOURCE = "c4"
 
@@ -118,6 +118,10 @@ def read_json_lines(
         yield rejected("empty_file", 0)
 
 
+# The release's fields this reader uses and the JSON type each must have when present.
+C4_FIELD_TYPES = {"text": str, "url": str, "timestamp": str, "date": str}
+
+
 class C4Ingest(Stage):
     """One Document per JSON line of the allenai/c4 release.
 
@@ -135,7 +139,7 @@ class C4Ingest(Stage):
     raw_patterns = ("*.json.gz", "*.json", "*.jsonl.gz", "*.jsonl")
     description = "allenai/c4 JSON lines -> documents"
 
-    class Config(StageConfig):
+    class Config(ReaderConfig):
         pass
 
     def read(self, path: Path) -> Iterator[Document]:
@@ -156,6 +160,10 @@ class C4Ingest(Stage):
                     meta={"file": path.name, "line": line_number},
                     reason=f"unreadable_record:{why}",
                 )
+                continue
+            if bad := wrong_type(record, C4_FIELD_TYPES):
+                yield Document(id=f"{SOURCE}/{path.name}@{line_number}", text="", source=SOURCE,
+                               meta={"file": path.name, "line": line_number}, reason=f"wrong_type:{bad}")
                 continue
             yield Document(
                 id=f"{SOURCE}/{stem}/{line_number}",

@@ -20,9 +20,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.documents import Document, StageError, read_documents
+from pipeline.documents import Document, StageError, read_documents, wrong_type
 from pipeline.sources.c4 import read_json_lines
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage, StageConfig
 
 SOURCE = "github"
 
@@ -30,6 +30,10 @@ SOURCE = "github"
 # github_ingest
 
 REQUIRED_FIELDS = ("repo_name", "path", "content")
+# Every field of the export this reader uses and the JSON types it may have when present (BigQuery
+# writes INT64 as strings, BOOL as true/"true"); any other type is `wrong_type:<field>`.
+FIELD_TYPES = {"repo_name": str, "path": str, "content": str, "license": str, "id": str, "ref": str,
+               "language": list, "size": (int, str), "copies": (int, str), "binary": (bool, str)}
 
 
 def _as_int(value: Any) -> int | None:
@@ -71,7 +75,7 @@ class GithubIngest(Stage):
     raw_patterns = ("*.jsonl.gz", "*.jsonl", "*.json.gz")
     description = "BigQuery github_repos export rows -> documents"
 
-    class Config(StageConfig):
+    class Config(ReaderConfig):
         pass
 
     def __init__(self, *args, **kwargs):
@@ -92,6 +96,10 @@ class GithubIngest(Stage):
             yield self._document(row, path.name, line_number)
 
     def _document(self, row: dict[str, Any], file_name: str, line_number: int) -> Document:
+        fallback_id = f"{SOURCE}/{file_name}@{line_number}"
+        if bad := wrong_type(row, FIELD_TYPES):
+            return Document(id=self._unique(fallback_id), text="", source=SOURCE,
+                            meta={"file": file_name, "line": line_number}).reject(f"wrong_type:{bad}")
         blob_id = row.get("id")
         meta = {
             "repo_name": row.get("repo_name"),
@@ -105,7 +113,6 @@ class GithubIngest(Stage):
             "file": file_name,
             "line": line_number,
         }
-        fallback_id = f"{SOURCE}/{file_name}@{line_number}"
         if _as_bool(row.get("binary")):
             return Document(id=self._unique(fallback_id), text="", source=SOURCE, meta=meta, reason="binary_file")
         for field in REQUIRED_FIELDS:

@@ -29,7 +29,7 @@ from lxml import etree
 from resiliparse.extract.html2text import extract_plain_text
 
 from pipeline.documents import Document
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage, StageConfig
 
 SOURCE = "stackexchange"
 QUESTION, ANSWER = "1", "2"
@@ -131,7 +131,7 @@ class StackExchangeIngest(Stage):
     raw_patterns = ("Posts.xml",)
     description = "Stack Exchange Posts.xml -> question + sorted answers documents"
 
-    class Config(StageConfig):
+    class Config(ReaderConfig):
         # LLaMA §2: "the 28 largest websites": data_specs/llama1.yaml passes LLAMA_SITES. None keeps
         # every site given to the stage (the demo's sample sites are small ones).
         sites: list[str] | None = None

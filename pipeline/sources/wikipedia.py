@@ -37,7 +37,7 @@ from mwparserfromhell.parser import ParserError
 from mwparserfromhell.wikicode import Wikicode
 
 from pipeline.documents import Document, StageError
-from pipeline.stage import Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage, StageConfig
 
 SOURCE = "wikipedia"
 
@@ -77,7 +77,7 @@ def is_redirect_text(text: str) -> bool:
     return head.startswith(REDIRECT_PREFIXES)
 
 
-class WikipediaIngestConfig(StageConfig):
+class WikipediaIngestConfig(ReaderConfig):
     # LLaMA-1 sec. 2: bg, ca, cs, da, de, en, es, fr, hr, hu, it, nl, pl, pt, ro, ru, sl, sr, sv, uk.
     languages: tuple[str, ...] = LLAMA_WIKIPEDIA_LANGUAGES
 
