@@ -62,13 +62,14 @@ def samples(
 
 @app.command()
 def stages() -> None:
-    """List the stage names, one per line (`parts||`: its parts can run in --workers processes)."""
+    """List the stage names, one per line (`parts||`: its parts can run in --workers processes;
+    `cluster`: and as jobs on a Dask or Ray cluster's workers, else the stage is one cluster job)."""
     from pipeline.stage import load_stages
 
     for name, cls in sorted(load_stages().items(), key=lambda kv: (kv[1].source or "", kv[0])):
         doc = (cls.description or (cls.__doc__ or "").strip().split("\n")[0]).strip()
-        parallel = "parts||" if cls.parallel_parts else ""
-        typer.echo(f"{name:<20} {cls.source or '-':<14} {parallel:<8} {doc}")
+        parallel = ("parts||" if cls.parallel_parts else "") + (" cluster" if cls.parallel_parts and cls.remote_parts else "")
+        typer.echo(f"{name:<20} {cls.source or '-':<14} {parallel:<15} {doc}")
 
 
 @app.command("run-stage")

@@ -11,6 +11,8 @@ token shards. Only wiring lives here; every stage's work is in pipeline/.
 
 Task runs take and return paths and small summaries, never documents, and each task covers a whole
 stage (all its shards): a build has tens of task runs, which Prefect's SQLite backend handles well.
+On a Dask or Ray cluster the stage tasks still run here, in the flow's process, and send their
+stage's parts to the cluster as plain jobs (pipeline/executor.py): the workers need no Prefect.
 """
 
 from __future__ import annotations
@@ -35,12 +37,18 @@ from flows.charts import chart_markdown
 from pipeline.documents import BUILD_RECORD, REMOTE_INPUTS, StageError, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.spec import BUILD_STEPS, load_spec
-from pipeline.stage import get_stage, is_up_to_date, run_stage
+from pipeline.executor import Executor, executor_for
+from pipeline.stage import get_stage, is_up_to_date, run_stage, run_stage_job
 from pipeline.storage import absolute, fetch_inputs, is_remote, join, publish
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, train_tokenizer
 
 
+
+
+# The cluster of the running build, by address: stage tasks find it here (an executor is not a
+# task parameter Prefect could record). Opened and closed by build_corpus.
+_CLUSTERS: dict[str, Executor] = {}
 
 
 def stage_summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -105,15 +113,25 @@ def stage_task(
     refs: dict[str, str],
     force: bool = False,
     workers: int = 1,
+    cluster: str | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     stage = get_stage(stage_name)(config, refs)
+    executor = _CLUSTERS.get(cluster) if cluster else None
     if not force and is_up_to_date(stage, inputs, output):
         logger.info("%s: up to date (same config, code and inputs) — reusing %s", stage_name, output)
         manifest = read_manifest(output)
         publish_stage(manifest, read_timing(output), reused=True)
+    elif executor is not None and not (stage.parallel_parts and stage.remote_parts):
+        # Its parts cannot run apart on other machines yet: the whole stage is one cluster job.
+        # Dask's workers are daemon processes, which may not fork: one process there.
+        logger.info("%s: the whole stage runs as one %s job", stage_name, executor.name)
+        manifest = executor.call(run_stage_job, stage_name, config, refs, inputs, output,
+                                 workers if executor.name == "ray" else 1)
+        publish_stage(manifest, read_timing(output))
     else:
-        manifest = run_stage(stage, inputs, output, progress=StageProgress(stage_name), workers=workers)
+        manifest = run_stage(stage, inputs, output, progress=StageProgress(stage_name), workers=workers,
+                             executor=executor)
         publish_stage(manifest, read_timing(output))
     _log_counts(manifest)
     return stage_summary(manifest)
@@ -128,10 +146,11 @@ def build_source(
     available_refs: dict[str, str],
     force: list[str] | None = None,
     workers: int = 1,
+    cluster: str | None = None,
 ) -> dict[str, str]:
     """Run one source's chain of stages (recomputing those named in `force`); returns {stage name:
-    output folder}. Each stage is submitted to the flow's task runner (a thread here, a Dask worker
-    with --dask, a Ray worker with --ray), one after the other."""
+    output folder}. Each stage is one task run, one after the other; with a `cluster` its parts run
+    on the cluster's workers."""
     outputs: dict[str, str] = {}
     inputs = raw_inputs
     if any(is_remote(p) for p in raw_inputs):
@@ -142,7 +161,7 @@ def build_source(
         stage_cls, known = get_stage(name), outputs | available_refs
         refs = {ref: known[ref] for ref in stage_cls.references}
         refs |= {ref: known[ref] for ref in stage_cls.optional_references if ref in known}
-        stage_task.submit(name, config, inputs, output, refs, name in (force or []), workers).result()
+        stage_task.submit(name, config, inputs, output, refs, name in (force or []), workers, cluster).result()
         outputs[name] = output
         inputs = [output]
     return outputs
@@ -222,25 +241,6 @@ def resolve_inputs(patterns: list[str], inputs_dir: str) -> list[str]:
     return [join(inputs_dir, p) for p in patterns]
 
 
-def task_runner_for(dask_address: str | None = None, ray_address: str | None = None):
-    """The task runner of the source subflows: Prefect's default (threads in this process), an
-    existing Dask cluster's scheduler (prefect-dask), or an existing Ray cluster (prefect-ray: a
-    `ray://HOST:10001` client address, a GCS `HOST:PORT`, or `auto` for the local `ray start --head`);
-    the cluster's workers run the stage tasks. Prefect sends its settings with each task, so the workers
-    report their task runs to this process's server (which they must be able to reach)."""
-    if dask_address and ray_address:
-        raise ValueError("a Dask address and a Ray address were both given: run the stages on one cluster")
-    if dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(address=dask_address)
-    if ray_address:
-        from prefect_ray import RayTaskRunner
-
-        return RayTaskRunner(address=ray_address)
-    return None
-
-
 def record_build(build: Path, spec_path: str, inputs_dir: str) -> None:
     """BUILD.json: what `llama-recipe rerun` needs to run this build again (spec, inputs)."""
     build.mkdir(parents=True, exist_ok=True)
@@ -256,12 +256,12 @@ def read_build_record(build: Path) -> dict[str, str]:
     return json.loads(path.read_text())
 
 
-def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: int, runner) -> dict[str, str]:
+def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: int, cluster: str | None) -> dict[str, str]:
     """Every source's subflow; returns {stage name: output folder}. A source starts once the sources
     before it in `spec.source_order()` whose outputs it references are done. Locally (no cluster)
     the sources run one after the other, each stage using the machine's `workers` processes; on a
-    Dask or Ray cluster the independent sources run at the same time (threads here submitting to
-    the cluster), so the cluster works on several stages at once. Same outputs either way."""
+    Dask or Ray cluster the independent sources run at the same time (threads here submitting their
+    stages' jobs to the cluster), so the cluster works on several stages at once. Same outputs."""
     order = spec.source_order()
     produced_by = {stage: source for source in order for stage in spec.sources[source].stages}
 
@@ -276,8 +276,7 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
 
     def run(source: str, upstream: dict[str, str]) -> dict[str, str]:
         source_spec = spec.sources[source]
-        source_flow = build_source.with_options(task_runner=runner) if runner else build_source
-        return source_flow(
+        return build_source(
             source,
             source_spec.stages,
             resolve_inputs(source_spec.inputs, inputs_dir),
@@ -287,10 +286,11 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
             {name: path for name, path in upstream.items() if name in wanted[source]},
             sorted(forced & set(source_spec.stages)),
             workers,
+            cluster,
         )
 
     outputs: dict[str, dict[str, str]] = {}
-    if runner is None:
+    if cluster is None:
         for source in order:
             outputs[source] = run(source, {k: v for s in needs(source) for k, v in outputs[s].items()})
         return {k: v for source in order for k, v in outputs[source].items()}
@@ -299,10 +299,7 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
         return run(source, {k: v for future in dependencies for k, v in future.result().items()})
 
     futures: dict[str, Future] = {}
-    # One connection to the cluster for the whole build: each subflow's copy of the runner finds it
-    # open and leaves it so (prefect-ray's runner shuts down a Ray connection it opened itself, which
-    # would cut off the other sources' subflows still running).
-    with runner, ThreadPoolExecutor(max_workers=len(order), thread_name_prefix="source") as pool:
+    with ThreadPoolExecutor(max_workers=len(order), thread_name_prefix="source") as pool:
         for source in order:
             # Each thread runs the subflow inside this flow run's context (Prefect keeps it in
             # contextvars, which threads do not inherit).
@@ -329,8 +326,17 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
     forced = everything if force else spec.downstream(rerun) if rerun else set()
     if forced:
         get_run_logger().info("recomputing: %s", ", ".join(sorted(forced)))
-    runner = task_runner_for(dask_address, ray_address)
-    stage_outputs = _run_sources(spec, inputs_dir, build, forced, workers, runner)
+    # One connection to the cluster for the whole build, shared by the sources' stage tasks.
+    executor = executor_for(dask_address, ray_address)
+    cluster = f"{executor.name}:{dask_address or ray_address}" if executor else None
+    if executor is not None:
+        _CLUSTERS[cluster] = executor
+    try:
+        stage_outputs = _run_sources(spec, inputs_dir, build, forced, workers, cluster)
+    finally:
+        if executor is not None:
+            _CLUSTERS.pop(cluster, None)
+            executor.close()
     final_outputs = {source: stage_outputs[list(source_spec.stages)[-1]] for source, source_spec in spec.sources.items()}
     # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
     shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}

@@ -388,7 +388,43 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class StageFolder:
+class PartFolder:
+    """What writing one part needs: the stage's temporary folder and a ledger of what went into it.
+    StageFolder is one; a cluster worker that writes a part into a stage folder assembled by another
+    process uses a bare one (pipeline/stage.py, run_part_job) and returns its counts."""
+
+    def __init__(self, stage: str, tmp: Path):
+        self.stage = stage
+        self.tmp = Path(tmp)
+        self.counts = DocumentCounts()
+
+    def part_paths(self, index: int) -> tuple[Path, Path]:
+        """The kept and rejected Parquet files of part `index` (inside the temporary folder)."""
+        return (self.tmp / "kept" / f"part-{index:05d}.parquet", self.tmp / "rejected" / f"part-{index:05d}.parquet")
+
+    def part(self, index: int, annotation_types: dict[str, pa.DataType] | None = None) -> "PartPair":
+        return PartPair(self, *self.part_paths(index), annotation_types or {})
+
+    def count_input(self, doc: Document) -> None:
+        """Measure the text a documents stage reads, before the stage edits it (line dedup and the
+        cleaners shorten texts); without this, bytes_in is measured on what comes out."""
+        counts = self.counts
+        counts.measured_bytes_in = (counts.measured_bytes_in or 0) + len(doc.text.encode("utf-8", "surrogatepass"))
+
+    def count(self, doc: Document) -> None:
+        """Account for one document that came out of the stage (kept or rejected)."""
+        counts = self.counts
+        counts.docs_in += 1
+        size = len(doc.text.encode("utf-8", "surrogatepass"))
+        counts.bytes_out += size
+        if doc.reason is None:
+            counts.docs_kept += 1
+            counts.bytes_kept += size
+        else:
+            counts.rejected_by_reason[doc.reason.split(":", 1)[0]] += 1
+
+
+class StageFolder(PartFolder):
     """Assembles one stage folder atomically and writes its manifest.
 
         with StageFolder(out, "cc_langid", config, inputs, code_version) as folder:
@@ -410,16 +446,15 @@ class StageFolder:
         source: str | None = None,
     ):
         self.output = Path(output)
-        self.stage = stage
+        super().__init__(stage, self.output.parent / f".{self.output.name}.tmp-{os.getpid()}")
         self.config = config
         self.inputs = [Path(p) for p in inputs]
         self.code_version = code_version
         self.kind = kind
         self.source = source
-        self.tmp = self.output.parent / f".{self.output.name}.tmp-{os.getpid()}"
         self.stats: dict[str, Any] = {}
         self.timings: dict[str, float] = {}  # seconds of this run's phases: timing.json, not the manifest
-        self.counts = DocumentCounts()
+        self.part_workers: dict[str, int] = {}  # "<pid>@<host>" -> parts it wrote (timing.json)
         self._outputs: list[Path] = []
         self._rejected: list[Path] = []
         self._started = time.time()  # from construction: a first pass before `with` counts too
@@ -466,10 +501,6 @@ class StageFolder:
         path.mkdir(exist_ok=True)
         return path
 
-    def part_paths(self, index: int) -> tuple[Path, Path]:
-        """The kept and rejected Parquet files of part `index` (inside the temporary folder)."""
-        return (self.tmp / "kept" / f"part-{index:05d}.parquet", self.tmp / "rejected" / f"part-{index:05d}.parquet")
-
     def register_part(self, index: int) -> None:
         """Record part `index` as an output (in call order); `part()` does it, and run_stage does it
         for parts that worker processes write."""
@@ -479,25 +510,7 @@ class StageFolder:
 
     def part(self, index: int, annotation_types: dict[str, pa.DataType] | None = None) -> "PartPair":
         self.register_part(index)
-        return PartPair(self, *self.part_paths(index), annotation_types or {})
-
-    def count_input(self, doc: Document) -> None:
-        """Measure the text a documents stage reads, before the stage edits it (line dedup and the
-        cleaners shorten texts); without this, bytes_in is measured on what comes out."""
-        counts = self.counts
-        counts.measured_bytes_in = (counts.measured_bytes_in or 0) + len(doc.text.encode("utf-8", "surrogatepass"))
-
-    def count(self, doc: Document) -> None:
-        """Account for one document that came out of the stage (kept or rejected)."""
-        counts = self.counts
-        counts.docs_in += 1
-        size = len(doc.text.encode("utf-8", "surrogatepass"))
-        counts.bytes_out += size
-        if doc.reason is None:
-            counts.docs_kept += 1
-            counts.bytes_kept += size
-        else:
-            counts.rejected_by_reason[doc.reason.split(":", 1)[0]] += 1
+        return super().part(index, annotation_types)
 
     # -- commit
     def _described_inputs(self) -> list[dict[str, Any]]:
@@ -559,6 +572,8 @@ class StageFolder:
         if manifest["docs_in"] != manifest["docs_kept"] + manifest["docs_rejected"]:
             raise StageError(f"{self.stage}: counts do not reconcile: {manifest['docs_in']} in")
         timing = {"wall_time_s": round(time.time() - self._started, 3)} | {k: round(v, 3) for k, v in self.timings.items()}
+        if self.part_workers:
+            timing["part_workers"] = dict(sorted(self.part_workers.items()))
         (self.tmp / TIMING).write_text(json.dumps(timing, indent=2) + "\n")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Replace any previous version: move it aside first so the final name is never half-written.
@@ -573,7 +588,7 @@ class StageFolder:
 class PartPair:
     """The kept and rejected Parquet parts that one input shard becomes."""
 
-    def __init__(self, folder: StageFolder, kept: Path, rejected: Path, annotation_types: dict[str, pa.DataType]):
+    def __init__(self, folder: PartFolder, kept: Path, rejected: Path, annotation_types: dict[str, pa.DataType]):
         self.folder = folder
         self.kept = PartWriter(kept, arrow_schema(annotation_types))
         self.rejected = PartWriter(rejected, arrow_schema(annotation_types, rejected=True), stage=folder.stage)

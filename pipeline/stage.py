@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.documents import (
     Document,
     DocumentCounts,
+    PartFolder,
     StageError,
     StageFolder,
     code_version_of,
@@ -129,6 +130,10 @@ class Stage:
     # True when process(part) depends only on the part and on what prepare() computed (no state
     # carried from one part to the next): run_stage may then process parts in worker processes.
     parallel_parts: ClassVar[bool] = False
+    # True when a worker on another machine can rebuild what the parts need: the stage's config and
+    # references, what prepare() wrote into the artifacts folder and the small `worker_state()`.
+    # Then a cluster executor runs the parts as jobs; otherwise the whole stage is one cluster job.
+    remote_parts: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -188,6 +193,14 @@ class Stage:
                     doc.reject(verdict.reasons[i])
                 yield doc
             row += len(batch)
+
+    def worker_state(self) -> dict[str, Any]:
+        """What prepare() computed that a part job needs besides the artifacts folder (small: it
+        travels with every job), for `restore` in a worker process on any machine."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """In a worker: set up from `worker_state()` and `self.artifacts` what prepare() set up."""
 
     def extra_inputs(self) -> list[Path]:
         """Files a stage reads besides its inputs and references (e.g. provided reference pages);
@@ -427,17 +440,66 @@ def _meta_with(metas: list[str | None], additions: dict[int, dict[str, Any]]) ->
     return pa.array(metas, pa.string())
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """One part of a stage as a cluster job: paths and config only (pipeline/executor.py)."""
+
+    stage: str
+    module: str  # where the stage class lives: a worker imports it (a stage outside STAGE_MODULES too)
+    config: dict[str, Any]
+    refs: dict[str, str]
+    artifacts: str
+    tmp: str
+    files: tuple[str, ...]
+    index: int
+    state: dict[str, Any]
+
+    def stage_key(self) -> str:
+        return json.dumps([self.stage, self.config, self.refs, self.artifacts, self.state], sort_keys=True, default=str)
+
+
+_WORKER_STAGES: dict[str, Stage] = {}  # per worker process: a stage is rebuilt once, not per part
+
+
+def run_part_job(job: PartJob) -> tuple[DocumentCounts, dict[str, Any], str]:
+    """In a worker process (any machine): write part `job.index` into the stage's temporary folder;
+    return its counts, the stage's counters and who ran it."""
+    from pipeline.executor import worker_id
+
+    key = job.stage_key()
+    stage = _WORKER_STAGES.get(key)
+    if stage is None:
+        _WORKER_STAGES.clear()  # one stage at a time per process: its models can be large
+        importlib.import_module(job.module)
+        stage = get_stage(job.stage)(job.config, {k: Path(v) for k, v in job.refs.items()})
+        stage.artifacts = Path(job.artifacts)
+        stage.restore(job.state)
+        _WORKER_STAGES[key] = stage
+    folder = PartFolder(job.stage, Path(job.tmp))
+    counts, counters = _PartRunner(stage, folder, [Path(f) for f in job.files]).write_part(job.index)
+    return counts, counters, worker_id()
+
+
+def run_stage_job(name: str, config: dict[str, Any], refs: dict[str, str], inputs: list[str], output: str,
+                  workers: int = 1) -> dict[str, Any]:
+    """A whole stage as one cluster job (a stage whose parts cannot run apart yet)."""
+    return run_stage(get_stage(name)(config, refs), inputs, output, workers=workers)
+
+
 def run_stage(
     stage: Stage,
     inputs: list[Path | str],
     output: Path | str,
     progress: ProgressFn | None = None,
     workers: int = 1,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Run one stage on its inputs and write its stage folder. Returns the manifest.
 
     `workers` > 1: the stage's own per-part passes (map_parts) use that many processes, and so do
-    its parts when the stage has `parallel_parts`; the folder's bytes do not depend on it."""
+    its parts when the stage has `parallel_parts`; the folder's bytes do not depend on it.
+    `executor` (pipeline/executor.py, a cluster): the parts of a `remote_parts` stage run there as
+    jobs, one per part, and write into this folder's temporary directory (a shared filesystem)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     files = input_files(stage, inputs)
@@ -459,11 +521,22 @@ def run_stage(
         if stats:  # a stage with a first pass (hashing, model training): its share of the wall time
             folder.timings["prepare_wall_time_s"] = time.perf_counter() - started
         total_counts, total_counters = DocumentCounts(), dict(stage.counters)
-        runner = _PartRunner(stage, folder, files)
-        part_workers = workers if stage.parallel_parts else 1
-        for index, (counts, counters) in enumerate(_map_forked(runner, "write_part", list(range(len(files))), part_workers)):
-            if part_workers > 1 and len(files) > 1:
-                folder.register_part(index)  # written by a worker: record it in the parent
+        if executor is not None and stage.parallel_parts and stage.remote_parts:
+            jobs = [PartJob(stage.name, type(stage).__module__, config, {k: str(v) for k, v in stage.refs.items()}, str(stage.artifacts),
+                            str(folder.tmp), tuple(str(f) for f in files), index, stage.worker_state())
+                    for index in range(len(files))]
+            results = ((counts, counters, who) for counts, counters, who in executor.map(run_part_job, jobs))
+        else:
+            runner = _PartRunner(stage, folder, files)
+            part_workers = workers if stage.parallel_parts else 1
+            forked = part_workers > 1 and len(files) > 1
+            results = ((counts, counters, "forked" if forked else "local")
+                       for counts, counters in _map_forked(runner, "write_part", list(range(len(files))), part_workers))
+        for index, (counts, counters, who) in enumerate(results):
+            if who != "local":
+                folder.register_part(index)  # written by another process: record it here
+            if who not in ("local", "forked"):
+                folder.part_workers[who] = folder.part_workers.get(who, 0) + 1
             total_counts.add(counts)
             _add_counters(total_counters, counters)
             if progress:

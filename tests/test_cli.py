@@ -92,14 +92,14 @@ def test_rerun_refuses_a_folder_that_is_not_a_build_and_an_unknown_stage(tmp_pat
 
 
 def test_build_runs_on_one_cluster_dask_or_ray_not_both(tmp_path):
-    from flows.corpus import task_runner_for
+    from pipeline.executor import executor_for
 
     result = runner.invoke(app, ["build", "--spec", "demo", "--out", str(tmp_path / "build"),
                                  "--dask", "tcp://127.0.0.1:8786", "--ray", "auto"])
     assert result.exit_code == 2 and "--dask and --ray are mutually exclusive" in result.output
     assert not (tmp_path / "build").exists()
     with pytest.raises(ValueError, match="a Dask address and a Ray address"):
-        task_runner_for(dask_address="tcp://127.0.0.1:8786", ray_address="auto")
+        executor_for(dask_address="tcp://127.0.0.1:8786", ray_address="auto")
 
 
 def test_stages_marks_the_stages_whose_parts_run_in_parallel():
@@ -107,6 +107,7 @@ def test_stages_marks_the_stages_whose_parts_run_in_parallel():
     lines = {line.split()[0]: line for line in result.output.strip().splitlines()}
     assert "parts||" in lines["cc_langid"] and "parts||" in lines["cc_line_dedup"]
     assert "parts||" not in lines["c4_quality"]  # its span dedup carries state from part to part
+    assert "cluster" in lines["cc_perplexity"] and "cluster" not in lines["cc_line_dedup"]
 
 
 def test_publish_uploads_a_build_and_refuses_a_folder_that_is_not_one(tmp_path, s3_bucket):

@@ -239,28 +239,45 @@ def _build_files(build: Path) -> dict[str, bytes]:
 
 def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, tiny_spec, tmp_path, monkeypatch):
     from distributed import LocalCluster
-    from prefect.settings import PREFECT_API_URL
 
     from flows.corpus import build_corpus
 
     out, _ = recipe_run
-    # Dask's worker processes report their task runs to the same Prefect server as this process.
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     started = datetime.now(timezone.utc)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        # workers=1: Dask's worker processes are daemons, which may not fork (the local build used 2).
-        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"), workers=1,
+        # The spec's 2 processes per stage: the parts go to the cluster as jobs, and a stage that runs
+        # whole on a Dask worker (a daemon process, which may not fork) gets one process there.
+        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"),
                      dask_address=cluster.scheduler_address)
     local, on_dask = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_dask) and len(local) > 50
     assert [name for name in local if local[name] != on_dask[name]] == []
+    _assert_parts_ran_on_the_cluster(tmp_path / "build", tiny_spec)
     # On a cluster the independent sources run at the same time (wikipedia still before cc).
     runs = _source_runs_since(started)
     assert len(runs) == 7
     assert any(a[1] < b[2] and b[1] < a[2] for a in runs for b in runs if a is not b), runs
     times = {name: (start, end) for name, start, end in runs}
     assert times["source-wikipedia"][1] <= times["source-cc"][0]
+
+
+def _assert_parts_ran_on_the_cluster(build: Path, spec_path: Path) -> None:
+    """Every stage whose parts can leave this machine had each part written by a cluster worker."""
+    import os
+
+    from pipeline.documents import read_timing
+    from pipeline.stage import get_stage
+
+    spec = load_spec(spec_path)
+    remote = [name for source in spec.sources.values() for name in source.stages
+              if get_stage(name).parallel_parts and get_stage(name).remote_parts]
+    assert {"cc_ingest", "cc_langid", "cc_perplexity", "cc_wikiref"} <= set(remote)
+    for name in remote:
+        folder = build / "stages" / name
+        placed = read_timing(folder)["part_workers"]
+        assert sum(placed.values()) == len(read_manifest(folder)["outputs"]), (name, placed)
+        assert not any(who.startswith(f"{os.getpid()}@") for who in placed), (name, placed)
 
 
 def _source_runs_since(started) -> list[tuple[str, object, object]]:
@@ -337,8 +354,8 @@ def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny
     # import, hence the setattr for this process), and its dashboard process asks cloud metadata
     # endpoints (169.254.169.254, metadata.google.internal) who hosts it and tells usage-stats.ray.io
     # that usage stats are off: a proxy on a closed local port answers all of them (no DNS lookup
-    # either). The cluster is not given PREFECT_API_URL: Prefect sends its settings (this test's
-    # server) with each task, which the task-run count below checks.
+    # either). The cluster is not given PREFECT_API_URL: its workers run plain part jobs and never
+    # talk to Prefect; the stage tasks run in this process and report here (checked below).
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
@@ -375,6 +392,7 @@ def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny
     local, on_ray = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_ray) and len(local) > 50
     assert [name for name in local if local[name] != on_ray[name]] == []
+    _assert_parts_ran_on_the_cluster(tmp_path / "build", tiny_spec)
     runs = _source_runs_since(started)
     assert len(runs) == 7 and any(a[1] < b[2] and b[1] < a[2] for a in runs for b in runs if a is not b), runs
 
@@ -386,5 +404,5 @@ def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny
                 name=TaskRunFilterName(any_=stages), start_time=TaskRunFilterStartTime(after_=started)))
             return sorted(r.name for r in runs if r.state and r.state.is_completed())
 
-    # Each stage's task run, run by a Ray worker, reached this test's Prefect server.
+    # Each stage's task run reached this test's Prefect server.
     assert asyncio.run(reported()) == sorted(stages)

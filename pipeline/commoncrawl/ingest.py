@@ -75,6 +75,7 @@ class CCIngest(Stage):
     Config = IngestConfig
     description = "Common Crawl WET pages -> Documents (cc_net layout, min length 300)"
     parallel_parts = True  # one WET file per part, read on its own
+    remote_parts = True  # nothing prepared: a worker anywhere reads its file
     page_record_type = WarcRecordType.conversion  # the records that are pages; others are skipped
 
     def read(self, path: Path) -> Iterator[Document]:

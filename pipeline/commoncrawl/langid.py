@@ -54,6 +54,7 @@ class CCLangId(Stage):
     Config = LangIdConfig
     description = "fastText lid.176 language id; keep English pages scoring >= 0.5"
     parallel_parts = True
+    remote_parts = True  # each worker loads lid.176 itself (pipeline/resources.py finds it)
 
     def prepare(self, inputs) -> dict[str, Any]:
         lid_model()  # fail early (StageError naming the file) if the model is missing

@@ -164,6 +164,7 @@ class CCPerplexity(Stage):
     Config = PerplexityConfig
     description = "KenLM 5-gram (Wikipedia) perplexity; head/middle/tail at the 30th/60th percentiles"
     parallel_parts = True
+    remote_parts = True  # a worker loads the models prepare() wrote into the artifacts, with the cutoffs
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -175,6 +176,7 @@ class CCPerplexity(Stage):
         out = self.artifacts or Path(tempfile.mkdtemp(prefix="cc_perplexity-"))
         sp_model, lm = train_perplexity_model(wikipedia_lines(self.refs[WIKIPEDIA], self.config.language), out, self.config)
         self.model = PerplexityModel(sp_model, lm)
+        self._model_files = (str(sp_model), str(lm))
         sample = self._reference_perplexities(inputs)
         if len(sample) == 0:
             raise StageError(f"{self.name}: no scorable {self.config.language} input page to set the cutoffs on")
@@ -188,6 +190,13 @@ class CCPerplexity(Stage):
             "reference_pages": int(len(sample)),
             "sp_vocab_size": self.model.sp.get_piece_size(),
         }
+
+    def worker_state(self) -> dict[str, Any]:
+        return {"model_files": list(self._model_files), "cutoffs": list(self.cutoffs)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model = PerplexityModel(*map(Path, state["model_files"]))
+        self.cutoffs = tuple(state["cutoffs"])
 
     def _reference_perplexities(self, inputs: list[Path]) -> np.ndarray:
         values: list[float] = []

@@ -115,6 +115,7 @@ class CCWikiRef(Stage):
     Config = WikiRefConfig
     description = "fastText classifier: pages Wikipedia cites vs random pages; keep P(wiki) >= 0.25"
     parallel_parts = True
+    remote_parts = True  # a worker loads the classifier prepare() saved in the artifacts
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -199,6 +200,11 @@ class CCWikiRef(Stage):
         return {"cited_urls": len(cited), "cited_pages": cited_pages, "reference_pages": len(reference_texts),
                 "positives": len(positives), "negatives": len(negatives),
                 "train_examples": len(train), "held_out": self._evaluate(held_out)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        import fasttext
+
+        self.model = fasttext.load_model(str(self.artifacts / "wikiref.bin"))
 
     @staticmethod
     def _texts_at(inputs: list[Path], rows: np.ndarray) -> list[str]:
