@@ -181,12 +181,15 @@ def last_start_offset(log: Path) -> int:
     return max(at, 0)
 
 
-def call_api(url: str, path: str, body: dict | None = None, timeout: float = 15.0):
+def call_api(url: str, path: str, body: dict | None = None, timeout: float = 15.0, method: str | None = None):
+    """One request to a Prefect server's REST API: GET, or POST with a JSON body; the JSON answer
+    (None for an empty one, as DELETE gives)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{url}{path}", data=data, headers={"content-type": "application/json"},
-                                     method="GET" if body is None else "POST")
+                                     method=method or ("GET" if body is None else "POST"))
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+        answer = response.read()
+    return json.loads(answer) if answer else None
 
 
 @dataclass

@@ -87,7 +87,8 @@ class RayExecutor(Executor):
                 yield self._ray.get(ref)
         finally:
             for ref in refs:  # a failed stage leaves nothing running behind it
-                self._ray.cancel(ref, force=True) if not _ray_done(self._ray, ref) else None
+                if not _ray_done(self._ray, ref):
+                    self._ray.cancel(ref, force=True)
 
     def close(self) -> None:
         if self._owned and self._ray.is_initialized():

@@ -51,6 +51,21 @@ def s3_bucket(monkeypatch):
 SERVER_LOGS: list[Path] = []
 
 
+def small_demo_spec(folder: Path, name: str) -> Path:
+    """The demo spec (its sources and stages) under another name, with a small vocabulary: a build of
+    `write_samples(..., scale=0.05)` in seconds. Written to folder/<name>.yaml."""
+    import yaml
+
+    from pipeline.spec import SPEC_DIR
+
+    raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
+    raw["name"] = name
+    raw["tokenizer"]["vocab_size"] = 2000
+    spec = Path(folder) / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return spec
+
+
 def free_port() -> int:
     import socket
 

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flows.server import call_api
-from pipeline.spec import SPEC_DIR, load_spec
-from tests.conftest import REPO
+from pipeline.spec import load_spec
+from tests.conftest import REPO, small_demo_spec
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +31,7 @@ def small_build(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("scheduled")
     write_samples(root / "samples", seed=3, scale=0.05)
-    raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
-    raw["name"] = "scheduled-test"
-    raw["tokenizer"]["vocab_size"] = 2000
-    spec = root / "scheduled-test.yaml"
-    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return spec, root / "samples"
+    return small_demo_spec(root, "scheduled-test"), root / "samples"
 
 
 def _deployment(url: str, name: str) -> dict | None:
@@ -97,18 +91,11 @@ def _delete_deployment(url: str, name: str) -> None:
     by one for the rest of the session (each a write that competes for the SQLite database)."""
     deployment = _deployment(url, name)
     if deployment:
-        call_api_delete(url, f"/deployments/{deployment['id']}")
+        call_api(url, f"/deployments/{deployment['id']}", method="DELETE")
         left = call_api(url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
                                                                  "state": {"type": {"any_": ["SCHEDULED"]}}}})
         for run in left:
-            call_api_delete(url, f"/flow_runs/{run['id']}")
-
-
-def call_api_delete(url: str, path: str) -> None:
-    import urllib.request
-
-    with urllib.request.urlopen(urllib.request.Request(f"{url}{path}", method="DELETE"), timeout=30):
-        pass
+            call_api(url, f"/flow_runs/{run['id']}", method="DELETE")
 
 
 def test_a_served_schedule_fires_and_the_build_completes(prefect_server, small_build, tmp_path):

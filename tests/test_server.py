@@ -10,11 +10,10 @@ import sys
 import threading
 
 import pytest
-import yaml
 
 from flows import server
 from flows.server import ServerError, call_api, find_server, last_start_offset, log_errors, point_prefect_at
-from pipeline.spec import SPEC_DIR
+from tests.conftest import small_demo_spec
 
 LOG = """\
 12:00:00.001 | INFO    | uvicorn.error - Application startup complete.
@@ -107,11 +106,7 @@ def test_build_and_rerun_report_to_the_running_server(prefect_server, tmp_path):
     from pipeline.samples import write_samples
 
     write_samples(tmp_path / "samples", seed=4, scale=0.05)
-    raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
-    raw["name"] = "server-test"
-    raw["tokenizer"]["vocab_size"] = 2000
-    spec = tmp_path / "server-test.yaml"
-    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = small_demo_spec(tmp_path, "server-test")
     env = os.environ | {"PREFECT_API_URL": prefect_server}
 
     def flow_runs() -> list[dict]:

@@ -7,38 +7,22 @@ Skips, saying why, where chromium is not installed (`make setup` installs it wit
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline.spec import SPEC_DIR, load_spec
-from tests.conftest import SERVER_LOGS
+from flows.server import call_api
+from pipeline.spec import load_spec
+from tests.conftest import SERVER_LOGS, free_port, small_demo_spec
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +34,11 @@ def finished_build(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ui")
     home = root / "prefect"
-    url = ensure_server(home, port=_free_port(), use_it=False)
+    url = ensure_server(home, port=free_port(), use_it=False)
     SERVER_LOGS.append(home / "server.log")  # its errors fail the test too (tests/conftest.py)
     try:
         write_samples(root / "samples", seed=2, scale=0.05)
-        raw = yaml.safe_load((SPEC_DIR / "demo.yaml").read_text())
-        raw["name"] = "ui-test"
-        raw["tokenizer"]["vocab_size"] = 2000
-        spec = root / "ui-test.yaml"
-        spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+        spec = small_demo_spec(root, "ui-test")
         env = os.environ | {"PREFECT_API_URL": url}
         done = subprocess.run([sys.executable, "-m", "flows.cli", "build", "--spec", str(spec), "--inputs",
                                str(root / "samples"), "--out", str(root / "build")],
@@ -74,7 +54,7 @@ def test_the_ui_shows_every_stage_task_run_and_its_table(finished_build):
 
     api, spec = finished_build
     ui = api.removesuffix("/api")
-    runs = {run["name"]: run["id"] for run in _post(f"{api}/flow_runs/filter", {"limit": 50})}
+    runs = {run["name"]: run["id"] for run in call_api(api, "/flow_runs/filter", {"limit": 50})}
     build_run = next(run_id for name, run_id in runs.items() if name.startswith("build-corpus-"))
     requests: list[str] = []
     with sync_playwright() as playwright:
