@@ -203,6 +203,39 @@ def test_doc_dedup_keeps_the_first_copy_across_parts(tmp_path):
     assert manifest["stats"]["duplicate_documents"] == 2 and manifest["stats"]["unique_documents"] == 3
 
 
+def test_doc_dedup_gives_the_same_bytes_whatever_the_partition_and_worker_count(tmp_path):
+    """Partitioned passes (digests per part, first copies per partition, ids, filter) against a
+    brute-force oracle: the first occurrence in (part, row) order keeps, later copies name it."""
+    rng = random.Random(7)
+    # Letters, not digits: the dedup key maps every digit to 0.
+    names = ["".join(chr(97 + int(d)) for d in str(i * 7919)) for i in range(40)]
+    texts = [f"Page {name}\nwith its own words, {name}." for name in names]
+    parts, oracle_first = [], {}
+    for p in range(5):
+        docs = []
+        for r in range(rng.randint(0, 30)):  # part sizes 0..30, copies within and across parts
+            text = rng.choice(texts)
+            doc_id = f"cc/p{p}r{r}"
+            docs.append(cc_doc(doc_id.removeprefix("cc/"), text))
+            oracle_first.setdefault(text, doc_id)
+        parts.append(write_part(tmp_path / f"p{p}.parquet", docs))
+    folders = []
+    for partitions, workers in ((1, 1), (3, 1), (7, 2), (64, 2)):
+        stage = CCDocDedup()
+        stage.partitions = partitions
+        out = tmp_path / f"dedup-{partitions}-{workers}"
+        manifest = run_stage(stage, parts, out, workers=workers)
+        assert_reconciles(manifest)
+        assert not (out / "artifacts").exists()  # the exchange files are not output
+        folders.append({str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*"))
+                        if f.is_file() and f.name != "timing.json"})
+    assert all(folder == folders[0] for folder in folders[1:])
+    kept = {d.id for d in docs_of(tmp_path / "dedup-3-1")}
+    assert kept == set(oracle_first.values())
+    for doc in docs_of(tmp_path / "dedup-3-1", rejected=True):
+        assert doc.reason == "duplicate_document" and doc.meta["duplicate_of"] == oracle_first[doc.text]
+
+
 # ---------------------------------------------------------------------------------------------
 # cc_line_dedup
 

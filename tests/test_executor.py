@@ -62,9 +62,9 @@ def test_a_stage_whose_parts_cannot_leave_runs_whole_as_one_job(dask, cc_inputs,
 
     _, executor = dask
     run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
-    assert not get_stage("cc_doc_dedup").remote_parts
-    run_stage(get_stage("cc_doc_dedup")(), [tmp_path / "ingest"], tmp_path / "local")
-    manifest = executor.call(run_stage_job, "cc_doc_dedup", {}, {}, [str(tmp_path / "ingest")], str(tmp_path / "dask"))
+    assert not get_stage("cc_line_dedup").remote_parts
+    run_stage(get_stage("cc_line_dedup")(), [tmp_path / "ingest"], tmp_path / "local")
+    manifest = executor.call(run_stage_job, "cc_line_dedup", {}, {}, [str(tmp_path / "ingest")], str(tmp_path / "dask"))
     assert manifest["docs_in"] > 0
     assert _folder_bytes(tmp_path / "local") == _folder_bytes(tmp_path / "dask")
 
