@@ -46,6 +46,26 @@ def test_log_errors_groups_each_error_with_its_traceback(tmp_path):
     assert log_errors(tmp_path / "missing.log") == [] and last_start_offset(tmp_path / "missing.log") == 0
 
 
+RETRIED = """\
+14:36:35.177 | ERROR   | prefect.server.services.task_run_recorder - Error flushing 1 events (1 to retry, 0 dropped)
+Traceback (most recent call last):
+sqlite3.OperationalError: database is locked
+14:36:35.300 | ERROR   | prefect.server.services.task_run_recorder - Error flushing 3 events (2 to retry, 1 dropped)
+Traceback (most recent call last):
+sqlite3.OperationalError: database is locked
+14:36:36.000 | INFO    | prefect.server - fine
+"""
+
+
+def test_a_retried_sqlite_lock_is_not_an_error_but_a_dropped_event_is(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text(RETRIED)
+    errors = log_errors(log)
+    assert len(errors) == 1 and "1 dropped" in errors[0]  # something was lost: that is an error
+    everything = log_errors(log, retried_locks=True)
+    assert len(everything) == 2 and server.is_retried_lock(everything[0])
+
+
 @pytest.fixture()
 def answering_server():
     """A real HTTP server on 127.0.0.1 that answers GET /api/health like Prefect's."""
