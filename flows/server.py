@@ -151,16 +151,18 @@ _RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")  # a Prefect log record's firs
 _ERROR = re.compile(r"^(\d\d:\d\d:\d\d\.\d+ \| (ERROR|CRITICAL) |ERROR:|Traceback \(most recent call last\))")
 
 
-# SQLite allows one writer: under concurrent writes Prefect's task-run recorder logs "database is
-# locked" as an ERROR although it retries the batch and says it dropped nothing (Prefect filters the
-# same retryable error out of its API and docket logs, server.log_retryable_errors). Such an entry is
-# a retried write, not a failing service; a dropped event or any other error still counts.
-_RETRIED_LOCK = re.compile(r"Error flushing \d+ events \(\d+ to retry, 0 dropped\)")
+# SQLite allows one writer at a time: under concurrent writes some of Prefect's services log "database
+# is locked" as an ERROR (the task-run recorder, which retries the batch; a worker's heartbeat, which
+# the next heartbeat repeats) although Prefect treats it as retryable and filters it out of its API and
+# docket logs (server.log_retryable_errors). Such an entry is contention, not a failing service, unless
+# it says events were dropped; every other error counts.
+_DROPPED = re.compile(r"\((\d+) to retry, (\d+) dropped\)")
 
 
 def is_retried_lock(entry: str) -> bool:
-    """An error entry that only reports a SQLite write Prefect retried, with nothing dropped."""
-    return bool(_RETRIED_LOCK.search(entry.splitlines()[0])) and "database is locked" in entry
+    """An error entry caused only by a SQLite lock that Prefect retries, with nothing dropped."""
+    dropped = _DROPPED.search(entry.splitlines()[0])
+    return "sqlite3.OperationalError: database is locked" in entry and not (dropped and int(dropped.group(2)))
 
 
 def log_errors(log: Path, since: int = 0, retried_locks: bool = False) -> list[str]:
@@ -248,8 +250,8 @@ class ServerHealth:
         else:
             lines.append(f"log:       {self.log}: {len(self.errors)} error(s) since the server started")
             if self.retried_locks:
-                lines.append(f"           and {self.retried_locks} SQLite write(s) retried after 'database is locked' "
-                             "(nothing lost; many concurrent writers: consider PostgreSQL, `make postgres`)")
+                lines.append(f"           and {self.retried_locks} SQLite lock(s) ('database is locked', retried, nothing "
+                             "lost): many concurrent writers; PostgreSQL (`make postgres`) has none")
             for entry in self.errors[-errors_shown:]:
                 head = entry.splitlines()
                 lines.append("  ! " + head[0][:200] + (f"\n    ... {head[-1][:200]}" if len(head) > 1 else ""))
