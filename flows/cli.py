@@ -28,19 +28,14 @@ def _fail(message: str) -> None:
 def _use_server(ephemeral: bool) -> str:
     """Point Prefect at the one server every command reports to (flows/server.py says which); one
     started here keeps its database and log in runs/prefect, as `llama-recipe ui` does."""
-    prefect_home = RUNS / "prefect"
     if ephemeral:
         return "ephemeral"
-    from flows.server import ServerError, find_server, point_prefect_at, start_server
+    from flows.server import ServerError, use_server
 
     try:
-        url = find_server()
-        if url is None:
-            typer.echo(f"prefect: starting a local server (home {prefect_home}) ...")
-            url = start_server(prefect_home)
+        url = use_server(RUNS / "prefect", on_start=lambda home: typer.echo(f"prefect: starting a local server (home {home}) ..."))
     except ServerError as exc:
         _fail(str(exc))
-    point_prefect_at(url)
     typer.echo(f"prefect: {url}  (UI: {url.removesuffix('/api')})")
     return url
 

@@ -19,11 +19,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -114,21 +114,21 @@ def point_prefect_at(url: str) -> None:
         sys.modules["prefect.context"].refresh_global_settings_context()
 
 
-def use_server(home: Path, port: int = DEFAULT_PORT) -> str:
-    """The rule above: find the server that answers, else start one from `home`; point Prefect at it."""
-    url = find_server(port) or start_server(home, port=port)
+def use_server(home: Path, port: int = DEFAULT_PORT, on_start: Callable[[Path], None] | None = None) -> str:
+    """The rule above: find the server that answers, else start one from `home` (calling
+    `on_start(home)` first: it takes ~20 s); point Prefect at it."""
+    url = find_server(port)
+    if url is None:
+        if on_start:
+            on_start(home)
+        url = start_server(home, port=port)
     point_prefect_at(url)
     return url
 
 
-def ensure_server(home: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, wait_s: float = 90.0,
-                  use_it: bool = True) -> str:
-    """With `use_it`, `use_server`. Without it (tests, campaigns): the server on host:port, started
-    from `home` if it does not answer; nothing in this process is pointed at it."""
-    if use_it:
-        url = find_server(port) or start_server(home, host, port, wait_s)
-        point_prefect_at(url)
-        return url
+def ensure_server(home: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, wait_s: float = 90.0) -> str:
+    """The server on host:port, started from `home` if it does not answer (tests, campaigns: a server
+    of their own); unlike `use_server`, nothing in this process is pointed at it."""
     url = api_url(host, port)
     return url if is_healthy(url) else start_server(home, host, port, wait_s)
 

@@ -115,9 +115,10 @@ def wrong_type(record: dict[str, Any], types: dict[str, type | tuple[type, ...]]
     reader expects, or None: a reader rejects the record as `wrong_type:<field>` rather than let a
     later stage meet, say, a licence given as a list."""
     for name, expected in types.items():
+        expected = expected if isinstance(expected, tuple) else (expected,)
         value = record.get(name)
-        if value is not None and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in
-                                                                      (expected if isinstance(expected, tuple) else (expected,)))):
+        # bool is an int to isinstance: a JSON true where a number is expected is the wrong type too
+        if value is not None and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
             return name
     return None
 

@@ -37,7 +37,6 @@ class Executor:
     """Runs `fn(job)` for each job; yields the results in job order."""
 
     name = "executor"
-    remote = False  # True: jobs run in other processes that rebuild the stage from the job
 
     def map(self, fn: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
         raise NotImplementedError
@@ -66,7 +65,6 @@ class _Call:
 
 class RayExecutor(Executor):
     name = "ray"
-    remote = True
 
     def __init__(self, address: str = "auto"):
         import ray
@@ -102,7 +100,6 @@ def _ray_done(ray: Any, ref: Any) -> bool:
 
 class DaskExecutor(Executor):
     name = "dask"
-    remote = True
 
     def __init__(self, address: str):
         from distributed import Client

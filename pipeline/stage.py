@@ -387,9 +387,8 @@ class _PartRunner:
         the writer."""
         stage = self.stage
         replace = getattr(stage.config, "invalid_text", "reject") == "replace"
-        number = 1
         self.record = "1"
-        for doc in docs:
+        for number, doc in enumerate(docs, 1):
             field = invalid_text_field(doc)
             if field is not None:
                 doc.id, doc.text, doc.meta = without_surrogates(doc.id), without_surrogates(doc.text), without_surrogates(doc.meta)
@@ -398,8 +397,7 @@ class _PartRunner:
                 elif doc.reason is None:
                     doc.reject("invalid_text:surrogate" if field == "text" else f"invalid_text:surrogate:{field}")
             yield doc
-            number += 1
-            self.record = str(number)  # the next one, while the reader reads it
+            self.record = str(number + 1)  # the next one, while the reader reads it
 
     def _write_documents(self, index: int, docs: Iterator[Document], types: dict[str, pa.DataType]) -> None:
         with self.folder.part(index, types) as part:

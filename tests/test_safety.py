@@ -131,7 +131,7 @@ def _started_command(monkeypatch, tmp_path, **kwargs) -> list[str]:
     monkeypatch.setattr(server.subprocess, "Popen", _FakePopen)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     _FakePopen.calls.clear()
-    url = server.ensure_server(tmp_path / "prefect", use_it=False, **kwargs)
+    url = server.ensure_server(tmp_path / "prefect", **kwargs)
     (cmd,) = _FakePopen.calls
     assert isinstance(cmd, list)  # an argument list, no shell
     return cmd, url

@@ -34,7 +34,7 @@ def finished_build(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ui")
     home = root / "prefect"
-    url = ensure_server(home, port=free_port(), use_it=False)
+    url = ensure_server(home, port=free_port())
     SERVER_LOGS.append(home / "server.log")  # its errors fail the test too (tests/conftest.py)
     try:
         write_samples(root / "samples", seed=2, scale=0.05)
