@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 
 SOURCES = ("cc", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
 BASE_COLUMNS = ("id", "text", "source", "meta")
@@ -251,7 +253,8 @@ class PartWriter:
         """Append rows that are already columns (the judged-batch path of run_stage): no Python
         object per document. `table` has this part's columns, possibly in another order."""
         self._flush()
-        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+        if table.num_rows:  # no empty row group: a part is the same bytes whichever path wrote it
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema))
         self.rows += table.num_rows
 
     def close(self) -> None:
@@ -306,9 +309,12 @@ def config_hash(config: dict[str, Any]) -> str:
 PACKAGE_VERSION = "0.1.0"
 
 
-def code_version_of(module_file: str | Path) -> str:
-    """Package version plus a digest of the module's source: editing a stage changes its identity."""
-    return f"{PACKAGE_VERSION}+{hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:12]}"
+def code_version_of(*module_files: str | Path) -> str:
+    """Package version plus a digest of the modules' sources: editing a stage changes its identity."""
+    digest = hashlib.sha256()
+    for module_file in module_files:
+        digest.update(Path(module_file).read_bytes())
+    return f"{PACKAGE_VERSION}+{digest.hexdigest()[:12]}"
 
 
 def stage_identity(config: dict[str, Any], code_version: str, input_digests: list[str]) -> str:
@@ -379,6 +385,10 @@ def _display_path(path: Path, base: Path) -> str:
         return str(path)
 
 
+def _owner() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -447,7 +457,9 @@ class StageFolder(PartFolder):
         source: str | None = None,
     ):
         self.output = Path(output)
-        super().__init__(stage, self.output.parent / f".{self.output.name}.tmp-{os.getpid()}")
+        # The owner in the name, "<pid>@<host>": on a shared filesystem only the host that made a
+        # leftover can tell whether its process is gone.
+        super().__init__(stage, self.output.parent / f".{self.output.name}.tmp-{_owner()}")
         self.config = config
         self.inputs = [Path(p) for p in inputs]
         self.code_version = code_version
@@ -456,6 +468,7 @@ class StageFolder(PartFolder):
         self.stats: dict[str, Any] = {}
         self.timings: dict[str, float] = {}  # seconds of this run's phases: timing.json, not the manifest
         self.part_workers: dict[str, int] = {}  # "<pid>@<host>" -> parts it wrote (timing.json)
+        self.pass_workers: dict[str, int] = {}  # "<pid>@<host>" -> prepare-pass jobs it ran on a cluster
         self._outputs: list[Path] = []
         self._rejected: list[Path] = []
         self._started = time.time()  # from construction: a first pass before `with` counts too
@@ -472,12 +485,15 @@ class StageFolder(PartFolder):
         return self
 
     def _remove_leftovers(self) -> None:
-        """Delete what a killed run of this stage left beside its folder (`.<name>.tmp-<pid>` being
-        assembled, `.<name>.old-<pid>` being replaced) when that process is gone: never complete, never
-        read, only disk taken. A live process's folders are left alone."""
-        for leftover in self.output.parent.glob(f".{self.output.name}.*-*"):
-            kind, _, pid = leftover.name.rpartition("-")
-            if kind.endswith((".tmp", ".old")) and pid.isdigit() and not _process_alive(int(pid)):
+        """Delete what a killed run of this stage left beside its folder (`.<name>.tmp-<pid>@<host>`
+        being assembled, `.<name>.old-<pid>@<host>` being replaced) when that process is gone: never
+        complete, never read, only disk taken. A live process's folders are left alone, and so are
+        another host's: whether its process is gone only that host can tell."""
+        prefix = f".{self.output.name}."
+        for leftover in self.output.parent.glob(f"{prefix}*-*"):
+            kind, _, owner = leftover.name[len(prefix):].partition("-")
+            pid, _, host = owner.partition("@")
+            if kind in ("tmp", "old") and pid.isdigit() and host in ("", socket.gethostname()) and not _process_alive(int(pid)):
                 shutil.rmtree(leftover, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -575,10 +591,12 @@ class StageFolder(PartFolder):
         timing = {"wall_time_s": round(time.time() - self._started, 3)} | {k: round(v, 3) for k, v in self.timings.items()}
         if self.part_workers:
             timing["part_workers"] = dict(sorted(self.part_workers.items()))
+        if self.pass_workers:
+            timing["pass_workers"] = dict(sorted(self.pass_workers.items()))
         (self.tmp / TIMING).write_text(json.dumps(timing, indent=2) + "\n")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Replace any previous version: move it aside first so the final name is never half-written.
-        old = self.output.parent / f".{self.output.name}.old-{os.getpid()}"
+        old = self.output.parent / f".{self.output.name}.old-{_owner()}"
         if self.output.exists():
             self.output.rename(old)
         self.tmp.rename(self.output)

@@ -150,6 +150,8 @@ class Stage:
             raise StageError(f"{self.name} needs the output of {', '.join(missing)} (pass refs=...)")
         self.artifacts: Path | None = None  # set by run_stage: where prepare() may write models
         self.workers = 1  # set by run_stage: processes available to map_parts and to the parts
+        self.executor: Any = None  # set by run_stage for a remote_parts stage on a cluster (map_parts)
+        self.pass_workers: dict[str, int] = {}  # who ran map_parts' jobs on the cluster (timing.json)
         self.counters: dict[str, Any] = {}  # additive statistics gathered by process(): see tally
 
     def tally(self, key: str, amount: Any = 1) -> None:
@@ -158,9 +160,22 @@ class Stage:
         _add_counters(self.counters, {key: amount})
 
     def map_parts(self, method: str, items: list[Any]) -> Iterator[Any]:
-        """`getattr(self, method)(item)` for each item, in order, in `self.workers` forked processes
-        when there are several (the per-part pass of a prepare(), e.g. hashing every part)."""
+        """`getattr(self, method)(item)` for each item, in order: the per-part and per-partition
+        passes of a prepare() (hashing every part, reducing every partition). On a cluster (run_stage
+        given an executor, a `remote_parts` stage) each call is a job on a worker that rebuilds the
+        stage from `worker_state()`, so what a pass leaves for the next must be files in
+        `self.artifacts`; on this machine, `self.workers` forked processes."""
+        if self.executor is not None and items:
+            jobs = [MethodJob(*self._job_fields(), method=method, item=item) for item in items]
+            for result, who in self.executor.map(run_method_job, jobs):
+                self.pass_workers[who] = self.pass_workers.get(who, 0) + 1
+                yield result
+            return
         yield from _map_forked(self, method, items, self.workers)
+
+    def _job_fields(self) -> tuple[str, str, dict[str, Any], dict[str, str], str, dict[str, Any]]:
+        return (self.name, type(self).__module__, self.config.model_dump(mode="json"),
+                {k: str(v) for k, v in self.refs.items()}, str(self.artifacts), self.worker_state())
 
     # Subclasses implement one of these.
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
@@ -213,9 +228,11 @@ class Stage:
 
     @classmethod
     def code_version(cls) -> str:
-        """Package version plus a digest of the module that defines the stage: a change to the
-        stage's code changes its identity (used for reuse decisions and recorded in the manifest)."""
-        return code_version_of(inspect.getfile(sys.modules[cls.__module__]))
+        """Package version plus a digest of the module that defines the stage (and of the modules of
+        its base classes, e.g. pipeline/exact_dedup.py): a change to the stage's code changes its
+        identity (used for reuse decisions and recorded in the manifest)."""
+        modules = dict.fromkeys(k.__module__ for k in cls.__mro__ if issubclass(k, Stage) and k is not Stage)
+        return code_version_of(*(inspect.getfile(sys.modules[m]) for m in modules))
 
 
 def load_stages() -> dict[str, type[Stage]]:
@@ -439,21 +456,45 @@ def _meta_with(metas: list[str | None], additions: dict[int, dict[str, Any]]) ->
 
 
 @dataclass(frozen=True)
-class PartJob:
-    """One part of a stage as a cluster job: paths and config only (pipeline/executor.py)."""
+class StageJob:
+    """A stage as a cluster job: paths and config only (pipeline/executor.py); a worker rebuilds
+    the stage from it once per process."""
 
     stage: str
     module: str  # where the stage class lives: a worker imports it (a stage outside STAGE_MODULES too)
     config: dict[str, Any]
     refs: dict[str, str]
     artifacts: str
-    tmp: str
-    files: tuple[str, ...]
-    index: int
     state: dict[str, Any]
 
-    def stage_key(self) -> str:
-        return json.dumps([self.stage, self.config, self.refs, self.artifacts, self.state], sort_keys=True, default=str)
+    def rebuild(self) -> Stage:
+        key = json.dumps([self.stage, self.config, self.refs, self.artifacts, self.state], sort_keys=True, default=str)
+        stage = _WORKER_STAGES.get(key)
+        if stage is None:
+            _WORKER_STAGES.clear()  # one stage at a time per process: its models can be large
+            importlib.import_module(self.module)
+            stage = get_stage(self.stage)(self.config, {k: Path(v) for k, v in self.refs.items()})
+            stage.artifacts = Path(self.artifacts)
+            stage.restore(self.state)
+            _WORKER_STAGES[key] = stage
+        return stage
+
+
+@dataclass(frozen=True)
+class PartJob(StageJob):
+    """Write one part of the stage into its folder's temporary directory."""
+
+    tmp: str = ""
+    files: tuple[str, ...] = ()
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class MethodJob(StageJob):
+    """One call of a prepare() pass (`Stage.map_parts`)."""
+
+    method: str = ""
+    item: Any = None
 
 
 _WORKER_STAGES: dict[str, Stage] = {}  # per worker process: a stage is rebuilt once, not per part
@@ -464,18 +505,17 @@ def run_part_job(job: PartJob) -> tuple[DocumentCounts, dict[str, Any], str]:
     return its counts, the stage's counters and who ran it."""
     from pipeline.executor import worker_id
 
-    key = job.stage_key()
-    stage = _WORKER_STAGES.get(key)
-    if stage is None:
-        _WORKER_STAGES.clear()  # one stage at a time per process: its models can be large
-        importlib.import_module(job.module)
-        stage = get_stage(job.stage)(job.config, {k: Path(v) for k, v in job.refs.items()})
-        stage.artifacts = Path(job.artifacts)
-        stage.restore(job.state)
-        _WORKER_STAGES[key] = stage
+    stage = job.rebuild()
     folder = PartFolder(job.stage, Path(job.tmp))
     counts, counters = _PartRunner(stage, folder, [Path(f) for f in job.files]).write_part(job.index)
     return counts, counters, worker_id()
+
+
+def run_method_job(job: MethodJob) -> tuple[Any, str]:
+    """In a worker process: one call of a prepare() pass; its result and who ran it."""
+    from pipeline.executor import worker_id
+
+    return getattr(job.rebuild(), job.method)(job.item), worker_id()
 
 
 def run_stage_job(name: str, config: dict[str, Any], refs: dict[str, str], inputs: list[str], output: str,
@@ -514,14 +554,14 @@ def run_stage(
     ) as folder:
         stage.artifacts = folder.artifacts_dir
         stage.workers = workers
+        stage.executor = executor if executor is not None and stage.remote_parts else None
         started = time.perf_counter()
         stats = stage.prepare(files) or {}
         if stats:  # a stage with a first pass (hashing, model training): its share of the wall time
             folder.timings["prepare_wall_time_s"] = time.perf_counter() - started
         total_counts, total_counters = DocumentCounts(), dict(stage.counters)
         if executor is not None and stage.parallel_parts and stage.remote_parts:
-            jobs = [PartJob(stage.name, type(stage).__module__, config, {k: str(v) for k, v in stage.refs.items()}, str(stage.artifacts),
-                            str(folder.tmp), tuple(str(f) for f in files), index, stage.worker_state())
+            jobs = [PartJob(*stage._job_fields(), tmp=str(folder.tmp), files=tuple(str(f) for f in files), index=index)
                     for index in range(len(files))]
             results = ((counts, counters, who) for counts, counters, who in executor.map(run_part_job, jobs))
         else:
@@ -540,6 +580,7 @@ def run_stage(
             if progress:
                 progress(stage.name, index + 1, len(files))
         folder.counts, stage.counters = total_counts, total_counters
+        folder.pass_workers = dict(stage.pass_workers)
         folder.stats.update(stats)
         folder.stats.update(getattr(stage, "final_stats", lambda: {})())
         if "invalid_text_replaced" in stage.counters:  # a reader with invalid_text: replace

@@ -1,8 +1,9 @@
-"""C4: the allenai/c4 reader and the T5 §2.2 cleaning rules (c4_utils.clean_page) + span dedup."""
+"""C4: the allenai/c4 reader and the T5 §2.2 cleaning rules (c4_utils.clean_page) + its line dedup."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -141,51 +142,103 @@ def test_split_sentences():
 
 
 # ---------------------------------------------------------------------------------------------
-# c4_quality: three-sentence-span dedup (T5 §2.2)
+# c4_quality: cross-page line dedup (c4_utils remove_duplicate_text)
 
 
-def test_repeated_span_kept_only_in_first_document(tmp_path):
+def url_doc(doc_id: str, url: str, lines: list[str]) -> Document:
+    return Document(id=doc_id, text="\n".join(lines), source="c4", meta={"url": url})
+
+
+def by_md5(*urls: str) -> list[str]:
+    """The URLs in the order c4_utils ranks them for owning a line: smallest md5 hex first."""
+    return sorted(urls, key=lambda u: hashlib.md5(u.encode()).hexdigest())
+
+
+def test_a_repeated_line_is_kept_only_by_the_page_with_the_smallest_url_md5(tmp_path):
+    owner, other, third = by_md5("http://a.example/", "http://b.example/", "http://c.example/")
     shared = ["Shared sentence alpha is here.", "Shared sentence beta is here.", "Shared sentence gamma is here."]
-    first = doc("c4/a/1", prose("first") + shared)
-    second = doc("c4/b/1", shared + prose("second"))
-    mostly_copy = doc("c4/b/2", shared + ["Only one new line is here.", "And a second new line."])
-    # first sits in part 1 at row 0; the copies are in part 0 at later rows -> part order decides
-    write_documents(tmp_path / "p0.parquet", [doc("c4/z/0", prose("zero"))])
-    write_documents(tmp_path / "p1.parquet", [first, second, mostly_copy])
+    # The owner sits in the last part, after the others: part order does not decide, the URL does.
+    write_documents(tmp_path / "p0.parquet", [url_doc("c4/b", other, shared + prose("second")),
+                                              url_doc("c4/c", third, shared + ["Only one new line is here.", "And a second new line."])])
+    write_documents(tmp_path / "p1.parquet", [url_doc("c4/a", owner, prose("first") + shared)])
     manifest = run_stage(C4Quality(), [tmp_path / "p0.parquet", tmp_path / "p1.parquet"], tmp_path / "out")
     kept, rejected = all_docs(tmp_path / "out")
     by_id = {d.id: d for d in kept}
-    assert all(s in by_id["c4/a/1"].text for s in shared)
-    assert not any(s in by_id["c4/b/1"].text for s in shared)
-    assert by_id["c4/b/1"].text.splitlines() == prose("second")
-    assert [(d.id, d.reason) for d in rejected] == [("c4/b/2", "duplicate_spans")]
-    assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"] == 4
-    assert manifest["stats"]["span_dedup_sentences_removed"] == 6
+    assert by_id["c4/a"].text.splitlines() == prose("first") + shared
+    assert by_id["c4/b"].text.splitlines() == prose("second")
+    # c4/c is left with two sentences (< 5): c4_utils re-counts sentences after its dedup
+    assert [(d.id, d.reason) for d in rejected] == [("c4/c", "duplicate_lines")]
+    assert rejected[0].text.splitlines() == shared + ["Only one new line is here.", "And a second new line."]
+    assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"] == 3
+    assert manifest["stats"]["lines_removed_owned_elsewhere"] == 6
+    assert manifest["stats"]["lines_owned_by_another_page"] == 6
 
 
-def test_span_repeated_inside_one_document_keeps_first_copy():
-    shared = ["Loop sentence one is here.", "Loop sentence two is here.", "Loop sentence three is here."]
-    out = clean(shared + prose("middle") + shared)
+def test_lines_are_keyed_case_folded_and_a_repeat_inside_a_page_keeps_its_first_copy():
+    loop = ["Loop sentence one is here.", "Loop sentence two is here."]
+    out = clean(loop + prose("middle") + [line.upper() for line in loop])
     assert out.reason is None
-    assert out.text.count("Loop sentence one") == 1
+    assert out.text.splitlines() == loop + prose("middle")
 
 
-def test_rejected_page_claims_no_span():
-    # page b/1 is mostly spans of a/1, so it is rejected; its one new span (a5, fresh 0, fresh 1)
-    # then still belongs to the next page that has it (c/1) instead of vanishing with b/1
+def test_a_page_the_dedup_rejects_still_owns_its_lines():
+    """As in c4_utils, every cleaned page claims its lines before any is dropped: a line owned by a
+    page that the dedup then leaves with too few sentences is gone from every page."""
+    first, second, third = by_md5("http://1.example/", "http://2.example/", "http://3.example/")
     a = prose("alpha", 6)
-    fresh = ["Fresh one is new here.", "Fresh two is new here."]
-    c = [a[5], *fresh, *prose("gamma", 3)]
-    out = C4Quality()([doc("a/1", a), doc("b/1", a + fresh), doc("c/1", c)])
-    assert [d.reason for d in out] == [None, "duplicate_spans", None]
-    assert out[2].text.splitlines() == c
+    middle_only = "A line the middle page owns is here."
+    out = C4Quality()([
+        url_doc("c4/1", first, a),
+        url_doc("c4/2", second, a + [middle_only]),  # loses all of a: one sentence left -> rejected
+        url_doc("c4/3", third, [middle_only, *prose("gamma", 5)]),
+    ])
+    assert [d.reason for d in out] == [None, "duplicate_lines", None]
+    assert out[2].text.splitlines() == prose("gamma", 5)
 
 
-def test_span_dedup_can_be_switched_off():
+def test_line_dedup_can_be_switched_off():
     shared = ["Shared one is a line.", "Shared two is a line.", "Shared three is a line."]
-    stage = C4Quality({"span_dedup": False})
+    stage = C4Quality({"dedup": "none"})
     out = stage([doc("c4/a/1", prose("a") + shared), doc("c4/b/1", prose("b") + shared)])
     assert all(d.reason is None and "Shared two" in d.text for d in out)
+
+
+def test_line_dedup_is_the_reference_rule_whatever_the_partitions_and_workers(tmp_path):
+    """Pages sharing lines at random over 4 parts: the folder is the same bytes for 1, 3 and 64
+    partitions and 1 or 2 workers, and every page equals c4_utils' rule computed directly."""
+    import random
+
+    rng = random.Random(3)
+    pool = [f"Pooled sentence number {i} is shared by pages." for i in range(60)]
+    parts, pages = [], []
+    for part in range(4):
+        docs = [url_doc(f"c4/{part}/{row}", f"http://{rng.randrange(30)}.example/{part}-{row}",
+                        rng.sample(pool, 7) + [f"Own sentence of page {part} {row} is here."]) for row in range(15)]
+        write_documents(tmp_path / f"p{part}.parquet", docs)
+        parts.append(tmp_path / f"p{part}.parquet")
+        pages += [(part, row, d) for row, d in enumerate(docs)]
+    owner: dict[str, tuple] = {}
+    for part, row, d in pages:
+        for line in set(d.text.lower().split("\n")):
+            owner[line] = min(owner.get(line, (hashlib.md5(d.meta["url"].encode()).hexdigest(), part, row)),
+                              (hashlib.md5(d.meta["url"].encode()).hexdigest(), part, row))
+    expected = {}
+    for part, row, d in pages:
+        lines = [x for x in d.text.split("\n") if owner[x.lower()][1:] == (part, row)]
+        expected[d.id] = "\n".join(lines) if len(lines) >= 5 else None
+    folders = []
+    for partitions, workers in ((1, 1), (3, 2), (64, 1)):
+        stage = C4Quality()
+        stage.partitions = partitions
+        run_stage(stage, parts, tmp_path / f"out-{partitions}", workers=workers)
+        folders.append({q.relative_to(tmp_path / f"out-{partitions}").as_posix(): q.read_bytes()
+                        for q in sorted((tmp_path / f"out-{partitions}").rglob("part-*.parquet"))})
+        assert not (tmp_path / f"out-{partitions}" / "artifacts").exists()
+    assert folders[0] == folders[1] == folders[2]
+    kept, rejected = all_docs(tmp_path / "out-3")
+    assert {d.id: d.text for d in kept} == {k: v for k, v in expected.items() if v is not None}
+    assert {d.id for d in rejected} == {k for k, v in expected.items() if v is None}
+    assert 0 < len(rejected) < len(pages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +302,14 @@ def test_ingest_empty_file_and_run_stage_end_to_end(tmp_path):
 # real data
 
 
+def _url_of(row: int) -> str:
+    with gzip.open(REAL_C4, "rt", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i == row:
+                return json.loads(line)["url"]
+    raise IndexError(row)
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_C4.is_file(), reason=f"{REAL_C4} not present (shared real-data samples)")
 def test_real_c4_sample(tmp_path):
@@ -259,14 +320,14 @@ def test_real_c4_sample(tmp_path):
     # perturbed copies of real pages to see every page-level rule fire on real text.
     with gzip.open(REAL_C4, "rt", encoding="utf-8") as fh:
         head = [json.loads(next(fh))["text"] for _ in range(30)]
-    verdicts = C4Quality({"span_dedup": False})([doc(f"h/{i}", [t]) for i, t in enumerate(head)])
+    verdicts = C4Quality({"dedup": "none"})([doc(f"h/{i}", [t]) for i, t in enumerate(head)])
     clean_rows = [i for i, d in enumerate(verdicts) if d.reason is None][:4]
     pages = [head[i] for i in clean_rows]
     extra = [
         pages[0] + "\nThe handler returns {ok: true} to the caller.",
         pages[1] + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.",
         pages[2] + "\nWhat the fuck happened to the bridge?",
-        pages[3],  # an exact copy: every span is owned by the original
+        pages[3],  # an exact copy: every line is owned by one of the two, by md5(url)
     ]
     write_jsonl_gz(raw / "perturbed.json.gz", [json.dumps({"text": t, "url": "x"}) for t in extra])
 
@@ -275,20 +336,22 @@ def test_real_c4_sample(tmp_path):
     quality = run_stage(C4Quality(), [tmp_path / "ingest"], tmp_path / "quality")
     assert quality["docs_in"] == quality["docs_kept"] + quality["docs_rejected"] == 1004
     reasons = quality["rejected_by_reason"]
-    for reason in ("too_few_sentences", "curly_bracket", "lorem_ipsum", "bad_words", "duplicate_spans"):
+    for reason in ("too_few_sentences", "curly_bracket", "lorem_ipsum", "bad_words", "duplicate_lines"):
         assert reasons.get(reason, 0) >= 1, reason
     assert 0.5 < quality["docs_kept"] / quality["docs_in"] < 1.0
     kept, rejected = all_docs(tmp_path / "quality")
     assert not any("{" in d.text or "lorem ipsum" in d.text.lower() or "javascript" in d.text.lower() for d in kept)
     perturbed = {d.id: d.reason for d in rejected if d.id.startswith("c4/perturbed/")}
-    assert perturbed == {
+    copy_owns = hashlib.md5(b"x").hexdigest() < hashlib.md5(_url_of(clean_rows[3]).encode()).hexdigest()
+    assert {k: v for k, v in perturbed.items() if k != "c4/perturbed/4"} == {
         "c4/perturbed/1": "curly_bracket",
         "c4/perturbed/2": "lorem_ipsum",
         "c4/perturbed/3": "bad_words",
-        "c4/perturbed/4": "duplicate_spans",
     }
+    assert perturbed.get("c4/perturbed/4") == (None if copy_owns else "duplicate_lines")
     originals = {f"c4/c4-sample.00000-of-00001/{i + 1}" for i in clean_rows}
-    assert originals <= {d.id for d in kept}
+    kept_ids = {d.id for d in kept}
+    assert originals - kept_ids == ({f"c4/c4-sample.00000-of-00001/{clean_rows[3] + 1}"} if copy_owns else set())
     assert all(d.text.strip() for d in kept)
 
 

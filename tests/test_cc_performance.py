@@ -1,6 +1,7 @@
-"""cc_line_dedup's hash index: compact numpy structures, exact membership (issue 3 item 2).
+"""The CC stages' passes: line dedup's partitioned hash exchange decides as one whole-group index
+would, and the stages' parts in worker processes write the same bytes.
 
-Speed lives in bench/cc_bench.py; these tests check the structure and the in-place merge."""
+Speed and memory live in bench/cc_bench.py and bench/scaling_bench.py."""
 
 from pathlib import Path
 
@@ -10,36 +11,56 @@ from pydoc_data.topics import topics
 from pipeline.commoncrawl.doc_dedup import CCDocDedup
 from pipeline.commoncrawl.ingest import CCIngest
 from pipeline.commoncrawl.langid import CCLangId
-from pipeline.commoncrawl.line_dedup import CCLineDedup, GroupIndex
+from pipeline.commoncrawl.line_dedup import CCLineDedup
 from pipeline.commoncrawl.perplexity import CCPerplexity
 from pipeline.commoncrawl.wikiref import CCWikiRef
 from pipeline.stage import run_stage
 from tests.test_commoncrawl import HELD_TOPICS, TRAIN_TOPICS, gibberish, page, wet_record, wikipedia_stand_in, write_wet_gz
 
 
-def test_group_index_is_a_sorted_uint64_array_with_one_byte_per_hash():
+def _line_dedup_with(partitions: int, workers: int, inputs: list[Path], output: Path, group_size: int = 2) -> dict:
+    stage = CCLineDedup({"group_size": group_size})
+    stage.partitions = partitions
+    return run_stage(stage, inputs, output, workers=workers)
+
+
+def test_line_dedup_partitions_decide_each_hash_as_the_whole_group_would(tmp_path):
+    """The reduce per (group, partition) finds exactly the hashes seen twice in the group (twice in
+    one part, or once in each of two parts), and the folder is the same bytes for 1, 3 and 64
+    partitions and 1 or 2 workers; the exchange files are gone after commit."""
+    from pipeline.documents import Document, write_documents
+
     rng = np.random.default_rng(0)
-    index = GroupIndex()
-    index.CHUNK = 64  # force the chunked in-place merge on a small input
-    parts = [rng.integers(0, 5000, 3000, dtype=np.uint64) for _ in range(4)]
-    for part in parts:
-        index.add(part)
-    everything = np.concatenate(parts)
-    unique, counts = np.unique(everything, return_counts=True)
-    assert index.hashes.dtype == np.uint64 and index.seen_twice.dtype == np.bool_
-    assert index.size == len(unique)
-    assert np.array_equal(index.hashes[: index.size], unique)
-    assert np.array_equal(index.duplicates(), unique[counts >= 2])
-    # 8 bytes per hash + 1 flag byte, x1.25 spare capacity at most: under issue 3's 16 bytes.
-    assert index.peak_bytes <= 16 * index.size
+    vocabulary = [f"line {i} of the shared vocabulary" for i in range(400)]
+    parts = []
+    for part in range(5):
+        docs = [Document(id=f"cc/{part}/{row}", source="cc",
+                         text="\n".join(vocabulary[i] for i in rng.integers(0, 400, 6)) + f"\nunique {part} {row}")
+                for row in range(60)]
+        write_documents(tmp_path / f"in-{part}.parquet", docs)
+        parts.append(tmp_path / f"in-{part}.parquet")
+    folders = {}
+    for partitions, workers in ((1, 1), (3, 2), (64, 1)):
+        out = tmp_path / f"out-{partitions}-{workers}"
+        manifest = _line_dedup_with(partitions, workers, parts, out)
+        folders[(partitions, workers)] = {q.name + q.parent.name: q.read_bytes() for q in sorted(out.rglob("part-*.parquet"))}
+        assert not (out / "artifacts").exists()
+        assert manifest["stats"]["groups"] == 3
+    assert folders[(1, 1)] == folders[(3, 2)] == folders[(64, 1)]
+    # The same decisions from first principles: per group, hashes counted over all its lines.
+    from pipeline.documents import read_documents
+    from pipeline.text import EMPTY_LINE_HASH, dedup_line_hashes
 
-
-def test_group_index_counts_a_hash_seen_once_in_two_parts_as_duplicate():
-    index = GroupIndex()
-    index.add(np.array([5, 7], np.uint64))
-    index.add(np.array([7, 9, 9], np.uint64))
-    assert index.duplicates().tolist() == [7, 9]
-    assert index.hashes[: index.size].tolist() == [5, 7, 9]
+    kept = {d.id: d.text for q in sorted((tmp_path / "out-3-2" / "kept").glob("*.parquet")) for d in read_documents(q)}
+    for group in ((0, 1), (2, 3), (4,)):
+        docs = [d for part in group for d in read_documents(parts[part])]
+        hashes = np.concatenate([dedup_line_hashes(d.text) for d in docs])
+        unique, counts = np.unique(hashes[hashes != EMPTY_LINE_HASH], return_counts=True)
+        duplicated = set(unique[counts >= 2].tolist())
+        for doc in docs:
+            expected = "\n".join(line for line, h in zip(doc.text.split("\n"), dedup_line_hashes(doc.text).tolist())
+                                 if h not in duplicated and h != EMPTY_LINE_HASH)
+            assert kept.get(doc.id, "") == expected
 
 
 # ---------------------------------------------------------------------------------------------

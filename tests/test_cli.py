@@ -106,8 +106,9 @@ def test_stages_marks_the_stages_whose_parts_run_in_parallel():
     result = runner.invoke(app, ["stages"])
     lines = {line.split()[0]: line for line in result.output.strip().splitlines()}
     assert "parts||" in lines["cc_langid"] and "parts||" in lines["cc_line_dedup"]
-    assert "parts||" not in lines["c4_quality"]  # its span dedup carries state from part to part
-    assert "cluster" in lines["cc_perplexity"] and "cluster" not in lines["cc_line_dedup"]
+    assert "parts||" not in lines["github_ingest"]  # its ids are made unique across every part
+    assert "cluster" in lines["cc_perplexity"] and "cluster" in lines["cc_line_dedup"]
+    assert "cluster" not in lines["github_ingest"]  # its ids are made unique across every part
 
 
 def test_publish_uploads_a_build_and_refuses_a_folder_that_is_not_one(tmp_path, s3_bucket):

@@ -180,6 +180,7 @@ def test_extra_inputs_are_part_of_the_identity(tmp_path):
 
 def test_a_killed_runs_leftovers_are_removed_and_a_live_runs_are_not(tmp_path):
     import os
+    import socket
     import subprocess
 
     finished = subprocess.Popen(["true"])
@@ -192,8 +193,12 @@ def test_a_killed_runs_leftovers_are_removed_and_a_live_runs_are_not(tmp_path):
     live.mkdir()
     other = tmp_path / f".t.tmp-{finished.pid}"  # another stage's leftover is not this stage's to remove
     other.mkdir()
+    here = tmp_path / f".s.tmp-{finished.pid}@{socket.gethostname()}"  # today's names carry the host
+    here.mkdir()
+    elsewhere = tmp_path / f".s.tmp-{finished.pid}@another-host"  # its pid says nothing on this host
+    elsewhere.mkdir()
     with StageFolder(tmp_path / "s", "s", {}) as folder:
         with folder.part(0, {}) as part:
             part.write(Document(id="a", text="x", source="cc"))
-    assert not dead.exists() and not old.exists()
-    assert live.exists() and other.exists() and (tmp_path / "s" / "manifest.json").exists()
+    assert not dead.exists() and not old.exists() and not here.exists()
+    assert live.exists() and other.exists() and elsewhere.exists() and (tmp_path / "s" / "manifest.json").exists()

@@ -57,16 +57,68 @@ def test_parts_run_on_the_cluster_workers_and_write_the_local_bytes(dask, cc_inp
         assert all(not who.startswith(f"{os.getpid()}@") for who in placed)  # not this process
 
 
-def test_a_stage_whose_parts_cannot_leave_runs_whole_as_one_job(dask, cc_inputs, tmp_path):
+def test_a_stage_whose_parts_cannot_leave_runs_whole_as_one_job(dask, samples, tmp_path):
     from pipeline.stage import run_stage_job
 
     _, executor = dask
-    run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
-    assert not get_stage("cc_line_dedup").remote_parts
-    run_stage(get_stage("cc_line_dedup")(), [tmp_path / "ingest"], tmp_path / "local")
-    manifest = executor.call(run_stage_job, "cc_line_dedup", {}, {}, [str(tmp_path / "ingest")], str(tmp_path / "dask"))
+    assert not get_stage("github_ingest").remote_parts  # its ids are made unique across all parts
+    run_stage(get_stage("github_ingest")(), [samples / "github"], tmp_path / "local")
+    manifest = executor.call(run_stage_job, "github_ingest", {}, {}, [str(samples / "github")], str(tmp_path / "dask"))
     assert manifest["docs_in"] > 0
     assert _folder_bytes(tmp_path / "local") == _folder_bytes(tmp_path / "dask")
+
+
+@pytest.mark.parametrize("name", ["cc_line_dedup", "cc_doc_dedup"])
+def test_a_dedup_runs_every_pass_on_the_workers_with_the_local_bytes(dask, cc_inputs, tmp_path, name):
+    """The hashing, reduce and filter passes are all cluster jobs, exchanging files in the stage's
+    artifacts folder; the folder is the local one byte for byte (whatever the partition count)."""
+    _, executor = dask
+    run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
+    run_stage(get_stage(name)(), [tmp_path / "ingest"], tmp_path / "local", workers=2)
+    on_dask = get_stage(name)()
+    on_dask.partitions = 5
+    run_stage(on_dask, [tmp_path / "ingest"], tmp_path / "dask", executor=executor)
+    assert _folder_bytes(tmp_path / "local") == _folder_bytes(tmp_path / "dask")
+    timing = read_timing(tmp_path / "dask")
+    # pass 1 per part, pass 2 per partition (and doc dedup's kept-id pass per part)
+    assert sum(timing["pass_workers"].values()) >= len(cc_inputs) + 5
+    assert all(not who.startswith(f"{os.getpid()}@") for who in timing["pass_workers"] | timing["part_workers"])
+    assert not (tmp_path / "dask" / "artifacts").exists()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("all-samples")
+    write_samples(folder, seed=5, scale=0.05)
+    return folder
+
+
+# Each source's chain: (stage, input) with "<stage>" meaning that stage's output folder.
+SOURCE_CHAINS = {
+    "books": [("books_ingest", "books"), ("books_dedup", "<books_ingest>")],
+    "wikipedia": [("wikipedia_ingest", "wikipedia"), ("wikipedia_clean", "<wikipedia_ingest>")],
+    "github": [("github_ingest", "github"), ("github_filter", "<github_ingest>"), ("github_dedup", "<github_filter>")],
+    "arxiv": [("arxiv_ingest", "arxiv"), ("arxiv_clean", "<arxiv_ingest>")],
+    "stackexchange": [("stackexchange_ingest", "stackexchange")],
+    "c4": [("c4_ingest", "c4"), ("c4_quality", "<c4_ingest>")],
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCE_CHAINS))
+def test_the_sources_stages_run_their_parts_on_the_workers(dask, samples, tmp_path, source):
+    """Every stage but github_ingest (its ids are unique across parts) writes its parts, and runs
+    its prepare passes, on the cluster's workers: the local bytes."""
+    _, executor = dask
+    for name, given in SOURCE_CHAINS[source]:
+        inputs = [tmp_path / f"local-{given[1:-1]}"] if given.startswith("<") else [samples / given]
+        run_stage(get_stage(name)(), inputs, tmp_path / f"local-{name}", workers=1)
+        run_stage(get_stage(name)(), inputs, tmp_path / f"dask-{name}", executor=executor)
+        assert _folder_bytes(tmp_path / f"local-{name}") == _folder_bytes(tmp_path / f"dask-{name}"), name
+        if get_stage(name).remote_parts:
+            placed = read_timing(tmp_path / f"dask-{name}")["part_workers"]
+            assert placed and all(not who.startswith(f"{os.getpid()}@") for who in placed), name
+        else:
+            assert name == "github_ingest"
 
 
 class SlowCopy(Stage):
@@ -88,35 +140,58 @@ class SlowCopy(Stage):
         yield from docs
 
 
-def test_a_worker_killed_mid_part_is_retried_on_another_and_the_bytes_are_the_same(dask, cc_inputs, tmp_path):
+def _kill_the_first_worker_that_starts(markers: Path, killed: list[int]) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline and not killed:
+        for marker in markers.iterdir():
+            pid = int(marker.name.rsplit("-", 1)[1])
+            os.kill(pid, signal.SIGKILL)  # the cluster's worker process, in the middle of its part
+            killed.append(pid)
+            break
+        time.sleep(0.05)
+
+
+def _killed_mid_part_and_retried(executor, ingest: Path, tmp_path: Path, parts: int) -> None:
+    """SlowCopy on the cluster while the first worker to start a part is killed with SIGKILL: the
+    part is retried on a live worker and every part is the local bytes."""
     import threading
 
-    _, executor = dask
-    run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
     markers = tmp_path / "markers"
     markers.mkdir()
     config = {"markers": str(markers), "seconds": 3.0}
     killed: list[int] = []
-
-    def kill_the_first_worker_that_starts() -> None:
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            for marker in markers.iterdir():
-                pid = int(marker.name.rsplit("-", 1)[1])
-                os.kill(pid, signal.SIGKILL)  # the Dask worker process, in the middle of its part
-                killed.append(pid)
-                break
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_the_first_worker_that_starts)
+    killer = threading.Thread(target=_kill_the_first_worker_that_starts, args=(markers, killed))
     killer.start()
-    run_stage(SlowCopy(config), [tmp_path / "ingest"], tmp_path / "on-dask", executor=executor)
+    run_stage(SlowCopy(config), [ingest], tmp_path / "on-cluster", executor=executor)
     killer.join()
     assert killed, "no part started"
-    run_stage(SlowCopy(config | {"seconds": 0.0}), [tmp_path / "ingest"], tmp_path / "local")
-    placed = read_timing(tmp_path / "on-dask")["part_workers"]
+    run_stage(SlowCopy(config | {"seconds": 0.0}), [ingest], tmp_path / "local")
+    placed = read_timing(tmp_path / "on-cluster")["part_workers"]
     assert f"{killed[0]}@" not in " ".join(placed)  # every part was finally written by a live worker
-    assert sum(placed.values()) == len(cc_inputs)
-    local, on_dask = _folder_bytes(tmp_path / "local"), _folder_bytes(tmp_path / "on-dask")
+    assert sum(placed.values()) == parts
+    local, on_cluster = _folder_bytes(tmp_path / "local"), _folder_bytes(tmp_path / "on-cluster")
     # The config differs (seconds): so does the manifest; every part is the same bytes.
-    assert {k: v for k, v in local.items() if k != "manifest.json"} == {k: v for k, v in on_dask.items() if k != "manifest.json"}
+    assert {k: v for k, v in local.items() if k != "manifest.json"} == {k: v for k, v in on_cluster.items() if k != "manifest.json"}
+
+
+def test_a_worker_killed_mid_part_is_retried_on_another_and_the_bytes_are_the_same(dask, cc_inputs, tmp_path):
+    _, executor = dask
+    run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
+    _killed_mid_part_and_retried(executor, tmp_path / "ingest", tmp_path, len(cc_inputs))
+
+
+def test_a_ray_worker_killed_mid_part_is_retried_and_the_bytes_are_the_same(cc_inputs, tmp_path, monkeypatch):
+    """The same on a Ray cluster (`ray start --head` on 127.0.0.1): Ray resubmits the task of a dead
+    worker (max_retries), and the dedup passes run there as on Dask."""
+    from pipeline.executor import RayExecutor
+    from tests.clusters import ray_head
+
+    run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
+    with ray_head(tmp_path / "ray-head.log", monkeypatch) as address, RayExecutor(address) as executor:
+        _killed_mid_part_and_retried(executor, tmp_path / "ingest", tmp_path, len(cc_inputs))
+        on_ray = get_stage("cc_line_dedup")()
+        on_ray.partitions = 3
+        run_stage(on_ray, [tmp_path / "ingest"], tmp_path / "dedup-ray", executor=executor)
+    run_stage(get_stage("cc_line_dedup")(), [tmp_path / "ingest"], tmp_path / "dedup-local")
+    assert _folder_bytes(tmp_path / "dedup-local") == _folder_bytes(tmp_path / "dedup-ray")
+    assert sum(read_timing(tmp_path / "dedup-ray")["pass_workers"].values()) >= len(cc_inputs) + 3

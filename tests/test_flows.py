@@ -270,14 +270,17 @@ def _assert_parts_ran_on_the_cluster(build: Path, spec_path: Path) -> None:
     from pipeline.stage import get_stage
 
     spec = load_spec(spec_path)
-    remote = [name for source in spec.sources.values() for name in source.stages
-              if get_stage(name).parallel_parts and get_stage(name).remote_parts]
-    assert {"cc_ingest", "cc_langid", "cc_perplexity", "cc_wikiref"} <= set(remote)
+    stages = [name for source in spec.sources.values() for name in source.stages]
+    remote = [name for name in stages if get_stage(name).parallel_parts and get_stage(name).remote_parts]
+    assert set(stages) - set(remote) == {"github_ingest"}  # its ids are made unique across all parts
     for name in remote:
         folder = build / "stages" / name
-        placed = read_timing(folder)["part_workers"]
+        timing = read_timing(folder)
+        placed = timing["part_workers"]
         assert sum(placed.values()) == len(read_manifest(folder)["outputs"]), (name, placed)
-        assert not any(who.startswith(f"{os.getpid()}@") for who in placed), (name, placed)
+        # the parts and the prepare passes (dedup hashing and reduces, books' sketches) ran there
+        assert not any(who.startswith(f"{os.getpid()}@") for who in placed | timing.get("pass_workers", {})), (name, timing)
+    assert read_timing(build / "stages" / "cc_line_dedup")["pass_workers"]
 
 
 def _source_runs_since(started) -> list[tuple[str, object, object]]:
@@ -324,71 +327,20 @@ def test_a_build_from_an_object_store_writes_the_local_bytes_and_publishes_them(
     assert _build_files(tokens) == _build_files(tmp_path / "build" / "tokens")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny_spec, tmp_path, monkeypatch):
-    import contextlib
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-    import time
-
-    import ray._private.ray_constants as ray_constants
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
 
     from flows.corpus import build_corpus
+    from tests.clusters import ray_head
 
     out, _ = recipe_run
-    # Everything on 127.0.0.1. Ray otherwise gives its node the machine's interface address
-    # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes it take the loopback, as on a laptop; Ray reads it at
-    # import, hence the setattr for this process), and its dashboard process asks cloud metadata
-    # endpoints (169.254.169.254, metadata.google.internal) who hosts it and tells usage-stats.ray.io
-    # that usage stats are off: a proxy on a closed local port answers all of them (no DNS lookup
-    # either). The cluster is not given PREFECT_API_URL: its workers run plain part jobs and never
-    # talk to Prefect; the stage tasks run in this process and report here (checked below).
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    dead_proxy = f"http://127.0.0.1:{_free_port()}"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
-        "http_proxy": dead_proxy, "https_proxy": dead_proxy, "no_proxy": "127.0.0.1,localhost"}
-    ray_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths under it must fit 107 bytes
-    port = _free_port()
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
-               "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", ray_dir,
-               "--dashboard-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
-               "--dashboard-agent-listen-port", str(_free_port())]
-    log = tmp_path / "ray-head.log"
-    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own in this process
-    with log.open("wb") as log_file:
-        head = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while "Ray runtime started" not in log.read_text() and head.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert "Ray runtime started" in log.read_text() and head.poll() is None, log.read_text()
+    # The stage tasks run in this process and report to Prefect here (checked below); the cluster's
+    # workers run plain part jobs and are not given PREFECT_API_URL.
+    with ray_head(tmp_path / "ray-head.log", monkeypatch) as address:
         started = datetime.now(timezone.utc)
         # The spec's 2 processes per stage: Ray's workers are ordinary processes, which may fork.
-        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"), ray_address=f"127.0.0.1:{port}")
-    finally:
-        head.terminate()  # `ray start --block` stops its node's processes on SIGTERM
-        try:
-            head.wait(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)  # anything of its process group still there
-            shutil.rmtree(ray_dir, ignore_errors=True)
-            signal.signal(signal.SIGTERM, sigterm)
+        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"), ray_address=address)
     local, on_ray = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_ray) and len(local) > 50
     assert [name for name in local if local[name] != on_ray[name]] == []

@@ -201,6 +201,36 @@ def test_duplicate_file_dropped_first_kept_across_parts(tmp_path):
     ]
 
 
+def test_dedup_is_the_same_bytes_whatever_the_partitions_and_workers(tmp_path):
+    """The partitioned passes (pipeline/exact_dedup.py) keep the first copy of each content in part
+    then row order, as one whole-input index would, for 1, 2 and 64 partitions and 1 or 2 workers."""
+    contents = [f"value = {i % 7}\n" for i in range(40)]
+    parts = []
+    for part in range(4):
+        docs = [gh_doc(f"f{part}_{row}.py", contents[(part * 10 + row * 3) % 40], doc_id=f"github/r/{part}/{row}")
+                for row in range(10)]
+        write_documents(tmp_path / f"p{part}.parquet", docs)
+        parts.append(tmp_path / f"p{part}.parquet")
+    expected, first_of = {}, {}
+    for part in range(4):
+        for doc in read_documents(parts[part]):
+            first = first_of.setdefault(doc.text, doc.id)
+            if first != doc.id:
+                expected[doc.id] = first
+    folders = []
+    for partitions, workers in ((1, 1), (2, 2), (64, 1)):
+        stage = GithubDedup()
+        stage.partitions = partitions
+        out = tmp_path / f"out-{partitions}"
+        manifest = run_stage(stage, parts, out, workers=workers)
+        assert manifest["stats"] == {"files": 40, "distinct_contents": 7, "duplicates": 33}
+        folders.append({q.relative_to(out).as_posix(): q.read_bytes() for q in sorted(out.rglob("part-*.parquet"))})
+        assert not (out / "artifacts").exists()  # the exchange files are not output
+    assert folders[0] == folders[1] == folders[2]
+    rejected = {d.id: d.meta["duplicate_of"] for p in rejected_parts(tmp_path / "out-2") for d in read_documents(p)}
+    assert rejected == expected
+
+
 def test_dedup_without_prepare_keeps_first_in_stream():
     out = GithubDedup()([gh_doc("a.py"), gh_doc("b.py"), gh_doc("c.py", "x = 2\n")])
     assert [d.reason for d in out] == [None, "duplicate_file", None]

@@ -12,17 +12,22 @@ of the counts: in cc_net they all share the hash of "" and so always count as du
 A page left with fewer than `min_length_after` characters (default: no line left) is rejected
 "empty_after_line_dedup": cc_net's DuplicatesRemover drops a page when no line is kept.
 
-Memory (issue 3: at most 16 bytes per unique line, never a Python set): while a group is hashed,
-`GroupIndex` holds its unique hashes as one sorted uint64 array plus one byte per hash ("seen
-twice"), grown with spare capacity and merged in place, part after part: ~9-11 bytes per unique
-line (`index_peak_bytes` in the manifest; bench/cc_bench.py reports it per unique line). After a
-group only the hashes seen 2+ times are kept for the filtering pass. The per-line hashes of each
-part computed in `prepare` are spilled to a temporary file (8 bytes per line) and reread in
-`process`, so every line is normalized and hashed once (cc_net writes its hashes to disk too).
+No process holds a group's hashes (issue 13): the stage runs in passes that exchange files in its
+artifacts folder (a filesystem every worker sees), each a job on a cluster or a forked process here.
+  1. per part: the hash of every line (8 bytes per line, kept for pass 3, so each line is normalized
+     and hashed once, as cc_net writes its hashes to disk) and the part's unique hashes with a
+     "seen twice in this part" byte, sorted by (partition, hash), partition = hash % `partitions`;
+  2. per (group, partition): that slice of each of the group's parts, merged: a hash seen twice in
+     one part or in two parts is a duplicate; the sorted duplicates are written;
+  3. per part (the filter): each line's hash looked up in its partition's duplicates (memory-mapped).
+A pass holds one part's lines or about 9 bytes x a group's unique lines / partitions; a hash's fate
+depends only on the hash, so the output is the same bytes whatever the partition or worker count.
+The files are deleted before commit.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,59 +54,13 @@ def page_line_hashes(text: str) -> np.ndarray:
     return hashes[hashes != EMPTY_LINE_HASH]
 
 
-class GroupIndex:
-    """The unique line hashes of one group and whether each was seen twice or more.
+PARTITIONS = 64  # the hashes' split; memory per reduce is 1/PARTITIONS of a group (not in the identity)
 
-    `hashes[:size]` is sorted; `seen_twice[:size]` is one byte per hash. Both arrays have spare
-    capacity (x1.25 growth) so a part's new hashes are merged in place, from the back, a chunk at a
-    time: the merge needs no second copy of the index, which is what keeps the peak near 9-11 bytes
-    per unique line instead of the ~30 of np.unique over a concatenation of every line.
-    """
 
-    CHUNK = 1 << 20  # hashes moved per step of the in-place merge (8 MiB of temporaries)
-
-    def __init__(self) -> None:
-        self.hashes = np.zeros(0, np.uint64)
-        self.seen_twice = np.zeros(0, np.bool_)
-        self.size = 0
-        self.peak_bytes = 0
-
-    def add(self, line_hashes: np.ndarray) -> None:
-        """Add the hashes of one part (blank lines already removed)."""
-        part_unique, counts = np.unique(line_hashes, return_counts=True)
-        current = self.hashes[: self.size]
-        at = np.searchsorted(current, part_unique)
-        known = at < self.size
-        known[known] = current[at[known]] == part_unique[known]
-        self.seen_twice[at[known]] = True  # already in an earlier part of the group
-        new, new_twice = part_unique[~known], counts[~known] >= 2
-        del current, at, known, part_unique, counts  # no view of the index may outlive a resize
-        if len(new):
-            self._merge(new, new_twice)
-        self.peak_bytes = max(self.peak_bytes, self.hashes.nbytes + self.seen_twice.nbytes)
-
-    def _merge(self, new: np.ndarray, new_twice: np.ndarray) -> None:
-        old_size, total = self.size, self.size + len(new)
-        # Final positions of the new hashes (none of them is in the index): computed before any move.
-        new_at = np.searchsorted(self.hashes[:old_size], new) + np.arange(len(new))
-        if total > len(self.hashes):
-            capacity = max(total, int(len(self.hashes) * 1.25))
-            # In-place realloc (mremap for large blocks): no second copy of the index while growing.
-            self.hashes.resize(capacity, refcheck=False)
-            self.seen_twice.resize(capacity, refcheck=False)
-        # Old hash i goes to i + (number of new hashes below it); move chunks from the back so no
-        # position is overwritten before it is read.
-        for end in range(old_size, 0, -self.CHUNK):
-            begin = max(0, end - self.CHUNK)
-            chunk, twice = self.hashes[begin:end].copy(), self.seen_twice[begin:end].copy()
-            to = np.arange(begin, end) + np.searchsorted(new, chunk)
-            self.hashes[to], self.seen_twice[to] = chunk, twice
-        self.hashes[new_at], self.seen_twice[new_at] = new, new_twice
-        self.size = total
-
-    def duplicates(self) -> np.ndarray:
-        """The sorted hashes seen twice or more: all the filtering pass needs."""
-        return self.hashes[: self.size][self.seen_twice[: self.size]].copy()
+def duplicated_hashes(line_hashes: np.ndarray) -> np.ndarray:
+    """The sorted hashes that occur twice or more (blank lines already removed)."""
+    unique, counts = np.unique(line_hashes, return_counts=True)
+    return unique[counts >= 2]
 
 
 class CCLineDedup(Stage):
@@ -109,88 +68,125 @@ class CCLineDedup(Stage):
     source = "cc"
     Config = LineDedupConfig
     description = "cc_net line dedup: lines seen 2+ times in a group of shards are removed everywhere"
-    parallel_parts = True  # pass 2 reads only its part's spilled hashes and its group's duplicates
+    parallel_parts = True  # pass 3 reads only its part's hashes and its group's duplicates
     columns = {"lines_removed": pa.int32()}
+
+    remote_parts = True  # every pass is a job on a cluster: they exchange files in the artifacts folder
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._duplicates_by_group: list[np.ndarray] = []
-        self._spill: tempfile.TemporaryDirectory | None = None
+        self.partitions = PARTITIONS  # a run-time choice like `workers`: the bytes do not depend on it
+        self._root: Path | None = None
         self._inputs: list[Path] = []
-        self._part_lines: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._part_lines: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
-        size = self.config.group_size
-        self._duplicates_by_group = []
-        self._spill = tempfile.TemporaryDirectory(prefix="cc_line_dedup-")
         self._inputs = inputs
-        unique_hashes = peak = 0
-        per_unique = 0.0
-        # Pass 1, per part (in parallel with workers > 1): hash every line, spill the hashes.
-        # Then per group, in part order: merge the parts' hashes into the group's index.
-        for _ in self.map_parts("_hash_part", list(range(len(inputs)))):
-            pass
-        for start in range(0, len(inputs), size):
-            index = GroupIndex()
-            for part in range(start, min(start + size, len(inputs))):
-                hashes = np.load(self._spill_path(part, "hashes"))
-                index.add(hashes[hashes != EMPTY_LINE_HASH])
-            self._duplicates_by_group.append(index.duplicates())
-            unique_hashes += index.size
-            peak = max(peak, index.peak_bytes)
-            per_unique = max(per_unique, index.peak_bytes / max(index.size, 1))
+        self._root = Path(self.artifacts or tempfile.mkdtemp(prefix="cc_line_dedup-")) / "line_dedup"
+        self._root.mkdir(parents=True, exist_ok=True)
+        lines = sum(self.map_parts("_hash_part", list(range(len(inputs)))))
+        groups = range(0, len(inputs), self.config.group_size)
+        reduced = list(self.map_parts("_reduce_partition", [(g // self.config.group_size, p) for g in groups
+                                                             for p in range(self.partitions)]))
         return {
-            "group_size": size,
-            "groups": len(self._duplicates_by_group),
-            "unique_line_hashes": unique_hashes,
-            "duplicated_line_hashes": int(sum(len(d) for d in self._duplicates_by_group)),
-            "index_peak_bytes": int(peak),
-            "index_bytes_per_unique_line": round(per_unique, 2),  # issue 3 goal: <= 16
+            "group_size": self.config.group_size,
+            "groups": len(groups),
+            "lines_hashed": int(lines),
+            "unique_line_hashes": int(sum(unique for unique, _ in reduced)),
+            "duplicated_line_hashes": int(sum(duplicated for _, duplicated in reduced)),
             "hash": "sha1(normalize_for_dedup(line))[:8] as little-endian uint64",
         }
 
-    def _spill_path(self, part: int, kind: str) -> Path:
-        return Path(self._spill.name) / f"{kind}-{part:05d}.npy"
+    def worker_state(self) -> dict[str, Any]:
+        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
 
-    def _hash_part(self, part: int) -> None:
-        """Spill the hashes of every line of every page of a part (blank lines as EMPTY_LINE_HASH)
-        and the number of lines of each page."""
+    def restore(self, state: dict[str, Any]) -> None:
+        self.partitions = state["partitions"]
+        self._inputs = [Path(p) for p in state["inputs"]]
+        self._root = Path(self.artifacts) / "line_dedup"
+
+    def _path(self, kind: str, *index: int) -> Path:
+        return self._root / f"{kind}-{'-'.join(f'{i:05d}' for i in index)}.npy"
+
+    # -- pass 1: every line's hash; the part's unique hashes split by partition
+    def _hash_part(self, part: int) -> int:
         per_doc = [dedup_line_hashes(text) for text in read_texts(self._inputs[part])]
-        lines = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
-        np.save(self._spill_path(part, "hashes"), np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64))
-        np.save(self._spill_path(part, "lines"), lines)
+        hashes = np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)
+        np.save(self._path("hashes", part), hashes)  # blank lines as EMPTY_LINE_HASH, for pass 3
+        np.save(self._path("lines", part), np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc)))
+        del per_doc
+        unique, counts = np.unique(hashes[hashes != EMPTY_LINE_HASH], return_counts=True)
+        partition = unique % np.uint64(self.partitions)
+        order = np.argsort(partition, kind="stable")  # by partition, then hash (unique is sorted)
+        np.save(self._path("unique", part), unique[order])
+        np.save(self._path("twice", part), (counts >= 2)[order])
+        offsets = np.searchsorted(partition[order], np.arange(self.partitions + 1, dtype=np.uint64))
+        np.save(self._path("offsets", part), offsets.astype(np.int64))
+        return int(len(hashes))
+
+    # -- pass 2: the duplicates of one partition of one group
+    def _reduce_partition(self, item: tuple[int, int]) -> tuple[int, int]:
+        group, partition = item
+        size = self.config.group_size
+        hashes, twice = [], []
+        for part in range(group * size, min((group + 1) * size, len(self._inputs))):
+            low, high = np.load(self._path("offsets", part))[partition : partition + 2]
+            hashes.append(np.asarray(np.load(self._path("unique", part), mmap_mode="r")[low:high]))
+            twice.append(np.asarray(np.load(self._path("twice", part), mmap_mode="r")[low:high]))
+        all_hashes, all_twice = np.concatenate(hashes), np.concatenate(twice)
+        del hashes, twice
+        order = np.argsort(all_hashes, kind="stable")
+        all_hashes, all_twice = all_hashes[order], all_twice[order]
+        del order
+        first = np.ones(len(all_hashes), np.bool_)
+        first[1:] = all_hashes[1:] != all_hashes[:-1]
+        starts = np.flatnonzero(first)
+        # A duplicate: in two parts of the group (a group of more than one entry), or twice in one.
+        entries = np.diff(np.r_[starts, len(all_hashes)])
+        twice_in_a_part = np.logical_or.reduceat(all_twice, starts) if len(starts) else np.zeros(0, np.bool_)
+        duplicates = all_hashes[starts][(entries >= 2) | twice_in_a_part]
+        np.save(self._path("duplicates", group, partition), duplicates)
+        return int(len(starts)), int(len(duplicates))
+
+    # -- pass 3 (the parts): each line looked up in its partition's duplicates
+    def _lines_of(self, part: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The part's line hashes, lines per page, each page's first line and which lines are
+        duplicated (computed once per part)."""
+        if self._part_lines is None or self._part_lines[0] != part:
+            hashes, lines = np.load(self._path("hashes", part)), np.load(self._path("lines", part))
+            duplicated = np.zeros(len(hashes), np.bool_)
+            partition = hashes % np.uint64(self.partitions)
+            by_partition = np.argsort(partition, kind="stable")
+            bounds = np.searchsorted(partition[by_partition], np.arange(self.partitions + 1, dtype=np.uint64))
+            del partition
+            group = part // self.config.group_size
+            for p in range(self.partitions):
+                at = by_partition[bounds[p] : bounds[p + 1]]
+                duplicates = np.load(self._path("duplicates", group, p), mmap_mode="r")
+                if len(at) and len(duplicates):
+                    found = np.searchsorted(duplicates, hashes[at]).clip(max=len(duplicates) - 1)
+                    duplicated[at] = np.asarray(duplicates[found]) == hashes[at]
+            self._part_lines = (part, hashes, lines, duplicated)
+        _, hashes, lines, duplicated = self._part_lines
+        return hashes, lines, np.r_[0, np.cumsum(lines)], duplicated
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
-        if not self._duplicates_by_group:  # called directly (tests): the docs are one group
+        if self._root is None:  # called directly (tests): the docs are one group
             docs = list(docs)
             per_doc = [dedup_line_hashes(d.text) for d in docs]
             hashes = np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64)
-            index = GroupIndex()
-            index.add(hashes[hashes != EMPTY_LINE_HASH])
-            self._duplicates_by_group = [index.duplicates()]
-            self._part_lines = (0, hashes, np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc)))
+            duplicates = duplicated_hashes(hashes[hashes != EMPTY_LINE_HASH])
+            duplicated = np.isin(hashes, duplicates)
+            self._part_lines = (0, hashes, np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc)), duplicated)
             part = 0
         yield from super().process(iter(docs), part)
 
-    def _lines_of(self, part: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The part's spilled line hashes, lines per page, and each page's first line."""
-        if self._part_lines is None or self._part_lines[0] != part:
-            self._part_lines = (part, np.load(self._spill_path(part, "hashes")), np.load(self._spill_path(part, "lines")))
-        _, hashes, lines_per_doc = self._part_lines
-        return hashes, lines_per_doc, np.r_[0, np.cumsum(lines_per_doc)]
-
     def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
-        all_hashes, lines_per_doc, starts = self._lines_of(part)
+        all_hashes, lines_per_doc, starts, all_duplicated = self._lines_of(part)
         begin, end = int(starts[first_row]), int(starts[first_row + len(texts)])
         hashes, line_counts = all_hashes[begin:end], lines_per_doc[first_row : first_row + len(texts)]
-        duplicates = self._duplicates_by_group[part // self.config.group_size]
-        # One vectorized lookup for the whole batch, then per page only list slicing.
         blank = hashes == EMPTY_LINE_HASH
-        if len(duplicates):
-            found = np.searchsorted(duplicates, hashes).clip(max=len(duplicates) - 1)
-            duplicated = (duplicates[found] == hashes) & ~blank
-        else:
-            duplicated = np.zeros(len(hashes), np.bool_)
+        duplicated = all_duplicated[begin:end] & ~blank
         keep = (~blank & ~duplicated).tolist()
         removed_per_doc = np.add.reduceat(duplicated, starts[first_row : first_row + len(texts)] - begin) if len(
             hashes) else np.zeros(len(texts), np.int64)
@@ -212,7 +208,6 @@ class CCLineDedup(Stage):
         return Judgement(reasons, {"lines_removed": [int(n) for n in removed_per_doc]}, texts=new_texts)
 
     def final_stats(self) -> dict[str, Any]:
-        if self._spill is not None:
-            self._spill.cleanup()
-            self._spill = None
+        if self._root is not None:  # the exchange files are scaffolding, not output
+            shutil.rmtree(self._root, ignore_errors=True)
         return {key: int(self.counters.get(key, 0)) for key in ("lines_in", "lines_removed", "blank_lines_dropped")}

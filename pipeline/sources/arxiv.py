@@ -211,6 +211,8 @@ class ArxivIngest(Stage):
     """arXiv source archives -> one Document per paper: the flattened LaTeX of its main file."""
 
     name = "arxiv_ingest"
+    parallel_parts = True  # one archive (or folder) per part, read on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "raw"
     raw_patterns = ("*.tar", "*.tar.gz", "*.tgz", "*.gz")
@@ -535,6 +537,8 @@ class ArxivClean(Stage):
     """Flattened LaTeX -> paper body: comments, user macros, preamble and bibliography removed."""
 
     name = "arxiv_clean"
+    parallel_parts = True  # each paper cleaned on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "documents"
     Config = ArxivCleanConfig

@@ -274,6 +274,8 @@ class BooksIngest(Stage):
     """Gutenberg .txt files and Books3 .jsonl.zst shards -> one Document per book."""
 
     name = "books_ingest"
+    parallel_parts = True  # one book file or Books3 shard per part, read on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "raw"
     raw_patterns = ("*.txt", "*.jsonl.zst")
@@ -476,10 +478,15 @@ class BooksDedup(Stage):
     Config = BooksDedupConfig
     description = "Book-level near-dedup: MinHash LSH candidates, exact overlap > 0.9, one book per cluster."
     parallel_parts = True  # process() only reads duplicate_of, which prepare() fills
+    # The sketch pass and the parts are cluster jobs; duplicate_of (one entry per removed book)
+    # travels with them. The LSH index itself is built in one process: 4 x num_perm bytes per book,
+    # ~140 MB for the 270k books of Gutenberg + Books3 (docs/SCALING.md).
+    remote_parts = True
 
     def __init__(self, config=None, refs=None):
         super().__init__(config, refs)
         self.duplicate_of: dict[str, str] = {}  # removed book id -> kept book id
+        self._wanted: list[str] = []  # the books of candidate pairs, while their shingles are read
         self.permutations = MinHash(num_perm=self.config.num_perm, seed=1, scheme="affine32").permutations
 
     def sketch_part(self, path: Path) -> list[tuple[str, int, int, np.ndarray]]:
@@ -490,13 +497,19 @@ class BooksDedup(Stage):
             out.append((doc.id, len(shingles), len(doc.text), minhash_signature(shingles, self.permutations)))
         return out
 
+    def candidate_shingles(self, path: Path) -> dict[str, np.ndarray]:
+        """The shingle sets of the candidate books (`_wanted`) in one part."""
+        wanted = set(self._wanted)
+        return {doc.id: shingle_array(doc.text, self.config.shingle_words)
+                for doc in read_documents(path, columns=["id", "text"]) if doc.id in wanted}
+
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         cfg = self.config
         self.duplicate_of = {}
         sizes: dict[str, int] = {}
         lengths: dict[str, int] = {}
         sketches: dict[str, MinHash] = {}
-        for part in self.map_parts("sketch_part", list(inputs)):
+        for part in self.map_parts("sketch_part", [str(path) for path in inputs]):
             for book_id, size, length, signature in part:
                 if book_id in sizes:
                     raise StageError(f"books_dedup: book id {book_id!r} appears twice in the input")
@@ -514,13 +527,12 @@ class BooksDedup(Stage):
                     candidates.add((min(book_id, other), max(book_id, other)))
 
         # Pass 2: exact overlap of the candidate pairs, on the shingle sets of their books only.
-        wanted = {book_id for pair in candidates for book_id in pair}
+        self._wanted = sorted({book_id for pair in candidates for book_id in pair})
         shingles: dict[str, np.ndarray] = {}
-        if wanted:
-            for path in inputs:
-                for doc in read_documents(path, columns=["id", "text"]):
-                    if doc.id in wanted:
-                        shingles[doc.id] = shingle_array(doc.text, cfg.shingle_words)
+        if self._wanted:
+            for found in self.map_parts("candidate_shingles", [str(path) for path in inputs]):
+                shingles.update(found)
+        self._wanted = []
         clusters = _UnionFind()
         overlaps: list[tuple[str, str, float]] = []
         for a, b in sorted(candidates):
@@ -557,6 +569,12 @@ class BooksDedup(Stage):
             "overlap_definition": "|shingles(a) & shingles(b)| / min(|shingles(a)|, |shingles(b)|)",
             "clusters": report,
         }
+
+    def worker_state(self) -> dict[str, Any]:
+        return {"duplicate_of": self.duplicate_of, "wanted": self._wanted}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.duplicate_of, self._wanted = dict(state["duplicate_of"]), list(state["wanted"])
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
         for doc in docs:

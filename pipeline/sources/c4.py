@@ -5,11 +5,11 @@ language identification steps: the main difference with CCNet is the quality fil
 relies on heuristics such as presence of punctuation marks or the number of words and sentences in a
 webpage". Those heuristics are the T5 paper's §2.2 rules, implemented by tensorflow/datasets
 `c4_utils.clean_page`; `c4_quality` applies them line by line in the same order as that function,
-then the paper's three-sentence-span deduplication.
+then c4_utils' cross-page line deduplication (remove_duplicate_text).
 
 Stages
   c4_ingest   raw *.json(.gz) / *.jsonl(.gz) lines {"text", "url", "timestamp"} -> Documents
-  c4_quality  clean_page line/page rules + "discard all but one of any three-sentence span"
+  c4_quality  clean_page line/page rules + bad words + cross-page line dedup (smallest md5(url) keeps a line)
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ import gzip
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, Literal, NamedTuple
 
-from pipeline.documents import Document, wrong_type
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.documents import Document, write_documents, wrong_type
 from pipeline.sources.ldnoobw import LDNOOBW_EN
 from pipeline.stage import Judgement, ReaderConfig, Stage, StageConfig
 
@@ -134,6 +140,8 @@ class C4Ingest(Stage):
     """
 
     name = "c4_ingest"
+    parallel_parts = True  # one JSON-lines file per part, read on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "raw"
     raw_patterns = ("*.json.gz", "*.json", "*.jsonl.gz", "*.jsonl")
@@ -367,33 +375,60 @@ def _clean_page(
     return _CleanPage(valid_lines, sentences, None)
 
 
-def _span_digest(normalized_sentences: list[str]) -> bytes:
-    return hashlib.blake2b("\n".join(normalized_sentences).encode("utf-8"), digest_size=8).digest()
+def _line_key(line: str) -> bytes:
+    """c4_utils _hash_text(line.strip().lower()): the MD5 of a cleaned line, case folded."""
+    return hashlib.md5(line.strip().lower().encode("utf-8", "surrogatepass")).digest()
+
+
+def _url_key(url: str) -> tuple[int, int]:
+    """md5(url) as two big-endian words: ordering them is ordering c4_utils' hex digests."""
+    digest = hashlib.md5(url.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
+
+
+def _line_words(key: bytes) -> tuple[int, int]:
+    return int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+
+
+PARTITIONS = 64  # the line keys' split; memory per reduce is 1/PARTITIONS of them (not in the identity)
+ORDINAL_BITS = 32  # rows per part < 2**32
+_RECORD_WORDS = 5  # line key (2 words), url key (2 words), ordinal
 
 
 class C4Quality(Stage):
-    """T5 §2.2 cleaning (clean_page + bad words) then three-sentence-span deduplication.
+    """C4's cleaning as its released code does it (tensorflow_datasets c4_utils, the code C4 en was
+    built with): clean_page's line and page rules, the bad-words filter, then remove_duplicate_text.
 
     Rejection reasons: too_few_sentences, lorem_ipsum, curly_bracket, bad_words (clean_page), and
-    duplicate_spans (a page left with fewer than min_num_sentences after span dedup, as c4_utils
-    re-checks the sentence count after its own dedup). Kept pages carry the cleaned text; rejected
-    pages keep their input text for inspection.
+    duplicate_lines (a page left empty or with fewer than min_num_sentences sentences by the line
+    dedup: c4_utils re-counts sentences after it, on the joined text; a page that loses no line but
+    counts too few there is too_few_sentences). Kept pages carry the cleaned text; rejected pages
+    keep their input text for inspection.
 
-    Span dedup: T5 §2.2 "discarded all but one of any three-sentence span occurring more than once
-    in the data set". (The released c4_utils code dedups whole lines instead: remove_duplicate_text.)
-    Spans are hashed over normalized sentences (lower case, white space collapsed). The copy kept is
-    the first in part order, then row order, among the pages that are kept: one streaming pass in
-    that order decides it (a span a page repeats is dropped from the page at its later
-    occurrences; a rejected page claims none of its spans, so their next copy survives). Parts
-    therefore run in order in one process (parallel_parts stays False). The index is a set of 8-byte
-    digests of the kept spans (~70 bytes a span in CPython: ~5 GB for the 70M pages of a C4 shard
-    set of 100 GB; shard the run by URL hash beyond that).
+    Line dedup (c4_utils remove_duplicate_text): every line of every cleaned page is keyed by the MD5
+    of its lower-cased text; of all the pages that hold a line, the one with the smallest MD5 of its
+    URL keeps it and the others lose it; a line repeated inside a page keeps its first copy. (T5 §2.2
+    words it as "discarded all but one of any three-sentence span"; the released code and data dedup
+    whole lines, which is what this does.) Every cleaned page claims its lines, including one the
+    dedup then leaves with too few sentences, as in c4_utils. The owner of a line depends only on the
+    pages that hold it, so the stage runs in partitioned passes exchanging files in its artifacts
+    folder, as cc_line_dedup does, each a job on a cluster or a forked process here:
+      1. per part: clean every page (the cleaned texts go to a scratch Parquet file for pass 3) and
+         write (line key, URL key, ordinal) of each distinct line of each cleaned page, sorted by
+         partition (line key % partitions);
+      2. per partition: the smallest URL key (then ordinal) of each line key owns it; the other
+         (ordinal, line key) pairs are the lines to remove, sorted by ordinal;
+      3. per part (the filter): its pages' cleaned texts minus their lines owned elsewhere.
+    A pass holds one part's pages or 1/partitions of the line records (40 bytes each); the output is
+    the same bytes whatever the partition count, worker count or executor.
     """
 
     name = "c4_quality"
     source = SOURCE
     reads = "documents"
-    description = "T5 C4 line/page heuristics + bad words + three-sentence-span dedup"
+    description = "C4's released cleaning: clean_page line/page rules + bad words + cross-page line dedup"
+    parallel_parts = True  # pass 3 reads only its part's cleaned texts and the lines it loses
+    remote_parts = True  # every pass is a job on a cluster: they exchange files in the artifacts folder
 
     class Config(StageConfig):
         # T5 §2.2: "only retained lines that contained at least 3 words". (c4_utils' code default
@@ -405,73 +440,151 @@ class C4Quality(Stage):
         max_word_length: int = 1000
         # T5 §2.2: the full LDNOOBW English list (pipeline/sources/ldnoobw.py, 403 entries).
         bad_words: list[str] = list(LDNOOBW_EN)
-        # T5 §2.2: "discarded all but one of any three-sentence span occurring more than once".
-        span_dedup: bool = True
-        span_sentences: int = 3
+        # c4_utils remove_duplicate_text: whole lines deduplicated across pages (the page with the
+        # smallest md5(url) keeps a line). "none": no cross-page dedup (pages cleaned one by one).
+        dedup: Literal["lines", "none"] = "lines"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._bad_words = BadWords(self.config.bad_words)
-        self._seen_spans: set[bytes] = set()
+        self.partitions = PARTITIONS  # a run-time choice like `workers`: the bytes do not depend on it
+        self._root: Path | None = None
+        self._inputs: list[Path] = []
+        self._part: tuple[int, list[str | None], list[str | None], dict[int, set[tuple[int, int]]]] | None = None
 
-    def prepare(self, inputs: list[Path]) -> dict:
-        self._seen_spans = set()  # a fresh run: span ownership starts over
-        return {}
+    # -- pass 1: clean every page; the distinct lines of each cleaned page, split by partition
+    def prepare(self, inputs: list[Path]) -> dict[str, Any]:
+        self._inputs = inputs
+        self._root = Path(self.artifacts or tempfile.mkdtemp(prefix="c4_quality-")) / "line_dedup"
+        self._root.mkdir(parents=True, exist_ok=True)
+        lines = sum(self.map_parts("_clean_part", list(range(len(inputs)))))
+        removed = sum(self.map_parts("_reduce_partition", list(range(self.partitions)))) if self.config.dedup == "lines" else 0
+        return {"distinct_lines_of_cleaned_pages": int(lines), "lines_owned_by_another_page": int(removed),
+                "line_key": "md5(line.strip().lower()); owner: smallest md5(url), then part and row order"}
+
+    def worker_state(self) -> dict[str, Any]:
+        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.partitions = state["partitions"]
+        self._inputs = [Path(p) for p in state["inputs"]]
+        self._root = Path(self.artifacts) / "line_dedup"
+
+    def _path(self, kind: str, index: int, suffix: str = ".npy") -> Path:
+        return self._root / f"{kind}-{index:05d}{suffix}"
+
+    def _clean_part(self, part: int) -> int:
+        c = self.config
+        table = pq.read_table(self._inputs[part], columns=["text", "meta"])
+        reasons: list[str | None] = []
+        cleaned: list[str | None] = []
+        records: list[tuple[int, int, int, int, int]] = []
+        base = part << ORDINAL_BITS
+        for row, (text, meta) in enumerate(zip(table["text"].to_pylist(), table["meta"].to_pylist())):
+            page = _clean_page(text, c.min_words_per_line, c.min_num_sentences, c.max_word_length, self._bad_words)
+            reasons.append(page.reason)
+            cleaned.append(None if page.reason else "\n".join(page.lines))
+            if page.reason is None and c.dedup == "lines":
+                url = (json.loads(meta).get("url") if meta else None) or ""
+                u0, u1 = _url_key(str(url))
+                for key in {_line_key(line) for line in page.lines}:
+                    records.append((*_line_words(key), u0, u1, base | row))
+        pq.write_table(pa.table({"reason": pa.array(reasons, pa.string()), "text": pa.array(cleaned, pa.string())}),
+                       self._path("cleaned", part, ".parquet"))
+        if c.dedup == "lines":
+            array = np.array(records, dtype=np.uint64).reshape(-1, _RECORD_WORDS)
+            partition = array[:, 0] % np.uint64(self.partitions)
+            order = np.lexsort((*array.T[::-1], partition))
+            np.save(self._path("lines", part), array[order])
+            np.save(self._path("offsets", part),
+                    np.searchsorted(partition[order], np.arange(self.partitions + 1, dtype=np.uint64)).astype(np.int64))
+        return len(records)
+
+    # -- pass 2: the owner of each line key; the lines every other page loses
+    def _reduce_partition(self, partition: int) -> int:
+        slices = []
+        for part in range(len(self._inputs)):
+            low, high = np.load(self._path("offsets", part))[partition : partition + 2]
+            slices.append(np.asarray(np.load(self._path("lines", part), mmap_mode="r")[low:high]))
+        records = np.concatenate(slices) if slices else np.zeros((0, _RECORD_WORDS), np.uint64)
+        del slices
+        records = records[np.lexsort(records.T[::-1])]  # by line key, then url key, then ordinal
+        owner = np.ones(len(records), dtype=bool)
+        owner[1:] = (records[1:, :2] != records[:-1, :2]).any(axis=1)
+        losers = records[~owner][:, [4, 0, 1]]  # (ordinal, line key)
+        np.save(self._path("removed", partition), losers[np.lexsort(losers.T[::-1])])
+        return int(len(losers))
+
+    # -- pass 3 (the parts)
+    def _part_state(self, part: int) -> tuple[list[str | None], list[str | None], dict[int, set[tuple[int, int]]]]:
+        """The part's clean_page verdicts and cleaned texts, and per row the line keys it loses."""
+        if self._part is None or self._part[0] != part:
+            table = pq.read_table(self._path("cleaned", part, ".parquet"))
+            removed: dict[int, set[tuple[int, int]]] = {}
+            if self.config.dedup == "lines":
+                low, high = part << ORDINAL_BITS, (part + 1) << ORDINAL_BITS
+                for p in range(self.partitions):
+                    losers = np.load(self._path("removed", p), mmap_mode="r")
+                    start, end = np.searchsorted(losers[:, 0], [low, high])
+                    for ordinal, k0, k1 in np.asarray(losers[start:end]).tolist():
+                        removed.setdefault(ordinal - low, set()).add((k0, k1))
+            self._part = (part, table["reason"].to_pylist(), table["text"].to_pylist(), removed)
+        return self._part[1:]
 
     def judge(self, texts: list[str], part: int, first_row: int) -> Judgement:
+        part_reasons, part_cleaned, removed = self._part_state(part)
         reasons: list[str | None] = []
-        cleaned: list[str] = []
-        for text in texts:
-            reason, text = self._clean(text)
+        out: list[str] = []
+        for i, text in enumerate(texts):
+            row = first_row + i
+            reason, cleaned = part_reasons[row], part_cleaned[row]
+            if reason is None and self.config.dedup == "lines":
+                # c4_utils counts the sentences of every deduplicated page again, on the joined text
+                # (which can merge two lines into one sentence): too few after a line was removed is
+                # duplicate_lines, too few with every line still there is too_few_sentences.
+                cleaned, removed_lines = self._dedup_lines(cleaned, removed.get(row, set()))
+                if not cleaned or len(split_sentences(cleaned)) < self.config.min_num_sentences:
+                    reason = "duplicate_lines" if removed_lines else "too_few_sentences"
             reasons.append(reason)
-            cleaned.append(text)
-        return Judgement(reasons, texts=cleaned)
+            out.append(text if reason else cleaned)
+        return Judgement(reasons, texts=out)
 
-    def _clean(self, text: str) -> tuple[str | None, str]:
-        """(reason, text): the cleaned text of a kept page, the input text of a rejected one."""
-        c = self.config
-        page = _clean_page(text, c.min_words_per_line, c.min_num_sentences, c.max_word_length, self._bad_words)
-        if page.reason is not None:
-            return page.reason, text
-        lines = page.lines
-        if c.span_dedup:
-            lines, sentences, new_spans = self._dedup_spans(page)
-            if sentences < c.min_num_sentences:
-                return "duplicate_spans", text
-            self._seen_spans |= new_spans
-        return None, "\n".join(lines)
-
-    def _dedup_spans(self, page: _CleanPage) -> tuple[list[str], int, set[bytes]]:
-        """(lines without the sentences of already-seen spans, sentences left, the page's new span
-        digests), spans hashed over normalized sentences."""
-        n = self.config.span_sentences
-        flat = page.sentences
-        seen = self._seen_spans
-        new: set[bytes] = set()
-        drop: set[int] = set()
-        for i in range(len(flat) - n + 1):
-            digest = _span_digest(flat[i : i + n])
-            if digest in seen or digest in new:
-                drop.update(range(i, i + n))
+    def _dedup_lines(self, cleaned: str, lost: set[tuple[int, int]]) -> tuple[str, int]:
+        """c4_utils _remove_lines_from_text: drop the lines another page owns and the later copies
+        of a line inside the page."""
+        kept, seen = [], set()
+        lines = cleaned.split("\n")
+        for line in lines:
+            words = _line_words(_line_key(line))
+            if words in lost:
+                self.tally("lines_removed_owned_elsewhere")
+            elif words in seen:
+                self.tally("lines_removed_repeated_in_page")
             else:
-                new.add(digest)
-        if not drop:
-            return page.lines, len(flat), new
-        self.tally("span_dedup_pages_touched")
-        self.tally("span_dedup_sentences_removed", len(drop))
-        kept: list[str] = []
-        index = 0
-        for line in page.lines:
-            sentences = split_sentences(line)
-            survivors = [s for k, s in enumerate(sentences, start=index) if k not in drop]
-            index += len(sentences)
-            if survivors:
-                kept.append(" ".join(survivors))
-        return kept, len(flat) - len(drop), new
+                kept.append(line)
+                seen.add(words)
+        if len(kept) != len(lines):
+            self.tally("pages_touched_by_line_dedup")
+        return "\n".join(kept), len(lines) - len(kept)
+
+    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
+        if self._root is not None:
+            yield from super().process(docs, part)
+            return
+        # Called directly (tests): these documents are the whole input, run through the same passes.
+        docs = list(docs)
+        scratch = Path(tempfile.mkdtemp(prefix="c4_quality-"))
+        try:
+            write_documents(scratch / "input.parquet", docs)
+            self.artifacts = scratch
+            self.prepare([scratch / "input.parquet"])
+            yield from super().process(iter(docs), 0)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            self.artifacts = self._root = self._part = None
 
     def final_stats(self) -> dict:
-        return {
-            "span_dedup_pages_touched": self.counters.get("span_dedup_pages_touched", 0),
-            "span_dedup_sentences_removed": self.counters.get("span_dedup_sentences_removed", 0),
-            "distinct_spans_kept": len(self._seen_spans),
-        }
+        if self._root is not None:  # the exchange files are scaffolding, not output
+            shutil.rmtree(self._root, ignore_errors=True)
+        return {key: self.counters.get(key, 0) for key in
+                ("pages_touched_by_line_dedup", "lines_removed_owned_elsewhere", "lines_removed_repeated_in_page")}

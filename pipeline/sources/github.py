@@ -20,7 +20,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.documents import Document, StageError, read_documents, wrong_type
+import numpy as np
+
+from pipeline.documents import Document, StageError, wrong_type
+from pipeline.exact_dedup import FirstCopyDedup
 from pipeline.sources.c4 import read_json_lines
 from pipeline.stage import ReaderConfig, Stage, StageConfig
 
@@ -261,6 +264,8 @@ class GithubFilter(Stage):
     Kept documents carry the stripped text and meta["header_chars_removed"]."""
 
     name = "github_filter"
+    parallel_parts = True  # each file judged on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "documents"
     description = "license, extension and line/character filters; license headers removed"
@@ -341,51 +346,26 @@ def content_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-class GithubDedup(Stage):
+class GithubDedup(FirstCopyDedup):
     """Exact file-level dedup (LLaMA §2 "deduplicate ... at the file level, with exact matches"):
-    sha256 of the document text. prepare() finds, for every digest, its first occurrence across all
-    input parts (part order, then row order); process() keeps that one and rejects the others as
-    "duplicate_file" with meta["duplicate_of"] naming the kept id. Without prepare() (a direct call)
-    the first document seen in the stream is kept. In-memory digest index (skeleton)."""
+    the full sha256 of the document text. The first occurrence across all input parts (part order,
+    then row order) is kept; the others are rejected "duplicate_file" with meta["duplicate_of"]
+    naming the kept id. No process holds every digest: the partitioned passes of
+    pipeline/exact_dedup.py. Without prepare() (a direct call) the first document seen is kept."""
 
     name = "github_dedup"
     source = SOURCE
     reads = "documents"
     description = "exact file-level dedup by sha256 of content"
+    DIGEST_WORDS = 4  # all 256 bits: exact, as the paper says
+    duplicate_reason = "duplicate_file"
 
     class Config(StageConfig):
         pass
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._first: dict[bytes, tuple[int, str]] = {}  # digest -> (ordinal, id) of the kept copy
-        self._prepared = False
-        self._duplicates = 0
+    def digests(self, texts: Iterator[str]) -> np.ndarray:
+        joined = b"".join(content_digest(text) for text in texts)
+        return np.frombuffer(joined, dtype="<u8").reshape(-1, self.DIGEST_WORDS).copy()
 
-    def prepare(self, inputs: list[Path]) -> dict:
-        self._first, self._duplicates = {}, 0  # a fresh run
-        rows = 0
-        for part, path in enumerate(inputs):
-            for row, doc in enumerate(read_documents(path, columns=["id", "text"])):
-                rows += 1
-                self._first.setdefault(content_digest(doc.text), ((part << 32) | row, doc.id))
-        self._prepared = True
-        return {"files": rows, "distinct_contents": len(self._first)}
-
-    def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
-        for row, doc in enumerate(docs):
-            ordinal = (part << 32) | row
-            digest = content_digest(doc.text)
-            if self._prepared:
-                first_ordinal, first_id = self._first[digest]
-            else:
-                first_ordinal, first_id = self._first.setdefault(digest, (ordinal, doc.id))
-            if first_ordinal != ordinal:
-                self._duplicates += 1
-                doc.meta["duplicate_of"] = first_id
-                yield doc.reject("duplicate_file")
-            else:
-                yield doc
-
-    def final_stats(self) -> dict:
-        return {"duplicates": self._duplicates}
+    def dedup_stats(self, texts: int, duplicates: int) -> dict[str, Any]:
+        return {"files": texts, "distinct_contents": texts - duplicates, "duplicates": duplicates}

@@ -126,6 +126,8 @@ class StackExchangeIngest(Stage):
     docstring), so memory holds one question and its answers at a time."""
 
     name = "stackexchange_ingest"
+    parallel_parts = True  # one site's Posts.xml per part: a question and its answers share a file
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "raw"
     raw_patterns = ("Posts.xml",)

@@ -86,6 +86,8 @@ class WikipediaIngest(Stage):
     """MediaWiki XML dump -> one Document per page, raw wikitext (cleaning is wikipedia_clean)."""
 
     name = "wikipedia_ingest"
+    parallel_parts = True  # one dump file per part, read on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "raw"
     raw_patterns = ("*.xml.bz2", "*.xml")
@@ -375,6 +377,8 @@ class WikipediaClean(Stage):
     """Raw wikitext -> plain text; cited URLs saved in meta["ref_urls"]."""
 
     name = "wikipedia_clean"
+    parallel_parts = True  # each page cleaned on its own
+    remote_parts = True  # nothing prepared: a worker anywhere rebuilds it from its config
     source = SOURCE
     reads = "documents"
     columns = {"language": pa.string()}
