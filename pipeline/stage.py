@@ -364,6 +364,20 @@ def _add_counters(total: dict[str, Any], part: dict[str, Any]) -> None:
         total[key] = value if key not in total else total[key] + value
 
 
+def checked_record(stage: Stage, doc: Document) -> bool:
+    """A raw reader's document made writable: a lone surrogate anywhere in it rejects it, or is
+    replaced by U+FFFD per the reader's `invalid_text` (then True: count it)."""
+    field = invalid_text_field(doc)
+    if field is None:
+        return False
+    doc.id, doc.text, doc.meta = without_surrogates(doc.id), without_surrogates(doc.text), without_surrogates(doc.meta)
+    if getattr(stage.config, "invalid_text", "reject") == "replace":
+        return True
+    if doc.reason is None:
+        doc.reject("invalid_text:surrogate" if field == "text" else f"invalid_text:surrogate:{field}")
+    return False
+
+
 class _PartRunner:
     """Writes one part of a stage folder; in a worker process it returns what the parent must add
     to its ledger: the part's document counts and the stage's counters."""
@@ -402,17 +416,10 @@ class _PartRunner:
         """A raw reader's documents, each checked before it is written: a lone surrogate anywhere
         in it rejects it (or is replaced, per the reader's `invalid_text`), so no record can stop
         the writer."""
-        stage = self.stage
-        replace = getattr(stage.config, "invalid_text", "reject") == "replace"
         self.record = "1"
         for number, doc in enumerate(docs, 1):
-            field = invalid_text_field(doc)
-            if field is not None:
-                doc.id, doc.text, doc.meta = without_surrogates(doc.id), without_surrogates(doc.text), without_surrogates(doc.meta)
-                if replace:
-                    stage.tally("invalid_text_replaced")
-                elif doc.reason is None:
-                    doc.reject("invalid_text:surrogate" if field == "text" else f"invalid_text:surrogate:{field}")
+            if checked_record(self.stage, doc):
+                self.stage.tally("invalid_text_replaced")
             yield doc
             self.record = str(number + 1)  # the next one, while the reader reads it
 

@@ -57,11 +57,11 @@ def test_parts_run_on_the_cluster_workers_and_write_the_local_bytes(dask, cc_inp
         assert all(not who.startswith(f"{os.getpid()}@") for who in placed)  # not this process
 
 
-def test_a_stage_whose_parts_cannot_leave_runs_whole_as_one_job(dask, samples, tmp_path):
+def test_a_whole_stage_runs_as_one_job(dask, samples, tmp_path):
+    """run_stage_job: a stage as one cluster job (for a stage class that cannot split its parts)."""
     from pipeline.stage import run_stage_job
 
     _, executor = dask
-    assert not get_stage("github_ingest").remote_parts  # its ids are made unique across all parts
     run_stage(get_stage("github_ingest")(), [samples / "github"], tmp_path / "local")
     manifest = executor.call(run_stage_job, "github_ingest", {}, {}, [str(samples / "github")], str(tmp_path / "dask"))
     assert manifest["docs_in"] > 0
@@ -106,19 +106,17 @@ SOURCE_CHAINS = {
 
 @pytest.mark.parametrize("source", sorted(SOURCE_CHAINS))
 def test_the_sources_stages_run_their_parts_on_the_workers(dask, samples, tmp_path, source):
-    """Every stage but github_ingest (its ids are unique across parts) writes its parts, and runs
-    its prepare passes, on the cluster's workers: the local bytes."""
+    """Every stage writes its parts, and runs its prepare passes, on the cluster's workers: the
+    local bytes."""
     _, executor = dask
     for name, given in SOURCE_CHAINS[source]:
         inputs = [tmp_path / f"local-{given[1:-1]}"] if given.startswith("<") else [samples / given]
         run_stage(get_stage(name)(), inputs, tmp_path / f"local-{name}", workers=1)
         run_stage(get_stage(name)(), inputs, tmp_path / f"dask-{name}", executor=executor)
         assert _folder_bytes(tmp_path / f"local-{name}") == _folder_bytes(tmp_path / f"dask-{name}"), name
-        if get_stage(name).remote_parts:
-            placed = read_timing(tmp_path / f"dask-{name}")["part_workers"]
-            assert placed and all(not who.startswith(f"{os.getpid()}@") for who in placed), name
-        else:
-            assert name == "github_ingest"
+        timing = read_timing(tmp_path / f"dask-{name}")
+        assert timing["part_workers"], name
+        assert not any(who.startswith(f"{os.getpid()}@") for who in timing["part_workers"] | timing.get("pass_workers", {}))
 
 
 class SlowCopy(Stage):

@@ -79,6 +79,30 @@ def test_ingest_rows_ids_meta_and_rejections(tmp_path):
     assert len({d.id for d in docs}) == len(docs)
 
 
+def test_ingest_ids_over_parts_are_those_of_one_reader_in_row_order(tmp_path):
+    """The partitioned id passes (any partition count, 1 or 2 workers) give every row the id one
+    reader going through all the files in order gives: later copies of a repo/path take @blob, then
+    #n; a copy without a blob id takes #n; a rejected row keeps file@line."""
+    rows = [row("src/a.py", id="1" * 40), row("src/a.py", id="2" * 40), row("src/a.py", id=""),
+            row("src/a.py", id="2" * 40), {k: v for k, v in row("src/a.py", id="3" * 40).items() if k != "content"},
+            row("src/b.py")]
+    files = [write_jsonl_gz(tmp_path / f"github_{i:03d}.jsonl.gz", [json.dumps(r) for r in rows[i:] + rows[:i]])
+             for i in range(3)]
+    reader = GithubIngest()
+    expected = [(d.id, d.reason) for f in files for d in reader.read(f)]
+    assert len({i for i, _ in expected}) == len(expected) == 18
+    for partitions, workers in ((1, 1), (3, 2), (64, 1)):
+        stage = GithubIngest()
+        stage.partitions = partitions
+        out = tmp_path / f"out-{partitions}"
+        manifest = run_stage(stage, files, out, workers=workers)
+        assert manifest["stats"]["rows"] == 18
+        got = sorted((d.id, d.reason) for folder in ("kept", "rejected") for q in sorted((out / folder).glob("*.parquet"))
+                     for d in read_documents(q))
+        assert got == sorted(expected)
+        assert not (out / "artifacts").exists()
+
+
 def test_ingest_run_stage_with_empty_file(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.documents import Document, StageError, wrong_type
-from pipeline.exact_dedup import FirstCopyDedup
+from pipeline.documents import Document, PartWriter, StageError, arrow_schema, read_documents, wrong_type
+from pipeline.exact_dedup import ORDINAL_BITS, PARTITIONS, FirstCopyDedup
 from pipeline.sources.c4 import read_json_lines
-from pipeline.stage import ReaderConfig, Stage, StageConfig
+from pipeline.stage import ReaderConfig, Stage, StageConfig, checked_record
 
 SOURCE = "github"
 
@@ -65,14 +67,23 @@ def _language_names(value: Any) -> list[str]:
 
 class GithubIngest(Stage):
     """One Document per exported row. id "github/<repo_name>/<path>"; when the same repo/path comes
-    twice (several refs of one repo in the export), later ones get "@<blob id>" appended (and a
-    counter if even that repeats), so ids stay unique per source. The id set lives in memory for
-    the run (skeleton; fine for the export's scale per shard group).
+    again (several refs of one repo in the export), the later copies (row order over the parts) get
+    "@<blob id>" appended, and a counter ("#2", "#3", ...) if even that repeats or there is no blob
+    id, so ids stay unique per source. A row that cannot be read keeps "github/<file>@<line>".
 
     Rejections: unreadable_record:<why> (see c4.read_json_lines), missing_field:<field>,
-    binary_file (BigQuery's `binary` flag: no text to train on)."""
+    binary_file (BigQuery's `binary` flag: no text to train on).
+
+    Unique ids without one process holding them all: pass 1 (per part) writes the part's documents
+    with the id each wants to a scratch file in the artifacts folder, and (id key, ordinal, blob key)
+    per row split by partition of the id key; pass 2 (per partition) ranks the rows of each wanted
+    id in part and row order and writes each later copy's suffix; pass 3 (the parts) applies them.
+    The ids are those a single pass in row order gives (unless an id the export spells literally
+    equals another's suffixed one, which this does not check)."""
 
     name = "github_ingest"
+    parallel_parts = True  # pass 3 reads its part's scratch documents and their id suffixes
+    remote_parts = True  # every pass is a job on a cluster: they exchange files in the artifacts folder
     source = SOURCE
     reads = "raw"
     raw_patterns = ("*.jsonl.gz", "*.jsonl", "*.json.gz")
@@ -83,25 +94,123 @@ class GithubIngest(Stage):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._ids: set[str] = set()
+        self._ids: set[str] = set()  # read() without prepare() (tests): ids unique per reader
+        self.partitions = PARTITIONS  # a run-time choice like `workers`: the bytes do not depend on it
+        self._root: Path | None = None
+        self._inputs: list[Path] = []
 
     def prepare(self, inputs: list[Path]) -> dict:
-        self._ids = set()  # ids are unique per run of the stage
-        return {}
+        self._inputs = [Path(p) for p in inputs]
+        self._root = Path(self.artifacts or tempfile.mkdtemp(prefix="github_ingest-")) / "ids"
+        self._root.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        for part_rows, replaced in self.map_parts("_scratch_part", list(range(len(inputs)))):
+            rows += part_rows
+            if replaced:
+                self.tally("invalid_text_replaced", replaced)
+        renamed = sum(self.map_parts("_rank_partition", list(range(self.partitions))))
+        return {"rows": int(rows), "ids_suffixed": int(renamed)}
 
+    def worker_state(self) -> dict[str, Any]:
+        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.partitions = state["partitions"]
+        self._inputs = [Path(p) for p in state["inputs"]]
+        self._root = Path(self.artifacts) / "ids"
+
+    def _path(self, kind: str, index: int, suffix: str = ".npy") -> Path:
+        return self._root / f"{kind}-{index:05d}{suffix}"
+
+    # -- pass 1: the part's documents with their wanted ids; (id key, ordinal, blob key) by partition
+    def _scratch_part(self, part: int) -> int:
+        writer = PartWriter(self._path("docs", part, ".parquet"), arrow_schema({}, rejected=True), stage=self.name)
+        records, replaced = [], 0
+        for row, doc in enumerate(self._documents(self._inputs[part], sequential_ids=False)):
+            replaced += checked_record(self, doc)  # before the scratch file: a lone surrogate cannot be written
+            writer.write(doc)
+            # Only a readable file's copies take "@<blob id>" (a rejected row's id is file@line).
+            blob = (doc.meta.get("blob_id") or "") if doc.reason is None else ""
+            records.append((*_key_words(doc.id), (part << ORDINAL_BITS) | row, *_key_words(str(blob))))
+        writer.close()
+        records = np.array(records, dtype=np.uint64).reshape(-1, 5)
+        partition = records[:, 0] % np.uint64(self.partitions)
+        order = np.lexsort((records[:, 2], partition))
+        np.save(self._path("ids", part), records[order])
+        np.save(self._path("offsets", part),
+                np.searchsorted(partition[order], np.arange(self.partitions + 1, dtype=np.uint64)).astype(np.int64))
+        return len(records), replaced
+
+    # -- pass 2: each later copy's suffix: (ordinal, kind, n), kind 1 "@blob" (+ "#n" if n > 1), 2 "#n"
+    def _rank_partition(self, partition: int) -> int:
+        slices = []
+        for part in range(len(self._inputs)):
+            low, high = np.load(self._path("offsets", part))[partition : partition + 2]
+            slices.append(np.asarray(np.load(self._path("ids", part), mmap_mode="r")[low:high]))
+        records = np.concatenate(slices) if slices else np.zeros((0, 5), np.uint64)
+        records = records[np.lexsort((records[:, 2], records[:, 1], records[:, 0]))]  # by id key, then ordinal
+        suffixes: list[tuple[int, int, int]] = []
+        previous = None
+        blob_seen: dict[tuple[int, int], int] = {}
+        plain = 0
+        empty_blob = _key_words("")
+        for k0, k1, ordinal, b0, b1 in records.tolist():
+            if (k0, k1) != previous:  # the first row that wants this id gets it
+                previous, blob_seen, plain = (k0, k1), {}, 0
+                continue
+            if (b0, b1) != empty_blob:
+                blob_seen[(b0, b1)] = blob_seen.get((b0, b1), 0) + 1
+                suffixes.append((ordinal, 1, blob_seen[(b0, b1)]))
+            else:
+                plain += 1
+                suffixes.append((ordinal, 2, plain + 1))
+        found = np.array(sorted(suffixes), dtype=np.uint64).reshape(-1, 3)
+        np.save(self._path("suffixes", partition), found)
+        return len(found)
+
+    # -- pass 3 (the parts): the scratch documents with their final ids
     def read(self, path: Path) -> Iterator[Document]:
         path = Path(path)
+        if self._root is None:  # read directly (tests): ids unique within this reader
+            yield from self._documents(path, sequential_ids=True)
+            return
+        part = self._inputs.index(path)
+        low, high = part << ORDINAL_BITS, (part + 1) << ORDINAL_BITS
+        suffix_of: dict[int, tuple[int, int]] = {}
+        for p in range(self.partitions):
+            found = np.load(self._path("suffixes", p), mmap_mode="r")
+            start, end = np.searchsorted(found[:, 0], [low, high])
+            for ordinal, kind, n in np.asarray(found[start:end]).tolist():
+                suffix_of[ordinal - low] = (kind, n)
+        for row, doc in enumerate(read_documents(self._path("docs", part, ".parquet"))):
+            if row in suffix_of:
+                kind, n = suffix_of[row]
+                if kind == 1:
+                    doc.id = f"{doc.id}@{doc.meta['blob_id']}" + (f"#{n}" if n > 1 else "")
+                else:
+                    doc.id = f"{doc.id}#{n}"
+            yield doc
+
+    def final_stats(self) -> dict[str, Any]:
+        if self._root is not None:  # the exchange files are scaffolding, not output
+            shutil.rmtree(self._root, ignore_errors=True)
+        return {}
+
+    def _documents(self, path: Path, sequential_ids: bool) -> Iterator[Document]:
+        """The file's documents, with unique ids (`sequential_ids`: made unique here, in this
+        reader's order) or with the id each wants (pass 1: made unique by passes 2 and 3)."""
         for item in read_json_lines(path, SOURCE):
             if isinstance(item, Document):
                 yield item
                 continue
             line_number, row = item
-            yield self._document(row, path.name, line_number)
+            yield self._document(row, path.name, line_number, sequential_ids)
 
-    def _document(self, row: dict[str, Any], file_name: str, line_number: int) -> Document:
+    def _document(self, row: dict[str, Any], file_name: str, line_number: int, sequential_ids: bool) -> Document:
+        unique = self._unique if sequential_ids else str
         fallback_id = f"{SOURCE}/{file_name}@{line_number}"
         if bad := wrong_type(row, FIELD_TYPES):
-            return Document(id=self._unique(fallback_id), text="", source=SOURCE,
+            return Document(id=unique(fallback_id), text="", source=SOURCE,
                             meta={"file": file_name, "line": line_number}).reject(f"wrong_type:{bad}")
         blob_id = row.get("id")
         meta = {
@@ -117,17 +226,17 @@ class GithubIngest(Stage):
             "line": line_number,
         }
         if _as_bool(row.get("binary")):
-            return Document(id=self._unique(fallback_id), text="", source=SOURCE, meta=meta, reason="binary_file")
+            return Document(id=unique(fallback_id), text="", source=SOURCE, meta=meta, reason="binary_file")
         for field in REQUIRED_FIELDS:
             value = row.get(field)
             if not isinstance(value, str) or (field != "content" and not value):
-                return Document(id=self._unique(fallback_id), text="", source=SOURCE, meta=meta).reject(
+                return Document(id=unique(fallback_id), text="", source=SOURCE, meta=meta).reject(
                     f"missing_field:{field}"
                 )
         doc_id = f"{SOURCE}/{row['repo_name']}/{row['path']}"
-        if doc_id in self._ids and blob_id:
+        if sequential_ids and doc_id in self._ids and blob_id:
             doc_id = f"{doc_id}@{blob_id}"
-        return Document(id=self._unique(doc_id), text=row["content"], source=SOURCE, meta=meta)
+        return Document(id=unique(doc_id), text=row["content"], source=SOURCE, meta=meta)
 
     def _unique(self, doc_id: str) -> str:
         candidate, n = doc_id, 1
@@ -136,6 +245,12 @@ class GithubIngest(Stage):
             candidate = f"{doc_id}#{n}"
         self._ids.add(candidate)
         return candidate
+
+
+def _key_words(text: str) -> tuple[int, int]:
+    """A 128-bit key of an id (or blob id) as two words."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
 
 
 # ---------------------------------------------------------------------------------------------
