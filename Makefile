@@ -32,6 +32,7 @@ bench: setup
 	$(PY) bench/sources_bench.py --out BENCHMARKS.md
 	$(PY) bench/train_bench.py --out BENCHMARKS.md
 	$(PY) bench/scaling_bench.py --out BENCHMARKS.md
+	$(PY) bench/speedup_bench.py --out BENCHMARKS.md
 
 ui: setup
 	$(CLI) ui

@@ -146,7 +146,7 @@ def main() -> None:
         "its per-line spill in the driver's /tmp) on the same inputs. cc_line_dedup runs with all parts in one group "
         "(group_size 1000). *Stage MB* is the stage's own memory: the highest resident set sampled every 2 ms while "
         "it runs minus the resident set before it starts; *peak RSS* is the process's ru_maxrss, whose floor of "
-        "~314 MB is the imports' high-water mark (it hides anything smaller).",
+        "~300 MB is the imports' high-water mark (it hides anything smaller).",
         "",
     ]
     for name, table in rows.items():

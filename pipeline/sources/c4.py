@@ -218,19 +218,6 @@ def split_sentences(line: str) -> list[str]:
     return sentences
 
 
-_NORMALIZED_BREAK = re.compile(r"([.!?]+[\"'\u201d\u2019)\]]*) ")
-
-
-def split_normalized_sentences(normalized: str) -> list[str]:
-    """split_sentences for a line whose white space is already single spaces (and stripped), in
-    one re.split: [sentence, its punctuation, sentence, ..., tail] pairs back into sentences."""
-    parts = _NORMALIZED_BREAK.split(normalized)
-    sentences = [a + b for a, b in zip(parts[0::2], parts[1::2])]
-    if parts[-1]:
-        sentences.append(parts[-1])
-    return sentences
-
-
 def count_sentences(line: str) -> int:
     """len(split_sentences(line)) for a line kept by clean_page (stripped, ending in an end mark):
     every piece before a break holds its punctuation and the tail is non-empty, so the count is
@@ -320,7 +307,6 @@ def clean_page(
 
 class _CleanPage(NamedTuple):
     lines: list[str]
-    sentences: list[str]  # the lines' sentences, normalized (lower case, white space collapsed)
     reason: str | None
 
 
@@ -329,7 +315,7 @@ def _clean_page(
 ) -> _CleanPage:
     valid_lines: list[str] = []
     lower_lines: list[str] = []
-    sentences: list[str] = []
+    sentences = 0
     for line in text.splitlines():
         line = line.strip()
         # c4_utils "lines-with-too-long-word" (line dropped, page kept); only a line longer than the
@@ -355,24 +341,22 @@ def _clean_page(
             or "privacy policy" in lower
         ):
             if "lorem ipsum" in lower:
-                return _CleanPage([], [], "lorem_ipsum")  # placeholder text (T5 §2.2)
+                return _CleanPage([], "lorem_ipsum")  # placeholder text (T5 §2.2)
             if "javascript" in lower:
                 continue  # "Javascript must be enabled" notices (T5 §2.2)
             if "{" in line:
-                return _CleanPage([], [], "curly_bracket")  # "removed any pages that contained a curly bracket"
+                return _CleanPage([], "curly_bracket")  # "removed any pages that contained a curly bracket"
             if any(p in lower for p in POLICY_SUBSTRINGS):
                 continue
-        # Splitting the normalized line gives the normalized sentences of the line: normalizing
-        # only changes case and the length of white-space runs, which the break rule ignores.
-        sentences += split_normalized_sentences(" ".join(lower.split()))
+        sentences += count_sentences(line)
         valid_lines.append(line)
         lower_lines.append(lower)
-    if len(sentences) < min_num_sentences:
-        return _CleanPage([], [], "too_few_sentences")
+    if sentences < min_num_sentences:
+        return _CleanPage([], "too_few_sentences")
     # c4_utils applies its bad-words filter to the cleaned page, after clean_page.
     if bad_words and bad_words.found_in("\n".join(lower_lines)):
-        return _CleanPage([], [], "bad_words")
-    return _CleanPage(valid_lines, sentences, None)
+        return _CleanPage([], "bad_words")
+    return _CleanPage(valid_lines, None)
 
 
 def _line_key(line: str) -> bytes:
