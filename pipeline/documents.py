@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
 SOURCES = ("cc", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange")
 BASE_COLUMNS = ("id", "text", "source", "meta")
 REJECT_COLUMNS = ("reason", "stage")

@@ -13,7 +13,7 @@ A page left with fewer than `min_length_after` characters (default: no line left
 "empty_after_line_dedup": cc_net's DuplicatesRemover drops a page when no line is kept.
 
 No process holds a group's hashes (issue 13): the stage runs in passes that exchange files in its
-artifacts folder (a filesystem every worker sees), each a job on a cluster or a forked process here.
+artifacts folder (pipeline/exchange.py), each a job on a cluster or a forked process here.
   1. per part: the hash of every line (8 bytes per line, kept for pass 3, so each line is normalized
      and hashed once, as cc_net writes its hashes to disk) and the part's unique hashes with a
      "seen twice in this part" byte, sorted by (partition, hash), partition = hash % `partitions`;
@@ -27,8 +27,6 @@ The files are deleted before commit.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.documents import Document, read_texts
-from pipeline.stage import Judgement, Stage, StageConfig
+from pipeline.exchange import ExchangeStage
+from pipeline.stage import Judgement, StageConfig
 from pipeline.text import EMPTY_LINE_HASH, dedup_line_hashes
 
 
@@ -54,36 +53,25 @@ def page_line_hashes(text: str) -> np.ndarray:
     return hashes[hashes != EMPTY_LINE_HASH]
 
 
-PARTITIONS = 64  # the hashes' split; memory per reduce is 1/PARTITIONS of a group (not in the identity)
-
-
 def duplicated_hashes(line_hashes: np.ndarray) -> np.ndarray:
     """The sorted hashes that occur twice or more (blank lines already removed)."""
     unique, counts = np.unique(line_hashes, return_counts=True)
     return unique[counts >= 2]
 
 
-class CCLineDedup(Stage):
+class CCLineDedup(ExchangeStage):
     name = "cc_line_dedup"
     source = "cc"
     Config = LineDedupConfig
     description = "cc_net line dedup: lines seen 2+ times in a group of shards are removed everywhere"
-    parallel_parts = True  # pass 3 reads only its part's hashes and its group's duplicates
     columns = {"lines_removed": pa.int32()}
-
-    remote_parts = True  # every pass is a job on a cluster: they exchange files in the artifacts folder
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.partitions = PARTITIONS  # a run-time choice like `workers`: the bytes do not depend on it
-        self._root: Path | None = None
-        self._inputs: list[Path] = []
         self._part_lines: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
-        self._inputs = inputs
-        self._root = Path(self.artifacts or tempfile.mkdtemp(prefix="cc_line_dedup-")) / "line_dedup"
-        self._root.mkdir(parents=True, exist_ok=True)
+        self.open_exchange(inputs)
         lines = sum(self.map_parts("_hash_part", list(range(len(inputs)))))
         groups = range(0, len(inputs), self.config.group_size)
         reduced = list(self.map_parts("_reduce_partition", [(g // self.config.group_size, p) for g in groups
@@ -97,17 +85,6 @@ class CCLineDedup(Stage):
             "hash": "sha1(normalize_for_dedup(line))[:8] as little-endian uint64",
         }
 
-    def worker_state(self) -> dict[str, Any]:
-        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.partitions = state["partitions"]
-        self._inputs = [Path(p) for p in state["inputs"]]
-        self._root = Path(self.artifacts) / "line_dedup"
-
-    def _path(self, kind: str, *index: int) -> Path:
-        return self._root / f"{kind}-{'-'.join(f'{i:05d}' for i in index)}.npy"
-
     # -- pass 1: every line's hash; the part's unique hashes split by partition
     def _hash_part(self, part: int) -> int:
         per_doc = [dedup_line_hashes(text) for text in read_texts(self._inputs[part])]
@@ -118,23 +95,16 @@ class CCLineDedup(Stage):
         unique, counts = np.unique(hashes[hashes != EMPTY_LINE_HASH], return_counts=True)
         partition = unique % np.uint64(self.partitions)
         order = np.argsort(partition, kind="stable")  # by partition, then hash (unique is sorted)
-        np.save(self._path("unique", part), unique[order])
-        np.save(self._path("twice", part), (counts >= 2)[order])
-        offsets = np.searchsorted(partition[order], np.arange(self.partitions + 1, dtype=np.uint64))
-        np.save(self._path("offsets", part), offsets.astype(np.int64))
+        self.spill(part, partition, order, unique=unique, twice=counts >= 2)
         return int(len(hashes))
 
     # -- pass 2: the duplicates of one partition of one group
     def _reduce_partition(self, item: tuple[int, int]) -> tuple[int, int]:
         group, partition = item
         size = self.config.group_size
-        hashes, twice = [], []
-        for part in range(group * size, min((group + 1) * size, len(self._inputs))):
-            low, high = np.load(self._path("offsets", part))[partition : partition + 2]
-            hashes.append(np.asarray(np.load(self._path("unique", part), mmap_mode="r")[low:high]))
-            twice.append(np.asarray(np.load(self._path("twice", part), mmap_mode="r")[low:high]))
-        all_hashes, all_twice = np.concatenate(hashes), np.concatenate(twice)
-        del hashes, twice
+        parts = range(group * size, min((group + 1) * size, len(self._inputs)))
+        all_hashes = self.gather_partition(partition, "unique", parts)
+        all_twice = self.gather_partition(partition, "twice", parts)
         order = np.argsort(all_hashes, kind="stable")
         all_hashes, all_twice = all_hashes[order], all_twice[order]
         del order
@@ -208,6 +178,4 @@ class CCLineDedup(Stage):
         return Judgement(reasons, {"lines_removed": [int(n) for n in removed_per_doc]}, texts=new_texts)
 
     def final_stats(self) -> dict[str, Any]:
-        if self._root is not None:  # the exchange files are scaffolding, not output
-            shutil.rmtree(self._root, ignore_errors=True)
-        return {key: int(self.counters.get(key, 0)) for key in ("lines_in", "lines_removed", "blank_lines_dropped")}
+        return super().final_stats() | {key: int(self.counters.get(key, 0)) for key in ("lines_in", "lines_removed", "blank_lines_dropped")}

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from pipeline.documents import Document, write_documents, wrong_type
 from pipeline.sources.ldnoobw import LDNOOBW_EN
+from pipeline.exchange import ORDINAL_BITS, ExchangeStage, ordinal_range
 from pipeline.stage import Judgement, ReaderConfig, Stage, StageConfig
 
 SOURCE = "c4"
@@ -374,12 +375,10 @@ def _line_words(key: bytes) -> tuple[int, int]:
     return int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
 
 
-PARTITIONS = 64  # the line keys' split; memory per reduce is 1/PARTITIONS of them (not in the identity)
-ORDINAL_BITS = 32  # rows per part < 2**32
 _RECORD_WORDS = 5  # line key (2 words), url key (2 words), ordinal
 
 
-class C4Quality(Stage):
+class C4Quality(ExchangeStage):
     """C4's cleaning as its released code does it (tensorflow_datasets c4_utils, the code C4 en was
     built with): clean_page's line and page rules, the bad-words filter, then remove_duplicate_text.
 
@@ -396,7 +395,7 @@ class C4Quality(Stage):
     whole lines, which is what this does.) Every cleaned page claims its lines, including one the
     dedup then leaves with too few sentences, as in c4_utils. The owner of a line depends only on the
     pages that hold it, so the stage runs in partitioned passes exchanging files in its artifacts
-    folder, as cc_line_dedup does, each a job on a cluster or a forked process here:
+    folder (pipeline/exchange.py), each a job on a cluster or a forked process here:
       1. per part: clean every page (the cleaned texts go to a scratch Parquet file for pass 3) and
          write (line key, URL key, ordinal) of each distinct line of each cleaned page, sorted by
          partition (line key % partitions);
@@ -411,8 +410,6 @@ class C4Quality(Stage):
     source = SOURCE
     reads = "documents"
     description = "C4's released cleaning: clean_page line/page rules + bad words + cross-page line dedup"
-    parallel_parts = True  # pass 3 reads only its part's cleaned texts and the lines it loses
-    remote_parts = True  # every pass is a job on a cluster: they exchange files in the artifacts folder
 
     class Config(StageConfig):
         # T5 §2.2: "only retained lines that contained at least 3 words". (c4_utils' code default
@@ -431,31 +428,15 @@ class C4Quality(Stage):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._bad_words = BadWords(self.config.bad_words)
-        self.partitions = PARTITIONS  # a run-time choice like `workers`: the bytes do not depend on it
-        self._root: Path | None = None
-        self._inputs: list[Path] = []
         self._part: tuple[int, list[str | None], list[str | None], dict[int, set[tuple[int, int]]]] | None = None
 
     # -- pass 1: clean every page; the distinct lines of each cleaned page, split by partition
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
-        self._inputs = inputs
-        self._root = Path(self.artifacts or tempfile.mkdtemp(prefix="c4_quality-")) / "line_dedup"
-        self._root.mkdir(parents=True, exist_ok=True)
+        self.open_exchange(inputs)
         lines = sum(self.map_parts("_clean_part", list(range(len(inputs)))))
         removed = sum(self.map_parts("_reduce_partition", list(range(self.partitions)))) if self.config.dedup == "lines" else 0
         return {"distinct_lines_of_cleaned_pages": int(lines), "lines_owned_by_another_page": int(removed),
                 "line_key": "md5(line.strip().lower()); owner: smallest md5(url), then part and row order"}
-
-    def worker_state(self) -> dict[str, Any]:
-        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.partitions = state["partitions"]
-        self._inputs = [Path(p) for p in state["inputs"]]
-        self._root = Path(self.artifacts) / "line_dedup"
-
-    def _path(self, kind: str, index: int, suffix: str = ".npy") -> Path:
-        return self._root / f"{kind}-{index:05d}{suffix}"
 
     def _clean_part(self, part: int) -> int:
         c = self.config
@@ -474,24 +455,16 @@ class C4Quality(Stage):
                 for key in {_line_key(line) for line in page.lines}:
                     records.append((*_line_words(key), u0, u1, base | row))
         pq.write_table(pa.table({"reason": pa.array(reasons, pa.string()), "text": pa.array(cleaned, pa.string())}),
-                       self._path("cleaned", part, ".parquet"))
+                       self._path("cleaned", part, suffix=".parquet"))
         if c.dedup == "lines":
             array = np.array(records, dtype=np.uint64).reshape(-1, _RECORD_WORDS)
             partition = array[:, 0] % np.uint64(self.partitions)
-            order = np.lexsort((*array.T[::-1], partition))
-            np.save(self._path("lines", part), array[order])
-            np.save(self._path("offsets", part),
-                    np.searchsorted(partition[order], np.arange(self.partitions + 1, dtype=np.uint64)).astype(np.int64))
+            self.spill(part, partition, np.lexsort((*array.T[::-1], partition)), lines=array)
         return len(records)
 
     # -- pass 2: the owner of each line key; the lines every other page loses
     def _reduce_partition(self, partition: int) -> int:
-        slices = []
-        for part in range(len(self._inputs)):
-            low, high = np.load(self._path("offsets", part))[partition : partition + 2]
-            slices.append(np.asarray(np.load(self._path("lines", part), mmap_mode="r")[low:high]))
-        records = np.concatenate(slices) if slices else np.zeros((0, _RECORD_WORDS), np.uint64)
-        del slices
+        records = self.gather_partition(partition, "lines")
         records = records[np.lexsort(records.T[::-1])]  # by line key, then url key, then ordinal
         owner = np.ones(len(records), dtype=bool)
         owner[1:] = (records[1:, :2] != records[:-1, :2]).any(axis=1)
@@ -503,15 +476,12 @@ class C4Quality(Stage):
     def _part_state(self, part: int) -> tuple[list[str | None], list[str | None], dict[int, set[tuple[int, int]]]]:
         """The part's clean_page verdicts and cleaned texts, and per row the line keys it loses."""
         if self._part is None or self._part[0] != part:
-            table = pq.read_table(self._path("cleaned", part, ".parquet"))
+            table = pq.read_table(self._path("cleaned", part, suffix=".parquet"))
             removed: dict[int, set[tuple[int, int]]] = {}
             if self.config.dedup == "lines":
-                low, high = part << ORDINAL_BITS, (part + 1) << ORDINAL_BITS
-                for p in range(self.partitions):
-                    losers = np.load(self._path("removed", p), mmap_mode="r")
-                    start, end = np.searchsorted(losers[:, 0], [low, high])
-                    for ordinal, k0, k1 in np.asarray(losers[start:end]).tolist():
-                        removed.setdefault(ordinal - low, set()).add((k0, k1))
+                low = ordinal_range(part)[0]
+                for ordinal, k0, k1 in self.gather_part(part, "removed").tolist():
+                    removed.setdefault(ordinal - low, set()).add((k0, k1))
             self._part = (part, table["reason"].to_pylist(), table["text"].to_pylist(), removed)
         return self._part[1:]
 
@@ -568,7 +538,5 @@ class C4Quality(Stage):
             self.artifacts = self._root = self._part = None
 
     def final_stats(self) -> dict:
-        if self._root is not None:  # the exchange files are scaffolding, not output
-            shutil.rmtree(self._root, ignore_errors=True)
-        return {key: self.counters.get(key, 0) for key in
+        return super().final_stats() | {key: self.counters.get(key, 0) for key in
                 ("pages_touched_by_line_dedup", "lines_removed_owned_elsewhere", "lines_removed_repeated_in_page")}

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from pipeline.documents import Document, PartWriter, StageError, arrow_schema, read_documents, wrong_type
-from pipeline.exact_dedup import ORDINAL_BITS, PARTITIONS, FirstCopyDedup
+from pipeline.exact_dedup import FirstCopyDedup
+from pipeline.exchange import ORDINAL_BITS, ExchangeStage, ordinal_range
 from pipeline.sources.c4 import read_json_lines
 from pipeline.stage import ReaderConfig, Stage, StageConfig, checked_record
 
@@ -65,7 +64,7 @@ def _language_names(value: Any) -> list[str]:
     return [n for n in names if isinstance(n, str)]
 
 
-class GithubIngest(Stage):
+class GithubIngest(ExchangeStage):
     """One Document per exported row. id "github/<repo_name>/<path>"; when the same repo/path comes
     again (several refs of one repo in the export), the later copies (row order over the parts) get
     "@<blob id>" appended, and a counter ("#2", "#3", ...) if even that repeats or there is no blob
@@ -82,8 +81,6 @@ class GithubIngest(Stage):
     equals another's suffixed one, which this does not check)."""
 
     name = "github_ingest"
-    parallel_parts = True  # pass 3 reads its part's scratch documents and their id suffixes
-    remote_parts = True  # every pass is a job on a cluster: they exchange files in the artifacts folder
     source = SOURCE
     reads = "raw"
     raw_patterns = ("*.jsonl.gz", "*.jsonl", "*.json.gz")
@@ -95,14 +92,9 @@ class GithubIngest(Stage):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._ids: set[str] = set()  # read() without prepare() (tests): ids unique per reader
-        self.partitions = PARTITIONS  # a run-time choice like `workers`: the bytes do not depend on it
-        self._root: Path | None = None
-        self._inputs: list[Path] = []
 
     def prepare(self, inputs: list[Path]) -> dict:
-        self._inputs = [Path(p) for p in inputs]
-        self._root = Path(self.artifacts or tempfile.mkdtemp(prefix="github_ingest-")) / "ids"
-        self._root.mkdir(parents=True, exist_ok=True)
+        self.open_exchange(inputs)
         rows = 0
         for part_rows, replaced in self.map_parts("_scratch_part", list(range(len(inputs)))):
             rows += part_rows
@@ -111,20 +103,9 @@ class GithubIngest(Stage):
         renamed = sum(self.map_parts("_rank_partition", list(range(self.partitions))))
         return {"rows": int(rows), "ids_suffixed": int(renamed)}
 
-    def worker_state(self) -> dict[str, Any]:
-        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.partitions = state["partitions"]
-        self._inputs = [Path(p) for p in state["inputs"]]
-        self._root = Path(self.artifacts) / "ids"
-
-    def _path(self, kind: str, index: int, suffix: str = ".npy") -> Path:
-        return self._root / f"{kind}-{index:05d}{suffix}"
-
     # -- pass 1: the part's documents with their wanted ids; (id key, ordinal, blob key) by partition
     def _scratch_part(self, part: int) -> int:
-        writer = PartWriter(self._path("docs", part, ".parquet"), arrow_schema({}, rejected=True), stage=self.name)
+        writer = PartWriter(self._path("docs", part, suffix=".parquet"), arrow_schema({}, rejected=True), stage=self.name)
         records, replaced = [], 0
         for row, doc in enumerate(self._documents(self._inputs[part], sequential_ids=False)):
             replaced += checked_record(self, doc)  # before the scratch file: a lone surrogate cannot be written
@@ -135,19 +116,12 @@ class GithubIngest(Stage):
         writer.close()
         records = np.array(records, dtype=np.uint64).reshape(-1, 5)
         partition = records[:, 0] % np.uint64(self.partitions)
-        order = np.lexsort((records[:, 2], partition))
-        np.save(self._path("ids", part), records[order])
-        np.save(self._path("offsets", part),
-                np.searchsorted(partition[order], np.arange(self.partitions + 1, dtype=np.uint64)).astype(np.int64))
+        self.spill(part, partition, np.lexsort((records[:, 2], partition)), ids=records)
         return len(records), replaced
 
     # -- pass 2: each later copy's suffix: (ordinal, kind, n), kind 1 "@blob" (+ "#n" if n > 1), 2 "#n"
     def _rank_partition(self, partition: int) -> int:
-        slices = []
-        for part in range(len(self._inputs)):
-            low, high = np.load(self._path("offsets", part))[partition : partition + 2]
-            slices.append(np.asarray(np.load(self._path("ids", part), mmap_mode="r")[low:high]))
-        records = np.concatenate(slices) if slices else np.zeros((0, 5), np.uint64)
+        records = self.gather_partition(partition, "ids")
         records = records[np.lexsort((records[:, 2], records[:, 1], records[:, 0]))]  # by id key, then ordinal
         suffixes: list[tuple[int, int, int]] = []
         previous = None
@@ -175,14 +149,9 @@ class GithubIngest(Stage):
             yield from self._documents(path, sequential_ids=True)
             return
         part = self._inputs.index(path)
-        low, high = part << ORDINAL_BITS, (part + 1) << ORDINAL_BITS
-        suffix_of: dict[int, tuple[int, int]] = {}
-        for p in range(self.partitions):
-            found = np.load(self._path("suffixes", p), mmap_mode="r")
-            start, end = np.searchsorted(found[:, 0], [low, high])
-            for ordinal, kind, n in np.asarray(found[start:end]).tolist():
-                suffix_of[ordinal - low] = (kind, n)
-        for row, doc in enumerate(read_documents(self._path("docs", part, ".parquet"))):
+        low = ordinal_range(part)[0]
+        suffix_of = {ordinal - low: (kind, n) for ordinal, kind, n in self.gather_part(part, "suffixes").tolist()}
+        for row, doc in enumerate(read_documents(self._path("docs", part, suffix=".parquet"))):
             if row in suffix_of:
                 kind, n = suffix_of[row]
                 if kind == 1:
@@ -190,11 +159,6 @@ class GithubIngest(Stage):
                 else:
                     doc.id = f"{doc.id}#{n}"
             yield doc
-
-    def final_stats(self) -> dict[str, Any]:
-        if self._root is not None:  # the exchange files are scaffolding, not output
-            shutil.rmtree(self._root, ignore_errors=True)
-        return {}
 
     def _documents(self, path: Path, sequential_ids: bool) -> Iterator[Document]:
         """The file's documents, with unique ids (`sequential_ids`: made unique here, in this
