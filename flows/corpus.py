@@ -216,10 +216,11 @@ def _tokenizer_markdown(manifest: dict[str, Any]) -> str:
 
 @task(task_run_name="mixture", cache_policy=NO_CACHE)
 def mixture_task(final_outputs: dict[str, str], tokenizer_model: str, output: str, config: dict[str, Any],
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False, workers: int = 1, cluster: str | None = None) -> dict[str, Any]:
     started = time.time()
     manifest = sample_mixture({s: Path(p) for s, p in final_outputs.items()}, Path(tokenizer_model), Path(output),
-                              MixtureConfig(**config), reuse=not force)
+                              MixtureConfig(**config), reuse=not force, workers=workers,
+                              executor=_CLUSTERS.get(cluster) if cluster else None)
     publish_stage(manifest, read_timing(output), reused=_reused("mixture", manifest, output, started))
     for warning in manifest["stats"]["warnings"]:
         get_run_logger().warning("mixture: %s", warning)
@@ -228,10 +229,10 @@ def mixture_task(final_outputs: dict[str, str], tokenizer_model: str, output: st
 
 @task(task_run_name="token-shards", cache_policy=NO_CACHE)
 def token_shards_task(mixture_dir: str, tokenizer_model: str, output: str, config: dict[str, Any],
-                      force: bool = False) -> dict[str, Any]:
+                      force: bool = False, workers: int = 1, cluster: str | None = None) -> dict[str, Any]:
     started = time.time()
     manifest = write_token_shards(Path(mixture_dir), Path(tokenizer_model), Path(output), TokenShardsConfig(**config),
-                                  reuse=not force)
+                                  reuse=not force, workers=workers, executor=_CLUSTERS.get(cluster) if cluster else None)
     publish_stage(manifest, read_timing(output), reused=_reused("token-shards", manifest, output, started))
     return manifest["stats"]
 
@@ -333,20 +334,22 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
         _CLUSTERS[cluster] = executor
     try:
         stage_outputs = _run_sources(spec, inputs_dir, build, forced, workers, cluster)
+        final_outputs = {source: stage_outputs[list(source_spec.stages)[-1]] for source, source_spec in spec.sources.items()}
+        # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
+        shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}
+        tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),
+                                         shares, "tokenizer" in forced)
+        # The mixture's and the token shards' passes run on the cluster's workers as well.
+        mixture_dir = str(build / "mixture")
+        mixture_task(final_outputs, tokenizer_model, mixture_dir, spec.mixture.model_dump(mode="json"), "mixture" in forced,
+                     workers, cluster)
+        tokens_dir = str(build / "tokens")
+        token_shards_task(mixture_dir, tokenizer_model, tokens_dir, spec.token_shards.model_dump(mode="json"),
+                          "token_shards" in forced, workers, cluster)
     finally:
         if executor is not None:
             _CLUSTERS.pop(cluster, None)
             executor.close()
-    final_outputs = {source: stage_outputs[list(source_spec.stages)[-1]] for source, source_spec in spec.sources.items()}
-    # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
-    shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}
-    tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),
-                                     shares, "tokenizer" in forced)
-    mixture_dir = str(build / "mixture")
-    mixture_task(final_outputs, tokenizer_model, mixture_dir, spec.mixture.model_dump(mode="json"), "mixture" in forced)
-    tokens_dir = str(build / "tokens")
-    token_shards_task(mixture_dir, tokenizer_model, tokens_dir, spec.token_shards.model_dump(mode="json"),
-                      "token_shards" in forced)
     result = {"stages": stage_outputs, "mixture": mixture_dir, "tokenizer": tokenizer_model, "tokens": tokens_dir}
     if publish_url:
         publish_task(str(build), publish_url)

@@ -139,6 +139,9 @@ class DocumentCounts:
     bytes_out: int = 0  # text bytes of every document that came out, kept or rejected
     bytes_kept: int = 0
     measured_bytes_in: int | None = None  # set by count_input for documents stages
+    # The files the part wrote ({path in the folder: bytes, sha256, rows}), described by the process
+    # that wrote them: the commit reads this instead of hashing every part again in one process.
+    described: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, other: "DocumentCounts") -> None:
         self.docs_in += other.docs_in
@@ -148,6 +151,7 @@ class DocumentCounts:
         self.bytes_kept += other.bytes_kept
         if other.measured_bytes_in is not None:
             self.measured_bytes_in = (self.measured_bytes_in or 0) + other.measured_bytes_in
+        self.described.update(other.described)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,10 +299,43 @@ def dependency_digest(path: Path) -> str:
     identities downstream and is reused, not recomputed."""
     path = Path(path)
     if path.name != MANIFEST:
-        return sha256_file(path)
+        return _recorded_sha256(path) or _file_sha256(path)
     manifest = json.loads(path.read_text())
     manifest["inputs"] = [{k: v for k, v in entry.items() if k != "path"} for entry in manifest.get("inputs", [])]
     return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The sha256 a complete stage folder's manifest records for one of its parts (same size), so a
+    stage's identity does not read every upstream part again in the flow's process: the writer
+    described each part where it wrote it (a cluster worker), and a committed folder is immutable."""
+    folder = path.parent.parent
+    if path.suffix != ".parquet" or path.parent.name not in ("kept", "rejected") or not is_complete(folder):
+        return None
+    manifest_path = folder / MANIFEST
+    stamp = manifest_path.stat().st_mtime_ns
+    cached = _MANIFEST_DIGESTS.get(manifest_path)
+    if cached is None or cached[0] != stamp:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest.get("outputs", []) + manifest.get("rejected_outputs", [])
+        cached = (stamp, {entry["path"]: (entry["bytes"], entry["sha256"]) for entry in entries})
+        _MANIFEST_DIGESTS[manifest_path] = cached
+    recorded = cached[1].get(str(path.relative_to(folder)))
+    return recorded[1] if recorded is not None and recorded[0] == path.stat().st_size else None
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, read once per process while its size and mtime stay the same (a raw input
+    is hashed for the identity check before the stage and again in its manifest)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = sha256_file(path)
+    return _FILE_DIGESTS[key]
+
+
+_MANIFEST_DIGESTS: dict[Path, tuple[int, dict[str, tuple[int, str]]]] = {}
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -356,6 +393,12 @@ def rejected_parts(stage_dir: Path | str) -> list[Path]:
 
 def _describe(path: Path, root: Path) -> dict[str, Any]:
     return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def describe_file(path: Path, root: Path, rows: bool = False) -> dict[str, Any]:
+    """A file's manifest entry: its path under `root`, size, sha256 and (a Parquet part) its rows."""
+    entry = _describe(path, root)
+    return entry | {"rows": pq.ParquetFile(path).metadata.num_rows} if rows else entry
 
 
 def display_url(path: Path) -> str | None:
@@ -565,12 +608,10 @@ class StageFolder(PartFolder):
             "code_version": self.code_version,
             "identity": self.identity(inputs),
             "inputs": inputs,
-            "outputs": [_describe(p, self.tmp) | {"rows": pq.ParquetFile(p).metadata.num_rows} for p in self._outputs],
-            "rejected_outputs": [
-                _describe(p, self.tmp) | {"rows": pq.ParquetFile(p).metadata.num_rows} for p in self._rejected
-            ],
+            "outputs": [self._described(p, rows=True) for p in self._outputs],
+            "rejected_outputs": [self._described(p, rows=True) for p in self._rejected],
             "artifacts": [
-                _describe(p, self.tmp) for p in sorted((self.tmp / "artifacts").rglob("*")) if p.is_file()
+                self._described(p) for p in sorted((self.tmp / "artifacts").rglob("*")) if p.is_file()
             ]
             if (self.tmp / "artifacts").exists()
             else [],
@@ -582,6 +623,13 @@ class StageFolder(PartFolder):
             "bytes_kept": counts.bytes_kept,
             "stats": self.stats,
         }
+
+    def _described(self, path: Path, rows: bool = False) -> dict[str, Any]:
+        """A file's entry in the manifest: as the process that wrote it described it, or read now."""
+        known = self.counts.described.get(str(path.relative_to(self.tmp)))
+        if known is not None and known["bytes"] == path.stat().st_size:
+            return known
+        return describe_file(path, self.tmp, rows)
 
     def _commit(self) -> None:
         manifest = self.manifest()
@@ -653,3 +701,7 @@ class PartPair:
             return
         self.kept.close()
         self.rejected.close()
+        # Described here, by the process that wrote the part (a cluster worker, a forked one).
+        for writer in (self.kept, self.rejected):
+            entry = describe_file(writer.path, self.folder.tmp, rows=True)
+            self.folder.counts.described[entry["path"]] = entry

@@ -8,7 +8,8 @@ rebuilds the stage once per process from the job (its config, references and wha
 in the stage folder's artifacts) and writes the part into the stage folder's temporary directory,
 which must be on a filesystem every worker sees.
 
-  LocalExecutor(workers)   forked processes on this machine (the stage as prepared is inherited)
+  LocalExecutor(workers)   forked processes on this machine (1: in this process); run_stage forks
+                           the stage as prepared itself, the mixture and token shards use this
   RayExecutor(address)     Ray tasks on an existing cluster ("auto": the local `ray start --head`);
                            a task whose worker dies is retried on another (max_retries)
   DaskExecutor(address)    futures on an existing Dask scheduler (retries likewise)
@@ -19,8 +20,12 @@ cluster's workers need no Prefect API and the server sees tens of task runs, not
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import socket
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
 # A worker's death (OOM killer, a node lost, kill -9) is retried this many times; a job that raises
@@ -61,6 +66,42 @@ class _Call:
 
     def __call__(self, args: tuple) -> Any:
         return self.fn(*args)
+
+
+def worker_started() -> None:
+    """In a forked worker: default signal handling. The parent may be a Prefect flow run, whose
+    SIGTERM handler a fork inherits; Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class WorkerDied(RuntimeError):
+    """A local worker process died (the OOM killer, a crash in a C library)."""
+
+
+class LocalExecutor(Executor):
+    """`workers` forked processes on this machine; with one worker (or one job), this process."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+
+    def map(self, fn: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
+        if self.workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield fn(job)
+            return
+        # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies raises
+        # BrokenProcessPool here instead of hanging the build forever.
+        pool = ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=multiprocessing.get_context("fork"),
+                                   initializer=worker_started)
+        try:
+            yield from pool.map(fn, jobs)
+        except BrokenProcessPool as exc:
+            raise WorkerDied(f"a worker process died ({exc}); rerun with fewer workers if memory is short") from exc
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor(Executor):

@@ -8,10 +8,18 @@ and the number of epochs its data is seen over 1.4T training tokens: Wikipedia a
 the trained tokenizer (BOS + ids + EOS, as the token shards will hold them), then, per source:
   target   = share * total_tokens (largest-remainder rounding, so the targets sum to the total);
   epochs   = target / the source's training tokens (all its documents but the held-out ones);
-  plan     = floor(epochs) whole passes over every document, then the documents of a permutation
-             seeded by (seed, source) until the remaining tokens are reached; the first document
-             that does not fit whole contributes one cut copy of exactly the tokens still missing.
+  plan     = floor(epochs) whole passes over every document, then the documents in order of their
+             sampling key (a hash of seed, source and id) until the remaining tokens are reached;
+             the first document that does not fit whole contributes one cut copy of exactly the
+             tokens still missing.
 So every source's realized tokens equal its target to the token, for any epochs above or below one.
+
+No process holds a per-document list: three passes of jobs over the parts (forked processes here,
+or a Ray/Dask cluster) 1. tokenize each document once, keeping its tokens in the folder's
+artifacts for the token shards (the text is never encoded twice), and return a histogram of
+trainable tokens over the sampling keys; 2. read the one histogram bucket per source where its
+target is reached, to place the cut exactly; 3. write each part with its plan. The folder is the
+same bytes whatever the worker count or executor.
 
 A deterministic `val_fraction` of the documents (a hash of seed and id) is held out before
 planning: validation documents are written once to the val split and never trained on, and the
@@ -22,6 +30,8 @@ Output: one stage folder (pipeline.documents.StageFolder) with the annotation co
   repeats         int64  whole copies in the training stream;
   partial_tokens  int64  length of one extra cut copy (its first tokens, no EOS), 0 if none;
   split           string "train" or "val";
+  token_offset    int64  where the document's tokens start in artifacts/tokens/part-NNNNN.bin
+                         (flat little-endian uint16, BOS ids EOS of each non-empty row in order);
 kept: documents that enter the training stream or the val split; rejected: "not_sampled" (never
 drawn, only where a source's epochs < 1) and "empty_document" (no tokens). `export_jsonl_zst`
 writes the kept documents in the {"text", "meta"} jsonl.zst layout of RedPajama and dolma.
@@ -34,6 +44,9 @@ import io
 import json
 import logging
 import math
+import shutil
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,10 +58,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.documents import (
     SOURCES,
+    DocumentCounts,
+    PartFolder,
     StageError,
     StageFolder,
     annotation_types_of,
     code_version_of,
+    describe_file,
     is_complete,
     kept_parts,
     open_parquet,
@@ -56,7 +72,7 @@ from pipeline.documents import (
     read_manifest,
     sha256_file,
 )
-from pipeline.tokenizer import load_tokenizer, token_counts, tokenizer_model_path
+from pipeline.tokenizer import load_tokenizer, pack_documents, tokenizer_model_path
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +81,11 @@ TOKENS_COLUMN = "tokens"
 REPEATS_COLUMN = "repeats"
 PARTIAL_COLUMN = "partial_tokens"
 SPLIT_COLUMN = "split"
+TOKEN_OFFSET_COLUMN = "token_offset"
+PLAN_TYPES = {TOKENS_COLUMN: pa.int64(), REPEATS_COLUMN: pa.int64(), PARTIAL_COLUMN: pa.int64(), SPLIT_COLUMN: pa.string(),
+              TOKEN_OFFSET_COLUMN: pa.int64()}
+TOKENS_FOLDER = "tokens"  # artifacts/tokens/part-NNNNN.bin: every non-empty document's tokens, in row order
+KEY_BUCKET_BITS = 12  # the plan reads the sampling keys' histogram in 4096 buckets per source
 NOT_SAMPLED = "not_sampled"
 EMPTY_DOCUMENT = "empty_document"
 COUNT_BATCH = 1024
@@ -162,9 +183,12 @@ class MixtureConfig(BaseModel):
 # The plan: pure functions over token counts
 
 
-def source_rng(seed: int, source: str) -> np.random.Generator:
-    """One generator per (seed, source), stable across runs (no Python hash randomisation)."""
-    return np.random.default_rng([seed, SOURCES.index(source)])
+def sample_key(seed: int, source: str, doc_id: str) -> int:
+    """A document's sampling key, a uniform 64-bit number fixed by (seed, source, id): the documents
+    of a source's fractional pass are drawn in key order, so which are drawn depends on nothing else
+    (not on the order, parts or machines that read them)."""
+    digest = hashlib.blake2b(f"sample\x00{seed}\x00{source}\x00{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def held_out_key(seed: int, doc_id: str) -> float:
@@ -173,10 +197,12 @@ def held_out_key(seed: int, doc_id: str) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def plan_copies(tokens: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def plan_copies(tokens: np.ndarray, target: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(repeats, partial) per document such that sum(repeats * tokens + partial) == target:
-    floor(target / available) whole passes, then whole documents of a seeded permutation, and the
-    first one that does not fit cut to the tokens still missing (partial < its tokens)."""
+    floor(target / available) whole passes, then whole documents in order of their sampling keys
+    (ties by position), and the first one that does not fit cut to the tokens still missing
+    (partial < its tokens). The stage computes the same plan in parallel passes (`_plan_source`);
+    this is its one-process statement."""
     tokens = np.asarray(tokens, dtype=np.int64)
     available = int(tokens.sum())
     if available <= 0:
@@ -184,7 +210,7 @@ def plan_copies(tokens: np.ndarray, target: int, rng: np.random.Generator) -> tu
     whole, rest = divmod(int(target), available)
     repeats = np.where(tokens > 0, whole, 0).astype(np.int64)
     partial = np.zeros(len(tokens), dtype=np.int64)
-    order = rng.permutation(len(tokens))
+    order = np.lexsort((np.arange(len(tokens)), np.asarray(keys, dtype=np.uint64)))
     cumulative = np.cumsum(tokens[order])
     fits = int(np.searchsorted(cumulative, rest, side="right"))  # documents wholly inside `rest`
     repeats[order[:fits]] += tokens[order[:fits]] > 0
@@ -211,26 +237,225 @@ def resolve_total_tokens(config: MixtureConfig, available: dict[str, int]) -> in
 
 
 # ---------------------------------------------------------------------------------------------
-# The stage
+# The stage: three passes of jobs over the parts (an executor: forked processes or a cluster),
+# and a plan computed in between from what they return (small: a histogram per source).
 
 
-def _count_part(part: Path, processor, num_threads: int) -> tuple[list[str], np.ndarray]:
-    """Document ids and token counts (BOS + ids + EOS; 0 for a document with no ids) of one part."""
+@dataclass(frozen=True)
+class _PartJob:
+    """One input part: its index among all the mixture's parts, paths and config only."""
+
+    index: int
+    source: str
+    part: str
+    work: str  # the stage folder's temporary directory (a filesystem every worker sees)
+    model: str
+    seed: int
+    val_fraction: float
+    num_threads: int
+
+    def scratch(self, kind: str) -> Path:
+        return Path(self.work) / "scratch" / f"{kind}-{self.index:05d}.npy"
+
+    def tokens_path(self) -> Path:
+        return Path(self.work) / "artifacts" / TOKENS_FOLDER / f"part-{self.index:05d}.bin"
+
+
+_PROCESSORS: dict[str, Any] = {}  # per worker process: the tokenizer is loaded once, not per part
+
+
+def _processor(model: str):
+    if model not in _PROCESSORS:
+        _PROCESSORS.clear()
+        _PROCESSORS[model] = load_tokenizer(model)
+    return _PROCESSORS[model]
+
+
+def _count_part(job: _PartJob) -> dict[str, Any]:
+    """Pass 1 on one part: tokenize every document once (BOS + ids + EOS) into the part's token
+    file, save its lengths, sampling keys and held-out flags for the later passes, and return the
+    part's summary: the histogram of trainable tokens over the sampling keys, and counts."""
+    from pipeline.executor import worker_id
+
+    sp = _processor(job.model)
+    bos, eos = sp.bos_id(), sp.eos_id()
     ids: list[str] = []
-    counts: list[int] = []
-    for batch in open_parquet(part).iter_batches(batch_size=COUNT_BATCH, columns=["id", "text"]):
-        ids += batch.column("id").to_pylist()
-        counts += [n + 2 if n else 0 for n in token_counts(processor, batch.column("text").to_pylist(), num_threads)]
-    return ids, np.asarray(counts, dtype=np.int64)
+    lengths: list[np.ndarray] = []
+    job.tokens_path().parent.mkdir(parents=True, exist_ok=True)
+    with open(job.tokens_path(), "wb") as out:
+        for batch in open_parquet(Path(job.part)).iter_batches(batch_size=COUNT_BATCH, columns=["id", "text", "source"]):
+            for source in set(batch.column("source").to_pylist()) - {job.source}:
+                raise StageError(f"{job.part}: a document has source {source!r}, expected {job.source!r}")
+            encoded = sp.encode(batch.column("text").to_pylist(), num_threads=job.num_threads)
+            packed, _ = pack_documents([e for e in encoded if e], bos, eos)  # an empty text has no tokens
+            out.write(packed.tobytes())
+            lengths.append(np.asarray([len(e) + 2 if e else 0 for e in encoded], dtype=np.int64))
+            ids += batch.column("id").to_pylist()
+    tokens = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    keys = np.asarray([sample_key(job.seed, job.source, i) for i in ids], dtype=np.uint64)
+    val_keys = np.asarray([held_out_key(job.seed, i) for i in ids], dtype=np.float64)
+    is_val = (val_keys < job.val_fraction) & (tokens > 0)
+    np.save(job.scratch("tokens"), tokens)
+    np.save(job.scratch("keys"), keys)
+    np.save(job.scratch("val"), is_val)
+    trainable = np.where(is_val, 0, tokens)
+    histogram = np.zeros(1 << KEY_BUCKET_BITS, dtype=np.int64)
+    np.add.at(histogram, keys >> np.uint64(64 - KEY_BUCKET_BITS), trainable)
+    nonempty = np.flatnonzero(tokens > 0)
+    # The first document by held-out key: the val document of a corpus too small to draw one.
+    first = int(nonempty[np.argmin(val_keys[nonempty])]) if len(nonempty) else -1
+    return {
+        "docs": len(ids),
+        "nonempty_docs": len(nonempty),
+        "val_docs": int(is_val.sum()),
+        "val_tokens": int(tokens[is_val].sum()),
+        "available_tokens": int(trainable.sum()),
+        "histogram": histogram,
+        "first_held_out": None if first < 0 else (float(val_keys[first]), first, int(keys[first]), int(tokens[first])),
+        "tokens_file": describe_file(job.tokens_path(), Path(job.work)),  # its checksum taken here, not at commit
+        "worker": worker_id(),
+    }
+
+
+@dataclass(frozen=True)
+class _BucketJob:
+    part: _PartJob
+    bucket: int
+    extra_val_row: int  # the row made a val document after pass 1 (-1: none in this part)
+
+
+def _bucket_docs(job: _BucketJob) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Pass 2 on one part: the trainable documents whose sampling key falls in `bucket` (the one
+    where the source's cut lies): keys, ordinals, tokens and ids."""
+    keys, tokens, trainable = _trainable(job.part, job.extra_val_row)
+    rows = np.flatnonzero((keys >> np.uint64(64 - KEY_BUCKET_BITS) == job.bucket) & (trainable > 0))
+    ids = open_parquet(Path(job.part.part)).read(columns=["id"]).column("id").take(pa.array(rows)).to_pylist()
+    return keys[rows], _ordinals(job.part.index, rows), tokens[rows], ids
+
+
+def _trainable(job: _PartJob, extra_val_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys, tokens, is_val = np.load(job.scratch("keys")), np.load(job.scratch("tokens")), np.load(job.scratch("val"))
+    if extra_val_row >= 0:
+        is_val[extra_val_row] = True
+    return keys, tokens, np.where(is_val, 0, tokens)
+
+
+def _ordinals(part: int, rows: np.ndarray) -> np.ndarray:
+    """A document's place among all the mixture's parts: ties between equal keys go by it."""
+    return (np.uint64(part) << np.uint64(32)) | rows.astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """Which documents of one source are drawn, decided by their sampling keys: every trainable
+    document `whole` times; once more those ordered before `below` = (key, ordinal); the document
+    at `cut` = (key, ordinal) contributes one copy of its first `cut_tokens` tokens."""
+
+    whole: int
+    below: tuple[int, int] | None
+    cut: tuple[int, int] | None
+    cut_tokens: int
+
+    def copies(self, keys: np.ndarray, ordinals: np.ndarray, trainable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        repeats = np.where(trainable > 0, self.whole, 0).astype(np.int64)
+        partial = np.zeros(len(keys), dtype=np.int64)
+        if self.below is not None:
+            repeats += (trainable > 0) & _before(keys, ordinals, self.below)
+        if self.cut is not None:
+            partial[(keys == np.uint64(self.cut[0])) & (ordinals == np.uint64(self.cut[1]))] = self.cut_tokens
+        return repeats, partial
+
+
+def _before(keys: np.ndarray, ordinals: np.ndarray, bound: tuple[int, int]) -> np.ndarray:
+    key, ordinal = bound
+    if key >= 1 << 64:  # past the last bucket: every key
+        return np.ones(len(keys), dtype=bool)
+    return (keys < np.uint64(key)) | ((keys == np.uint64(key)) & (ordinals < np.uint64(ordinal)))
+
+
+def _plan_source(whole: int, rest: int, histogram: np.ndarray, bucket_docs) -> tuple[SourcePlan, dict[str, Any] | None]:
+    """The plan of a source that takes `rest` tokens beyond `whole` passes. The bucket of the
+    keys' histogram where `rest` is reached is read in full (`bucket_docs(b)`: keys, ordinals,
+    tokens, ids) and ordered; every bucket before it is taken whole. Returns the plan and the cut
+    document ({"id", "tokens", "taken"}) if any."""
+    if rest <= 0:
+        return SourcePlan(whole, None, None, 0), None
+    cumulative = np.cumsum(histogram)
+    bucket = int(np.searchsorted(cumulative, rest, side="left"))  # the first bucket reaching `rest`
+    need = rest - (int(cumulative[bucket - 1]) if bucket else 0)
+    keys, ordinals, tokens, ids = bucket_docs(bucket)
+    order = np.lexsort((ordinals, keys))
+    running = np.cumsum(tokens[order])
+    fits = int(np.searchsorted(running, need, side="right"))  # documents wholly inside `need`
+    missing = need - (int(running[fits - 1]) if fits else 0)
+    if fits == len(order):  # the bucket ends exactly at `rest`: everything up to the next bucket
+        return SourcePlan(whole, ((bucket + 1) << (64 - KEY_BUCKET_BITS), 0), None, 0), None
+    first_out = order[fits]
+    bound = (int(keys[first_out]), int(ordinals[first_out]))
+    if missing == 0:
+        return SourcePlan(whole, bound, None, 0), None
+    cut = {"id": ids[first_out], "tokens": int(tokens[first_out]), "taken": missing}
+    return SourcePlan(whole, bound, bound, missing), cut
+
+
+@dataclass(frozen=True)
+class _WriteJob:
+    part: _PartJob
+    plan: SourcePlan
+    extra_val_row: int
+
+
+def _write_part(job: _WriteJob) -> tuple[DocumentCounts, dict[str, int], str]:
+    """Pass 3 on one part: its documents with their plan columns, into the stage's temporary folder."""
+    from pipeline.executor import worker_id
+
+    keys, tokens, trainable = _trainable(job.part, job.extra_val_row)
+    rows = np.arange(len(keys))
+    repeats, partial = job.plan.copies(keys, _ordinals(job.part.index, rows), trainable)
+    is_val = (tokens > 0) & (trainable == 0)
+    offsets = np.concatenate([[0], np.cumsum(tokens)])
+    types = annotation_types_of(pq.read_schema(job.part.part)) | PLAN_TYPES
+    folder = PartFolder(STAGE_NAME, Path(job.part.work))
+    row = 0
+    with folder.part(job.part.index, types) as writer:
+        for doc in read_documents(Path(job.part.part)):
+            if row >= len(keys) or sample_key(job.part.seed, job.part.source, doc.id) != int(keys[row]):
+                raise StageError(f"{job.part.part}: changed while the mixture read it (row {row})")
+            doc.columns |= {
+                TOKENS_COLUMN: int(tokens[row]),
+                REPEATS_COLUMN: int(repeats[row]),
+                PARTIAL_COLUMN: int(partial[row]),
+                SPLIT_COLUMN: "val" if is_val[row] else "train",
+                TOKEN_OFFSET_COLUMN: int(offsets[row]),
+            }
+            if tokens[row] == 0:
+                doc.reject(EMPTY_DOCUMENT)
+            elif not is_val[row] and repeats[row] == 0 and partial[row] == 0:
+                doc.reject(NOT_SAMPLED)
+            writer.write(doc)
+            row += 1
+    if row != len(keys):
+        raise StageError(f"{job.part.part}: changed while the mixture read it ({row} rows, {len(keys)} counted)")
+    selected = (repeats > 0) | (partial > 0)
+    realized = {
+        "realized_tokens": int((repeats * trainable).sum() + partial.sum()),
+        "docs_selected": int(selected.sum()),
+        "docs_not_sampled": int((~selected & (trainable > 0)).sum()),
+    }
+    return folder.counts, realized, worker_id()
 
 
 def sample_mixture(
     source_dirs: dict[str, Path], tokenizer: Path, output: Path, config: MixtureConfig | None = None,
-    reuse: bool = True,
+    reuse: bool = True, workers: int = 1, executor: Any = None,
 ) -> dict[str, Any]:
     """Plan the mixture over each source's final stage folder in real tokens of `tokenizer` (a
     tokenizer stage folder or .model file); write the mixture stage folder at `output`. Returns
-    its manifest. With `reuse`, a folder already made from the same inputs and config is kept."""
+    its manifest. With `reuse`, a folder already made from the same inputs and config is kept.
+    The passes over parts run on `executor` (pipeline/executor.py: a cluster) or on `workers`
+    processes here; the folder's bytes depend on neither."""
+    from pipeline.executor import LocalExecutor, worker_id
+
     config = config or MixtureConfig()
     output = Path(output)
     source_dirs = {name: Path(path) for name, path in source_dirs.items()}
@@ -251,108 +476,114 @@ def sample_mixture(
     folder = StageFolder(output, STAGE_NAME, config.model_dump(mode="json"), inputs=inputs, code_version=CODE_VERSION)
     if reuse and (manifest := folder.current()):
         return manifest
-    processor = load_tokenizer(model_path)
+    runner = executor if executor is not None else LocalExecutor(workers)
+    here = worker_id()
 
-    # Pass 1: real token counts of every document, per source in part/row order.
-    parts = {name: kept_parts(source_dirs[name]) for name in config.sources}
-    doc_ids: dict[str, list[str]] = {}
-    tokens: dict[str, np.ndarray] = {}
-    for name in config.sources:
-        counted = [_count_part(p, processor, config.num_threads) for p in parts[name]]
-        doc_ids[name] = [i for ids, _ in counted for i in ids]
-        tokens[name] = np.concatenate([c for _, c in counted]) if counted else np.zeros(0, dtype=np.int64)
+    def run(fn, jobs: list[Any]) -> list[Any]:
+        return list(runner.map(fn, jobs))
 
-    # Held-out documents (never trained on); a tiny corpus still gets one.
-    is_val: dict[str, np.ndarray] = {}
-    val_keys: dict[str, np.ndarray] = {}
-    for name in config.sources:
-        val_keys[name] = np.asarray([held_out_key(config.seed, i) for i in doc_ids[name]], dtype=np.float64)
-        is_val[name] = (val_keys[name] < config.val_fraction) & (tokens[name] > 0)
-    if config.val_fraction > 0 and not any(v.any() for v in is_val.values()):
-        best: tuple[float, str, int] | None = None
-        for name in config.sources:
-            keyed = np.where(tokens[name] > 0, val_keys[name], np.inf)
-            if (tokens[name] > 0).sum() >= 2 and (best is None or keyed.min() < best[0]):
-                best = (float(keyed.min()), name, int(np.argmin(keyed)))
-        if best is not None:
-            is_val[best[1]][best[2]] = True
-
-    trainable = {name: np.where(is_val[name], 0, tokens[name]) for name in config.sources}
-    available = {name: int(trainable[name].sum()) for name in config.sources}
-    empty = [name for name, n in available.items() if n <= 0]
-    if empty:
-        raise StageError(f"mixture: source(s) {', '.join(empty)} have no tokens to train on in their final stage folder")
-
-    total = resolve_total_tokens(config, available)
-    targets = split_targets(total, {name: spec.share for name, spec in config.sources.items()})
-    warnings: list[str] = []
-    plans: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    per_source: dict[str, dict[str, Any]] = {}
-    for name, spec in config.sources.items():
-        epochs = targets[name] / available[name]
-        if epochs > config.max_epochs:
-            message = (
-                f"{name}: needs {epochs:.2f} epochs to supply {spec.share:.3f} of {total} tokens "
-                f"(max_epochs {config.max_epochs}, Table 1: {spec.epochs}); add data or lower its share"
-            )
-            log.warning("mixture: %s", message)
-            warnings.append(message)
-        repeats, partial = plan_copies(trainable[name], targets[name], source_rng(config.seed, name))
-        plans[name] = (repeats, partial)
-        realized = int((repeats * trainable[name]).sum() + partial.sum())
-        cut = np.flatnonzero(partial)
-        per_source[name] = {
-            "available_docs": int((trainable[name] > 0).sum()),
-            "available_tokens": available[name],
-            "val_docs": int(is_val[name].sum()),
-            "val_tokens": int(tokens[name][is_val[name]].sum()),
-            "empty_docs": int((tokens[name] == 0).sum()),
-            "target_share": spec.share,
-            "target_tokens": targets[name],
-            "realized_tokens": realized,
-            "epochs": round(epochs, 6),
-            "table1_epochs": spec.epochs,
-            "whole_passes": math.floor(epochs),
-            "docs_selected": int(((repeats > 0) | (partial > 0)).sum()),
-            "docs_not_sampled": int(((repeats == 0) & (partial == 0) & (trainable[name] > 0)).sum()),
-            "cut_document": (
-                {"id": doc_ids[name][cut[0]], "tokens": int(tokens[name][cut[0]]), "taken": int(partial[cut[0]])}
-                if len(cut)
-                else None
-            ),
-        }
-    realized_total = sum(s["realized_tokens"] for s in per_source.values())
-    for stats in per_source.values():
-        stats["realized_share"] = round(stats["realized_tokens"] / realized_total, 8)
-
-    # Pass 2: stream each part once more, writing kept and rejected documents with their plan.
-    extra_types = {TOKENS_COLUMN: pa.int64(), REPEATS_COLUMN: pa.int64(), PARTIAL_COLUMN: pa.int64(), SPLIT_COLUMN: pa.string()}
     with folder:
-        index = 0
-        for name in config.sources:
-            repeats, partial = plans[name]
-            row = 0
-            for part in parts[name]:
-                types = annotation_types_of(pq.read_schema(part)) | extra_types
-                with folder.part(index, types) as writer:
-                    for doc in read_documents(part):
-                        if doc.source != name:
-                            raise StageError(f"{part}: document {doc.id} has source {doc.source!r}, expected {name!r}")
-                        if doc.id != doc_ids[name][row]:
-                            raise StageError(f"{part}: changed while the mixture read it (row {row})")
-                        doc.columns |= {
-                            TOKENS_COLUMN: int(tokens[name][row]),
-                            REPEATS_COLUMN: int(repeats[row]),
-                            PARTIAL_COLUMN: int(partial[row]),
-                            SPLIT_COLUMN: "val" if is_val[name][row] else "train",
-                        }
-                        if tokens[name][row] == 0:
-                            doc.reject(EMPTY_DOCUMENT)
-                        elif not is_val[name][row] and repeats[row] == 0 and partial[row] == 0:
-                            doc.reject(NOT_SAMPLED)
-                        writer.write(doc)
-                        row += 1
-                index += 1
+        (folder.tmp / "scratch").mkdir()
+        jobs = [_PartJob(0, name, str(part), str(folder.tmp), str(model_path), config.seed, config.val_fraction,
+                         config.num_threads)
+                for name in config.sources for part in kept_parts(source_dirs[name])]
+        jobs = [replace(job, index=index) for index, job in enumerate(jobs)]
+        of_source = {name: [job for job in jobs if job.source == name] for name in config.sources}
+
+        # Pass 1: every part tokenized once; a histogram of trainable tokens over the keys per source.
+        started = time.perf_counter()
+        summaries = dict(zip((job.index for job in jobs), run(_count_part, jobs)))
+        folder.timings["count_wall_time_s"] = time.perf_counter() - started
+        for summary in summaries.values():
+            folder.counts.described[summary["tokens_file"]["path"]] = summary["tokens_file"]
+        total_of = lambda name, key: sum(summaries[job.index][key] for job in of_source[name])
+        histograms = {name: sum((summaries[job.index]["histogram"] for job in of_source[name]),
+                                np.zeros(1 << KEY_BUCKET_BITS, dtype=np.int64)) for name in config.sources}
+        available = {name: total_of(name, "available_tokens") for name in config.sources}
+        val_docs = {name: total_of(name, "val_docs") for name in config.sources}
+        val_tokens = {name: total_of(name, "val_tokens") for name in config.sources}
+
+        # Held-out documents (never trained on); a tiny corpus still gets one: the first non-empty
+        # document by held-out key among the sources with at least two.
+        extra_val = (-1, -1)  # (part index, row)
+        if config.val_fraction > 0 and not any(val_docs.values()):
+            candidates = [(summary["first_held_out"], index, job.source) for job in jobs
+                          if (summary := summaries[job.index])["first_held_out"] is not None
+                          and total_of(job.source, "nonempty_docs") >= 2]
+            if candidates:
+                (_, row, key, tokens), index, name = min(candidates, key=lambda c: (c[0][0], c[1]))
+                extra_val = (index, row)
+                histograms[name][key >> (64 - KEY_BUCKET_BITS)] -= tokens
+                available[name] -= tokens
+                val_docs[name], val_tokens[name] = 1, tokens
+        extra_row = lambda job: extra_val[1] if job.index == extra_val[0] else -1
+
+        empty = [name for name, n in available.items() if n <= 0]
+        if empty:
+            raise StageError(f"mixture: source(s) {', '.join(empty)} have no tokens to train on in their final stage folder")
+        total = resolve_total_tokens(config, available)
+        targets = split_targets(total, {name: spec.share for name, spec in config.sources.items()})
+
+        # Pass 2 (one bucket per source): the documents where each source's target is reached.
+        warnings: list[str] = []
+        plans: dict[str, SourcePlan] = {}
+        cuts: dict[str, dict[str, Any] | None] = {}
+        for name, spec in config.sources.items():
+            epochs = targets[name] / available[name]
+            if epochs > config.max_epochs:
+                message = (
+                    f"{name}: needs {epochs:.2f} epochs to supply {spec.share:.3f} of {total} tokens "
+                    f"(max_epochs {config.max_epochs}, Table 1: {spec.epochs}); add data or lower its share"
+                )
+                log.warning("mixture: %s", message)
+                warnings.append(message)
+            whole, rest = divmod(targets[name], available[name])
+
+            def bucket_docs(bucket: int, name: str = name) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+                found = run(_bucket_docs, [_BucketJob(job, bucket, extra_row(job)) for job in of_source[name]
+                                           if summaries[job.index]["histogram"][bucket] > 0])
+                return (np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]),
+                        np.concatenate([f[2] for f in found]), [i for f in found for i in f[3]])
+
+            plans[name], cuts[name] = _plan_source(whole, rest, histograms[name], bucket_docs)
+
+        # Pass 3: every part written with its plan columns.
+        started = time.perf_counter()
+        realized: dict[str, dict[str, int]] = {name: {} for name in config.sources}
+        written = run(_write_part, [_WriteJob(job, plans[job.source], extra_row(job)) for job in jobs])
+        for job, (counts, part_realized, who) in zip(jobs, written):
+            folder.register_part(job.index)
+            folder.counts.add(counts)
+            for key, value in part_realized.items():
+                realized[job.source][key] = realized[job.source].get(key, 0) + value
+        folder.timings["write_wall_time_s"] = time.perf_counter() - started
+        for who in [summaries[job.index]["worker"] for job in jobs] + [who for _, _, who in written]:
+            if who != here:
+                folder.part_workers[who] = folder.part_workers.get(who, 0) + 1
+        shutil.rmtree(folder.tmp / "scratch")
+
+        per_source: dict[str, dict[str, Any]] = {}
+        for name, spec in config.sources.items():
+            epochs = targets[name] / available[name]
+            per_source[name] = {
+                "available_docs": total_of(name, "nonempty_docs") - val_docs[name],
+                "available_tokens": available[name],
+                "val_docs": val_docs[name],
+                "val_tokens": val_tokens[name],
+                "empty_docs": total_of(name, "docs") - total_of(name, "nonempty_docs"),
+                "target_share": spec.share,
+                "target_tokens": targets[name],
+                "realized_tokens": realized[name].get("realized_tokens", 0),
+                "epochs": round(epochs, 6),
+                "table1_epochs": spec.epochs,
+                "whole_passes": math.floor(epochs),
+                "docs_selected": realized[name].get("docs_selected", 0),
+                "docs_not_sampled": realized[name].get("docs_not_sampled", 0),
+                "cut_document": cuts[name],
+            }
+        realized_total = sum(s["realized_tokens"] for s in per_source.values())
+        for stats in per_source.values():
+            stats["realized_share"] = round(stats["realized_tokens"] / realized_total, 8)
         folder.stats.update(
             {
                 "total_tokens": total,
@@ -375,7 +606,7 @@ def read_plan_columns(mixture_dir: Path) -> list[Path]:
     parts = kept_parts(mixture_dir)
     for part in parts:
         names = pq.read_schema(part).names
-        for column in (TOKENS_COLUMN, REPEATS_COLUMN, PARTIAL_COLUMN, SPLIT_COLUMN):
+        for column in (TOKENS_COLUMN, REPEATS_COLUMN, PARTIAL_COLUMN, SPLIT_COLUMN, TOKEN_OFFSET_COLUMN):
             if column not in names:
                 raise StageError(f"{part}: no '{column}' column; is {mixture_dir} a mixture stage folder?")
     return parts

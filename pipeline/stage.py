@@ -35,7 +35,6 @@ import importlib
 import inspect
 import json
 import multiprocessing
-import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -68,6 +67,7 @@ from pipeline.documents import (
     stage_identity,
     without_surrogates,
 )
+from pipeline.executor import worker_started
 
 # Modules that define stages; importing them fills the registry.
 STAGE_MODULES = (
@@ -331,13 +331,6 @@ def _call_forked(args: tuple[str, Any]) -> Any:
     return getattr(_FORKED_TARGET, method)(item)
 
 
-def _worker_started() -> None:
-    """In a forked worker: default signal handling. The parent may be a Prefect flow run, whose
-    SIGTERM handler a fork inherits; Ctrl-C is the parent's to handle."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _map_forked(target: Any, method: str, items: list[Any], workers: int) -> Iterator[Any]:
     if workers <= 1 or len(items) <= 1:
         for item in items:
@@ -348,7 +341,7 @@ def _map_forked(target: Any, method: str, items: list[Any], workers: int) -> Ite
     # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (OOM killer, a
     # crash in a C library) raises BrokenProcessPool here instead of hanging the build forever.
     executor = ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_worker_started)
+                                   initializer=worker_started)
     try:
         yield from executor.map(_call_forked, [(method, item) for item in items])
     except BrokenProcessPool as exc:

@@ -11,29 +11,36 @@ On-disk format (model/data.py depends on it exactly; bump FORMAT_VERSION on any 
       val/shard-00000.bin/.idx the same format, for the held-out documents
       ...                      more shards of each split, numbered from 00000
 
-A shard is closed once it holds `shard_tokens` tokens (a copy is never split across shards). An
-empty split writes no shard. The only copy that does not end with EOS is a source's cut copy (the
-mixture's `partial_tokens`: a document's first tokens, BOS included, that complete the source's
-exact token target); at most one per source.
+Shard i of a split holds the copies whose shuffle key lies in the i-th of n equal ranges of the
+64-bit keys, n = ceil(split tokens / shard_tokens): about `shard_tokens` tokens each (a copy is
+never split across shards; an empty range writes no shard, so numbers may skip). The only copy
+that does not end with EOS is a source's cut copy (the mixture's `partial_tokens`: a document's
+first tokens, BOS included, that complete the source's exact token target); at most one per source.
 
 Training stream: the mixture plans, per document, `repeats` whole copies and at most one cut copy
-(pipeline/mixture.py). The list of all copies is shuffled with one permutation seeded by `seed`,
-so sources and the copies of one document interleave across the stream; val documents are written
-once, in their own shuffled order. Packing into training sequences is done by the reader
-(model/data.py TokenStream): sequence i of context length L is tokens[i*L : i*L + L + 1] of the
-concatenated split, the BOS/EOS ids marking where documents meet inside a sequence (LLaMA and
+(pipeline/mixture.py). Every copy gets a shuffle key from (seed, source, id, copy number), and the
+stream is the copies in key order, so sources and the copies of one document interleave; val
+documents are written once, in their own key order. Packing into training sequences is done by the
+reader (model/data.py TokenStream): sequence i of context length L is tokens[i*L : i*L + L + 1] of
+the concatenated split, the BOS/EOS ids marking where documents meet inside a sequence (LLaMA and
 GPT-3 pack without masking across documents). The same shards thus serve any context length.
 
-Tokenization runs in SentencePiece's C++ thread pool (`num_workers` threads on batches of rows),
-each unique document once, into a scratch file; the shuffled copies are then copied out of it.
-Tokens per source and their shares are counted over the train split, the stream the mixture
-planned: they equal the mixture's targets to the token, which the manifest reports side by side.
+Nothing is tokenized here: the mixture kept every document's tokens (artifacts/tokens). Two passes
+of jobs (forked processes, or a Ray/Dask cluster): per mixture part, its copies with their keys,
+sorted and spilled; per few key ranges, the copies gathered from every part's spill and their
+tokens copied into the shard. No process holds the list of all copies, and the shards are the same
+bytes whatever the worker count or executor. Tokens per source and their shares are counted over
+the train split, the stream the mixture planned: they equal the mixture's targets to the token,
+which the manifest reports side by side.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import os
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +50,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from pipeline.documents import StageError, StageFolder, code_version_of, read_manifest, sha256_file
-from pipeline.mixture import PARTIAL_COLUMN, REPEATS_COLUMN, SPLIT_COLUMN, TOKENS_COLUMN, read_plan_columns
-from pipeline.tokenizer import load_tokenizer, tokenizer_model_path
+from pipeline.documents import SOURCES, StageError, StageFolder, code_version_of, read_manifest, sha256_file
+from pipeline.mixture import (
+    PARTIAL_COLUMN,
+    REPEATS_COLUMN,
+    SPLIT_COLUMN,
+    TOKEN_OFFSET_COLUMN,
+    TOKENS_COLUMN,
+    TOKENS_FOLDER,
+    read_plan_columns,
+)
+from pipeline.tokenizer import TOKEN_DTYPE, load_tokenizer, pack_documents, tokenizer_model_path  # noqa: F401 (pack_documents: re-exported)
 
 STAGE_NAME = "token_shards"
 FORMAT = "llama-recipe-tokens"
 FORMAT_VERSION = 1
-TOKEN_DTYPE = np.dtype("<u2")
 OFFSET_DTYPE = np.dtype("<i8")
 SPLITS = ("train", "val")
-ENCODE_BATCH = 1024  # rows per SentencePiece batch: enough work for its thread pool
 CODE_VERSION = code_version_of(__file__)
 
 
@@ -62,7 +75,9 @@ class TokenShardsConfig(BaseModel):
 
     shard_tokens: int = 100_000_000  # ~200 MB of uint16 per shard
     seed: int = 0
-    num_workers: int = 2  # SentencePiece threads per encode batch
+    # Not used since the mixture tokenizes (kept so that existing specs load; the flow's `workers`
+    # decides the processes that write shards).
+    num_workers: int = 2
 
     @field_validator("shard_tokens", "num_workers")
     @classmethod
@@ -72,62 +87,142 @@ class TokenShardsConfig(BaseModel):
         return value
 
 
-def pack_documents(ids: list[list[int]], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
-    """The documents' ids as one uint16 array, each as BOS ids EOS, and each one's length."""
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    packed = np.empty(int(ends[-1]) if len(ends) else 0, dtype=TOKEN_DTYPE)
-    body = np.ones(len(packed), dtype=bool)
-    body[starts] = body[ends - 1] = False
-    packed[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=len(packed) - 2 * len(ids))
-    packed[starts], packed[ends - 1] = bos, eos
-    return packed, lengths
+SHARDS_PER_JOB = 4  # shards one job writes (a run-time grouping: the bytes do not depend on it)
+_SPLIT_SALT = {"train": 0x9E3779B97F4A7C15, "val": 0xD1B54A32D192ED03}
 
 
-class _ShardWriter:
-    """Writes one split's copies into .bin/.idx shards of about `shard_tokens` tokens."""
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, elementwise on uint64: a copy's key from its document's hash and
+    copy number, uniform and vectorised."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
-    def __init__(self, root: Path, split: str, shard_tokens: int):
-        self.root, self.split, self.shard_tokens = root, split, shard_tokens
-        self.shards: list[dict[str, Any]] = []
-        self._bin = None
-        self._offsets: list[int] = []
 
-    def write(self, tokens: np.ndarray) -> None:
-        if self._bin is None:
-            self._open()
-        self._bin.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-        self._offsets.append(self._offsets[-1] + len(tokens))
-        if self._offsets[-1] >= self.shard_tokens:
-            self._close()
+def copy_keys(doc_hashes: np.ndarray, copy: np.ndarray, split: str) -> np.ndarray:
+    """The shuffle key of each copy: the stream is the copies sorted by it."""
+    with np.errstate(over="ignore"):
+        return _mix64(doc_hashes ^ _mix64((copy.astype(np.uint64) + np.uint64(1)) * np.uint64(_SPLIT_SALT[split])))
 
-    def _open(self) -> None:
-        (self.root / self.split).mkdir(parents=True, exist_ok=True)
-        self._name = f"{self.split}/shard-{len(self.shards):05d}"
-        self._bin = open(self.root / f"{self._name}.bin", "wb")
-        self._offsets = [0]
 
-    def _close(self) -> None:
-        self._bin.close()
-        self._bin = None
-        np.asarray(self._offsets, dtype=OFFSET_DTYPE).tofile(self.root / f"{self._name}.idx")
-        self.shards.append(
-            {
-                "split": self.split,
-                "path": f"{self._name}.bin",
-                "idx_path": f"{self._name}.idx",
-                "tokens": self._offsets[-1],
-                "docs": len(self._offsets) - 1,
-                "sha256": sha256_file(self.root / f"{self._name}.bin"),
-                "idx_sha256": sha256_file(self.root / f"{self._name}.idx"),
-            }
-        )
+def _doc_hash(seed: int, source: str, doc_id: str) -> int:
+    digest = hashlib.blake2b(f"copy\x00{seed}\x00{source}\x00{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
-    def finish(self) -> list[dict[str, Any]]:
-        if self._bin is not None:
-            self._close()
-        return self.shards
+
+def shard_bounds(shards: int) -> np.ndarray:
+    """The first key of shards 1..shards-1: shard i holds the copies with keys in
+    [i * 2**64 / shards, (i + 1) * 2**64 / shards)."""
+    return np.asarray([-(-(i << 64) // shards) for i in range(1, shards)], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class _SpillJob:
+    index: int  # the mixture part
+    part: str
+    tokens: str  # its token file (mixture artifacts)
+    work: str
+    seed: int
+    shards: dict[str, int]  # shards per split
+
+    def path(self, split: str, kind: str) -> Path:
+        return Path(self.work) / "scratch" / f"{split}-{kind}-{self.index:05d}.npy"
+
+
+def _spill_copies(job: _SpillJob) -> dict[str, Any]:
+    """Pass 1 on one mixture part: its copies (whole and cut, train and val) with their keys,
+    sorted by key, saved for the shard writers; returns the tokens per source and split."""
+    from pipeline.executor import worker_id
+
+    table = pq.read_table(job.part, columns=["id", "source", "text", TOKENS_COLUMN, REPEATS_COLUMN, PARTIAL_COLUMN,
+                                             SPLIT_COLUMN, TOKEN_OFFSET_COLUMN])
+    tokens = table.column(TOKENS_COLUMN).to_numpy()
+    repeats, partial = table.column(REPEATS_COLUMN).to_numpy(), table.column(PARTIAL_COLUMN).to_numpy()
+    offsets = table.column(TOKEN_OFFSET_COLUMN).to_numpy()
+    is_val = pc.equal(table.column(SPLIT_COLUMN), "val").to_numpy(zero_copy_only=False)
+    names = table.column("source").to_pylist()
+    source_index = np.asarray([SOURCES.index(n) for n in names], dtype=np.int16)
+    hashes = np.asarray([_doc_hash(job.seed, n, i) for n, i in zip(names, table.column("id").to_pylist())], dtype=np.uint64)
+    available = os.path.getsize(job.tokens) // TOKEN_DTYPE.itemsize
+    if len(offsets) and int((offsets + tokens).max()) > available:
+        raise StageError(f"{job.tokens}: shorter than the tokens its mixture part counts")
+    result: dict[str, Any] = {"worker": worker_id(), "docs": len(tokens),
+                              "bytes": int(pc.sum(pc.binary_length(pc.cast(table.column("text"), pa.binary()))).as_py() or 0)}
+    for split in SPLITS:
+        rows = np.flatnonzero(is_val if split == "val" else ~is_val)
+        count = np.ones(len(rows), dtype=np.int64) if split == "val" else repeats[rows] + (partial[rows] > 0)
+        row_of = np.repeat(rows, count)
+        copy = np.arange(len(row_of)) - np.repeat(np.cumsum(count) - count, count)  # 0.. per document
+        take = tokens[row_of].copy()
+        if split == "train":
+            cut = copy == repeats[row_of]  # the copy after the whole ones is the cut copy
+            take[cut] = partial[row_of[cut]]
+            result["cut_copies"] = int(cut.sum())
+        keys = copy_keys(hashes[row_of], copy, split)
+        order = np.lexsort((copy, row_of, keys))  # equal keys (astronomically rare): by row, copy
+        np.save(job.path(split, "keys"), keys[order])
+        np.save(job.path(split, "copies"), np.stack([offsets[row_of], take, np.full(len(row_of), job.index)], axis=1)[order])
+        result[split] = {
+            "tokens": np.bincount(source_index[row_of], weights=take, minlength=len(SOURCES)).astype(np.int64),
+            "copies": len(row_of),
+            "unique_docs": len(rows),
+        }
+    return result
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    split: str
+    shards: tuple[int, ...]  # the key ranges this job writes
+    count: int  # shards in the split
+    parts: tuple[_SpillJob, ...]
+    work: str
+
+
+def _write_shards(job: _ShardJob) -> tuple[list[dict[str, Any]], str]:
+    """Pass 2: each shard of `job.shards`: its copies gathered from every part's spill, in key
+    order, their tokens copied out of the mixture's token files; .bin, .idx and their checksums."""
+    from pipeline.executor import worker_id
+
+    bounds = [0] + [int(b) for b in shard_bounds(job.count)] + [1 << 64]
+    token_files: dict[int, np.memmap] = {}
+    written = []
+    for shard in job.shards:
+        low, high = bounds[shard], bounds[shard + 1]
+        keys, copies = [], []
+        for part in job.parts:
+            part_keys = np.load(part.path(job.split, "keys"), mmap_mode="r")
+            start = int(np.searchsorted(part_keys, np.uint64(low), side="left"))
+            stop = len(part_keys) if high >= 1 << 64 else int(np.searchsorted(part_keys, np.uint64(high), side="left"))
+            if stop > start:
+                keys.append(np.asarray(part_keys[start:stop]))
+                copies.append(np.asarray(np.load(part.path(job.split, "copies"), mmap_mode="r")[start:stop]))
+        if not keys:
+            continue  # an empty key range writes no shard
+        keys, copies = np.concatenate(keys), np.concatenate(copies)
+        # Parts hold their copies in key order; across parts, equal keys go by part (stable sort).
+        copies = copies[np.argsort(keys, kind="stable")]
+        name = f"{job.split}/shard-{shard:05d}"
+        (Path(job.work) / job.split).mkdir(exist_ok=True)
+        with open(Path(job.work) / f"{name}.bin", "wb") as out:
+            for offset, take, part in copies.tolist():
+                if part not in token_files:
+                    token_files[part] = np.memmap(job.parts[part].tokens, dtype=TOKEN_DTYPE, mode="r")
+                out.write(token_files[part][offset : offset + take].tobytes())
+        ends = np.cumsum(copies[:, 1])
+        np.concatenate([[0], ends]).astype(OFFSET_DTYPE).tofile(Path(job.work) / f"{name}.idx")
+        written.append({
+            "split": job.split,
+            "path": f"{name}.bin",
+            "idx_path": f"{name}.idx",
+            "tokens": int(ends[-1]),
+            "docs": len(copies),
+            "sha256": sha256_file(Path(job.work) / f"{name}.bin"),
+            "idx_sha256": sha256_file(Path(job.work) / f"{name}.idx"),
+        })
+    return written, worker_id()
 
 
 def write_token_shards(
@@ -136,11 +231,16 @@ def write_token_shards(
     output: Path,
     config: TokenShardsConfig | None = None,
     reuse: bool = True,
+    workers: int = 1,
+    executor: Any = None,
 ) -> dict[str, Any]:
-    """Tokenize the mixture and write train/val token shards at `output`. Returns the manifest.
+    """Write the mixture's copies as train/val token shards at `output`. Returns the manifest.
     With `reuse`, shards already written from the same mixture, tokenizer and config are kept.
     `tokenizer_model` is a tokenizer stage folder or a tokenizer.model file; it must be the one
-    the mixture counted tokens with."""
+    the mixture tokenized with. The jobs run on `executor` (a cluster) or `workers` processes here;
+    the shards' bytes depend on neither."""
+    from pipeline.executor import LocalExecutor, worker_id
+
     config = config or TokenShardsConfig()
     mixture_dir, output = Path(mixture_dir), Path(output)
     parts = read_plan_columns(mixture_dir)
@@ -167,81 +267,48 @@ def write_token_shards(
     )
     if reuse and (manifest := folder.current()):
         return manifest
+    planned = mixture_stats.get("sources", {})
+    split_total = {"train": mixture_stats["realized_tokens"], "val": sum(s.get("val_tokens", 0) for s in planned.values())}
+    counts = {split: max(1, -(-split_total[split] // config.shard_tokens)) for split in SPLITS}
+    runner = executor if executor is not None else LocalExecutor(workers)
+    here = worker_id()
     with folder:
-        scratch = folder.tmp / "scratch"
-        scratch.mkdir()
-        # Pass 1: tokenize each unique document once (BOS + ids + EOS) into a scratch file.
-        lengths, repeats, partial, source_of, is_val = [], [], [], [], []
-        sources: list[str] = []
-        columns = ["id", "text", "source", TOKENS_COLUMN, REPEATS_COLUMN, PARTIAL_COLUMN, SPLIT_COLUMN]
-        with open(scratch / "unique.bin", "wb") as unique:
-            for part in parts:
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=ENCODE_BATCH, columns=columns):
-                    texts = batch.column("text").to_pylist()
-                    packed, doc_lengths = pack_documents(sp.encode(texts, num_threads=config.num_workers), bos, eos)
-                    planned = batch.column(TOKENS_COLUMN).to_numpy()
-                    if not np.array_equal(doc_lengths, planned):
-                        row = int(np.flatnonzero(doc_lengths != planned)[0])
-                        raise StageError(
-                            f"{part}: document {batch.column('id')[row]} has {doc_lengths[row]} tokens, "
-                            f"the mixture counted {planned[row]}"
-                        )
-                    unique.write(packed.tobytes())
-                    lengths.append(doc_lengths)
-                    repeats.append(batch.column(REPEATS_COLUMN).to_numpy())
-                    partial.append(batch.column(PARTIAL_COLUMN).to_numpy())
-                    is_val.append(pc.equal(batch.column(SPLIT_COLUMN), "val").to_numpy(zero_copy_only=False))
-                    names = batch.column("source").to_pylist()
-                    for name in set(names) - set(sources):
-                        sources.append(name)
-                    source_of.append(np.asarray([sources.index(n) for n in names], dtype=np.int16))
-                    text_bytes = int(pc.sum(pc.binary_length(pc.cast(batch.column("text"), pa.binary()))).as_py() or 0)
-                    folder.counts.docs_in += len(texts)
-                    folder.counts.docs_kept += len(texts)
-                    folder.counts.bytes_out += text_bytes
-                    folder.counts.bytes_kept += text_bytes
-        if not lengths:
+        (folder.tmp / "scratch").mkdir()
+        # Pass 1: every mixture part's copies, keyed and sorted, spilled for the shard writers.
+        spills = tuple(_SpillJob(index, str(part), str(mixture_dir / "artifacts" / TOKENS_FOLDER / part.name.replace(".parquet", ".bin")),
+                                 str(folder.tmp), config.seed, counts) for index, part in enumerate(parts))
+        started = time.perf_counter()
+        spilled = list(runner.map(_spill_copies, list(spills)))
+        folder.timings["spill_wall_time_s"] = time.perf_counter() - started
+        if not spilled:
             raise StageError(f"{mixture_dir}: the mixture has no documents to tokenize")
-        lengths_all = np.concatenate(lengths)
-        offsets = np.concatenate([[0], np.cumsum(lengths_all)])
-        repeats_all, partial_all = np.concatenate(repeats), np.concatenate(partial)
-        source_all, val_all = np.concatenate(source_of), np.concatenate(is_val)
-
-        # The copies: (document, tokens taken). Whole copies take the document's length.
-        rng = np.random.default_rng(config.seed)
-        train_rows = np.flatnonzero(~val_all)
-        whole_docs = np.repeat(train_rows, repeats_all[train_rows])
-        cut_docs = train_rows[partial_all[train_rows] > 0]
-        train_docs = np.concatenate([whole_docs, cut_docs])
-        train_take = np.concatenate([lengths_all[whole_docs], partial_all[cut_docs]])
-        order = rng.permutation(len(train_docs))
-        val_docs = rng.permutation(np.flatnonzero(val_all))
-        copies = {
-            "train": (train_docs[order], train_take[order]),
-            "val": (val_docs, lengths_all[val_docs]),
-        }
-
-        # Pass 2: copy documents from the scratch file into the shards, in shuffled order.
-        unique_tokens = np.memmap(scratch / "unique.bin", dtype=TOKEN_DTYPE, mode="r")
+        # Pass 2: the shards, a few key ranges per job.
+        started = time.perf_counter()
+        jobs = [_ShardJob(split, tuple(range(first, min(first + SHARDS_PER_JOB, counts[split]))), counts[split], spills, str(folder.tmp))
+                for split in SPLITS for first in range(0, counts[split], SHARDS_PER_JOB)]
         shards: list[dict[str, Any]] = []
-        emitted = {split: np.zeros(len(sources), dtype=np.int64) for split in SPLITS}
-        for split, (docs, take) in copies.items():
-            writer = _ShardWriter(folder.tmp, split, config.shard_tokens)
-            for doc, count in zip(docs.tolist(), take.tolist()):
-                writer.write(unique_tokens[offsets[doc] : offsets[doc] + count])
-            np.add.at(emitted[split], source_all[docs], take)
-            shards += writer.finish()
-        del unique_tokens
-        shutil.rmtree(scratch)
+        for written, who in runner.map(_write_shards, jobs):
+            shards += written
+            if who != here:
+                folder.part_workers[who] = folder.part_workers.get(who, 0) + 1
+        folder.timings["write_wall_time_s"] = time.perf_counter() - started
+        shutil.rmtree(folder.tmp / "scratch")
+        for result in spilled:
+            folder.counts.docs_in += result["docs"]
+            folder.counts.docs_kept += result["docs"]
+            folder.counts.bytes_out += result["bytes"]
+            folder.counts.bytes_kept += result["bytes"]
+            if result["worker"] != here:
+                folder.pass_workers[result["worker"]] = folder.pass_workers.get(result["worker"], 0) + 1
+        emitted = {split: sum(r[split]["tokens"] for r in spilled) for split in SPLITS}
 
-        planned = mixture_stats.get("sources", {})
         # Ties in share (Table 1: github, wikipedia, books at 4.5%) by name: a set's order changes
         # with PYTHONHASHSEED, and the manifest must be the same bytes on every run.
-        names = sorted(set(sources) | set(planned), key=lambda s: (-planned.get(s, {}).get("target_share", 0), s))
-        train_tokens = {s: int(emitted["train"][sources.index(s)]) if s in sources else 0 for s in names}
-        val_tokens = {s: int(emitted["val"][sources.index(s)]) if s in sources else 0 for s in names}
+        present = [s for s in SOURCES if emitted["train"][SOURCES.index(s)] or emitted["val"][SOURCES.index(s)]]
+        names = sorted(set(present) | set(planned), key=lambda s: (-planned.get(s, {}).get("target_share", 0), s))
+        train_tokens = {s: int(emitted["train"][SOURCES.index(s)]) for s in names}
+        val_tokens = {s: int(emitted["val"][SOURCES.index(s)]) for s in names}
         total_train = sum(train_tokens.values())
-        target_tokens = {s: planned.get(s, {}).get("target_tokens", 0) for s in names}
         available = {s: planned.get(s, {}).get("available_tokens", 0) for s in names}
         folder.stats.update(
             {
@@ -256,12 +323,12 @@ def write_token_shards(
                 "shards": shards,
                 "total_tokens": total_train + sum(val_tokens.values()),
                 "split_tokens": {"train": total_train, "val": sum(val_tokens.values())},
-                "split_docs": {split: int(len(docs)) for split, (docs, _) in copies.items()},
-                "unique_docs": {"train": int(len(train_rows)), "val": int(val_all.sum())},
-                "cut_copies": int(len(cut_docs)),
+                "split_docs": {split: sum(r[split]["copies"] for r in spilled) for split in SPLITS},
+                "unique_docs": {split: sum(r[split]["unique_docs"] for r in spilled) for split in SPLITS},
+                "cut_copies": sum(r["cut_copies"] for r in spilled),
                 # Per source, over the train split (the stream the mixture planned).
                 "tokens_per_source": train_tokens,
-                "target_tokens": target_tokens,
+                "target_tokens": {s: planned.get(s, {}).get("target_tokens", 0) for s in names},
                 "target_share": {s: planned.get(s, {}).get("target_share", 0.0) for s in names},
                 "realized_share": {s: round(n / total_train, 8) if total_train else 0.0 for s, n in train_tokens.items()},
                 "epochs": {s: round(train_tokens[s] / available[s], 6) if available[s] else 0.0 for s in names},

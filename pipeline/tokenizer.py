@@ -27,6 +27,7 @@ tokenizer_config.json.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import tempfile
@@ -35,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -58,6 +60,7 @@ STAGE_NAME = "tokenizer"
 MODEL_FILE = "tokenizer.model"
 HF_CONFIG_FILE = "tokenizer_config.json"
 CODE_VERSION = code_version_of(__file__)
+TOKEN_DTYPE = np.dtype("<u2")  # token ids on disk: little-endian uint16 (vocab <= 65536)
 
 
 class TokenizerConfig(BaseModel):
@@ -290,3 +293,16 @@ def load_tokenizer(path: Path | str) -> spm.SentencePieceProcessor:
 def token_counts(processor: spm.SentencePieceProcessor, texts: list[str], num_threads: int = 1) -> list[int]:
     """Number of ids of each text (without BOS/EOS), encoded in SentencePiece's own thread pool."""
     return [len(ids) for ids in processor.encode(texts, num_threads=num_threads)]
+
+
+def pack_documents(ids: list[list[int]], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documents' ids as one uint16 array, each as BOS ids EOS, and each one's length."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    packed = np.empty(int(ends[-1]) if len(ends) else 0, dtype=TOKEN_DTYPE)
+    body = np.ones(len(packed), dtype=bool)
+    body[starts] = body[ends - 1] = False
+    packed[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=len(packed) - 2 * len(ids))
+    packed[starts], packed[ends - 1] = bos, eos
+    return packed, lengths

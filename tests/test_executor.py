@@ -57,6 +57,23 @@ def test_parts_run_on_the_cluster_workers_and_write_the_local_bytes(dask, cc_inp
         assert all(not who.startswith(f"{os.getpid()}@") for who in placed)  # not this process
 
 
+def test_the_commit_reads_no_part_in_this_process(dask, cc_inputs, tmp_path, monkeypatch):
+    """The workers describe (sha256, rows) the parts they write, and an upstream part's digest is
+    the one its committed manifest records: a stage run from here never reads a Parquet part's
+    bytes again in this process (at scale, a dump's text twice per stage in one process)."""
+    import pipeline.documents as documents
+
+    _, executor = dask
+    run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "cc_ingest", executor=executor)
+    hashed: list[str] = []
+    real = documents.sha256_file
+    monkeypatch.setattr(documents, "sha256_file", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    run_stage(get_stage("cc_langid")(), [tmp_path / "cc_ingest"], tmp_path / "cc_langid", executor=executor)
+    assert not [path for path in hashed if path.endswith(".parquet")], hashed
+    run_stage(get_stage("cc_langid")(), [tmp_path / "cc_ingest"], tmp_path / "local", workers=1)
+    assert _folder_bytes(tmp_path / "local") == _folder_bytes(tmp_path / "cc_langid")
+
+
 def test_a_whole_stage_runs_as_one_job(dask, samples, tmp_path):
     """run_stage_job: a stage as one cluster job (for a stage class that cannot split its parts)."""
     from pipeline.stage import run_stage_job

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.documents import is_complete, read_manifest
+from pipeline.documents import is_complete, read_manifest, read_timing
 from pipeline.spec import SPEC_DIR, load_spec
 
 pytestmark = pytest.mark.slow
@@ -242,7 +243,25 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
 
     from flows.corpus import build_corpus
 
+    import threading
+
+    import flows.corpus as corpus
+
     out, _ = recipe_run
+    # On a cluster the independent sources are in flight at the same time: every source but cc
+    # (which needs wikipedia's output) waits here until all the others have been started, so a
+    # one-after-the-other scheduler would break the barrier. (The tiny spec's subflows last well
+    # under a second each, too short to assert overlap from their recorded start and end times.)
+    independent = [name for name in load_spec(tiny_spec).sources if name != "cc"]
+    all_started = threading.Barrier(len(independent), timeout=120)
+    real_subflow = corpus.build_source
+
+    def subflow_once_all_started(source, *args, **kwargs):
+        if source in independent:
+            all_started.wait()
+        return real_subflow(source, *args, **kwargs)
+
+    monkeypatch.setattr(corpus, "build_source", subflow_once_all_started)
     started = datetime.now(timezone.utc)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
@@ -254,19 +273,21 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
     assert set(local) == set(on_dask) and len(local) > 50
     assert [name for name in local if local[name] != on_dask[name]] == []
     _assert_parts_ran_on_the_cluster(tmp_path / "build", tiny_spec)
-    # On a cluster the independent sources run at the same time (wikipedia still before cc).
+    assert not all_started.broken
+    # The mixture's and the token shards' passes ran in the cluster's workers too, not in this process.
+    for step in ("mixture", "tokens"):
+        placed = read_timing(tmp_path / "build" / step)
+        who = placed.get("part_workers", {}) | placed.get("pass_workers", {})
+        assert who and not any(w.startswith(f"{os.getpid()}@") for w in who), (step, placed)
     runs = _source_runs_since(started)
     assert len(runs) == 7
-    assert any(a[1] < b[2] and b[1] < a[2] for a in runs for b in runs if a is not b), runs
+    # ... and a source still waits for the one whose output it reads: wikipedia before cc.
     times = {name: (start, end) for name, start, end in runs}
     assert times["source-wikipedia"][1] <= times["source-cc"][0]
 
 
 def _assert_parts_ran_on_the_cluster(build: Path, spec_path: Path) -> None:
     """Every stage whose parts can leave this machine had each part written by a cluster worker."""
-    import os
-
-    from pipeline.documents import read_timing
     from pipeline.stage import get_stage
 
     spec = load_spec(spec_path)

@@ -19,6 +19,7 @@ from pipeline.mixture import (
     SourceShare,
     export_jsonl_zst,
     plan_copies,
+    sample_key,
     sample_mixture,
     split_targets,
 )
@@ -119,13 +120,17 @@ def test_unknown_source_and_bad_numbers_are_rejected():
 # -- the plan, on token counts
 
 
+def random_keys(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2**64, size=n, dtype=np.uint64)
+
+
 @pytest.mark.parametrize("epochs", [0.3, 0.64, 1.0, 1.06, 2.45, 3.7])
 def test_plan_meets_the_target_to_the_token(epochs):
     rng = np.random.default_rng(0)
     tokens = rng.integers(5, 5000, size=400)
     tokens[::37] *= 40  # a few very long documents (books)
     target = round(epochs * tokens.sum())
-    repeats, partial = plan_copies(tokens, target, np.random.default_rng(1))
+    repeats, partial = plan_copies(tokens, target, random_keys(1, len(tokens)))
     assert (repeats * tokens).sum() + partial.sum() == target
     whole = int(np.floor(epochs))
     assert set(np.unique(repeats)) <= {whole, whole + 1}
@@ -136,15 +141,19 @@ def test_plan_meets_the_target_to_the_token(epochs):
     assert ((repeats - whole) * tokens).sum() + partial.sum() == target - whole * tokens.sum()
 
 
-def test_plan_is_deterministic_per_generator_and_skips_empty_documents():
+def test_plan_is_deterministic_per_key_and_skips_empty_documents():
     tokens = np.array([0, 10, 20, 0, 30, 40])
-    a = plan_copies(tokens, 135, np.random.default_rng(3))
-    b = plan_copies(tokens, 135, np.random.default_rng(3))
+    a = plan_copies(tokens, 135, random_keys(3, 6))
+    b = plan_copies(tokens, 135, random_keys(3, 6))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert (a[0][tokens == 0] == 0).all() and (a[1][tokens == 0] == 0).all()
     assert (a[0] * tokens).sum() + a[1].sum() == 135
-    seen = {tuple(plan_copies(tokens, 55, np.random.default_rng(s))[0]) for s in range(20)}
-    assert len(seen) > 1  # the seed decides which documents fill the fraction
+    seen = {tuple(plan_copies(tokens, 55, random_keys(s, 6))[0]) for s in range(20)}
+    assert len(seen) > 1  # the keys decide which documents fill the fraction
+    # documents are drawn in key order: the smallest keys are taken whole first
+    keys = np.array([5, 1, 4, 9, 2, 3], dtype=np.uint64)
+    repeats, partial = plan_copies(tokens, 55, keys)  # key order: 10 (1), 30 (2), 40 (3) cut at 15
+    assert repeats.tolist() == [0, 1, 0, 0, 1, 0] and partial.tolist() == [0, 0, 0, 0, 0, 15]
 
 
 def test_targets_sum_exactly_to_the_budget():
@@ -206,6 +215,28 @@ def test_held_out_documents_are_never_trained_on(sources, tokenizer, tmp_path):
         assert realized_tokens(docs, name) == stats[name]["target_tokens"]
         held = [d for d in val if d.source == name]
         assert stats[name]["val_docs"] == len(held) and stats[name]["val_tokens"] == sum(d.columns["tokens"] for d in held)
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.05])
+def test_the_parallel_plan_is_the_one_process_plan(sources, tokenizer, tmp_path, val_fraction):
+    """The passes over parts (2 forked workers) place every copy where plan_copies, given every
+    document's tokens and sampling key in one process, places it; the bytes equal one worker's."""
+    config = three_source_config(sources, tokenizer, val_fraction=val_fraction, seed=3)
+    manifest = sample_mixture(sources, tokenizer, tmp_path / "two", config, workers=2)
+    docs = [d for p in kept_parts(tmp_path / "two") + rejected_parts(tmp_path / "two") for d in read_documents(p)]
+    for name in config.sources:
+        mine = sorted((d for d in docs if d.source == name), key=lambda d: int(d.id.split("/")[1]))
+        trainable = np.array([0 if d.columns["split"] == "val" else d.columns["tokens"] for d in mine])
+        keys = np.array([sample_key(3, name, d.id) for d in mine], dtype=np.uint64)
+        repeats, partial = plan_copies(trainable, manifest["stats"]["sources"][name]["target_tokens"], keys)
+        assert [d.columns["repeats"] for d in mine] == repeats.tolist()
+        assert [d.columns["partial_tokens"] for d in mine] == partial.tolist()
+    sample_mixture(sources, tokenizer, tmp_path / "one", config, workers=1)
+    assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two")
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "timing.json"}
 
 
 def test_sampling_is_deterministic_per_seed(sources, tokenizer, tmp_path):

@@ -178,3 +178,19 @@ def test_bad_inputs_are_clear_errors(built, tmp_path):
     with pytest.raises(StageError, match="another tokenizer"):
         write_token_shards(built["mixture"], other, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_two_workers_write_the_same_shards_from_one_tokenization(built, tmp_path):
+    """Two forked workers write the shards (several key ranges per split) to the bytes one wrote,
+    and nothing is encoded again: the copies are the mixture's token files' slices."""
+    write_token_shards(built["mixture"], built["tokenizer"], tmp_path / "two", TokenShardsConfig(shard_tokens=20_000, seed=0),
+                       workers=2)
+    files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                          if p.is_file() and p.suffix != ".json"}
+    assert files(tmp_path / "two") == files(built["shards"])
+    manifest = lambda root: {k: v for k, v in read_manifest(root).items() if k != "inputs"}  # inputs: paths relative to it
+    assert manifest(tmp_path / "two") == manifest(built["shards"])
+    assert len(read_manifest(built["shards"])["stats"]["shards"]) > 2
+    mixture_tokens = sorted((built["mixture"] / "artifacts" / "tokens").glob("part-*.bin"))
+    assert mixture_tokens and [p["path"] for p in read_manifest(built["mixture"])["artifacts"]] == [
+        str(p.relative_to(built["mixture"])) for p in mixture_tokens]
