@@ -75,6 +75,8 @@ def run_stage_command(
     config: str = typer.Option("{}", help="Stage config as JSON, e.g. '{\"threshold\": 0.5}'."),
     ref: List[str] = typer.Option([], help="Referenced stage outputs as NAME=FOLDER (repeatable)."),
     workers: int = typer.Option(1, min=1, help="Processes for the stage's per-part passes (same output bytes)."),
+    partitions: Optional[int] = typer.Option(None, min=1, help="Hash partitions of a partitioned dedup (default 64; "
+                                             "more = less memory per reduce job; same output bytes)."),
 ) -> None:
     """Run one stage outside any flow, writing the stage-folder contract."""
     from pipeline.documents import StageError
@@ -84,7 +86,7 @@ def run_stage_command(
         refs = dict(r.split("=", 1) for r in ref)
         stage = get_stage(name)(json.loads(config), refs)
         manifest = run_stage(stage, list(input), output, progress=lambda n, i, t: typer.echo(f"{n}: part {i}/{t}"),
-                             workers=workers)
+                             workers=workers, partitions=partitions)
     except (StageError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(

@@ -114,6 +114,7 @@ def stage_task(
     force: bool = False,
     workers: int = 1,
     cluster: str | None = None,
+    partitions: int | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     stage = get_stage(stage_name)(config, refs)
@@ -127,11 +128,11 @@ def stage_task(
         # Dask's workers are daemon processes, which may not fork: one process there.
         logger.info("%s: the whole stage runs as one %s job", stage_name, executor.name)
         manifest = executor.call(run_stage_job, stage_name, config, refs, inputs, output,
-                                 workers if executor.name == "ray" else 1)
+                                 workers if executor.name == "ray" else 1, partitions)
         publish_stage(manifest, read_timing(output))
     else:
         manifest = run_stage(stage, inputs, output, progress=StageProgress(stage_name), workers=workers,
-                             executor=executor)
+                             executor=executor, partitions=partitions)
         publish_stage(manifest, read_timing(output))
     _log_counts(manifest)
     return stage_summary(manifest)
@@ -147,6 +148,7 @@ def build_source(
     force: list[str] | None = None,
     workers: int = 1,
     cluster: str | None = None,
+    partitions: int | None = None,
 ) -> dict[str, str]:
     """Run one source's chain of stages (recomputing those named in `force`); returns {stage name:
     output folder}. Each stage is one task run, one after the other; with a `cluster` its parts run
@@ -161,7 +163,7 @@ def build_source(
         stage_cls, known = get_stage(name), outputs | available_refs
         refs = {ref: known[ref] for ref in stage_cls.references}
         refs |= {ref: known[ref] for ref in stage_cls.optional_references if ref in known}
-        stage_task.submit(name, config, inputs, output, refs, name in (force or []), workers, cluster).result()
+        stage_task.submit(name, config, inputs, output, refs, name in (force or []), workers, cluster, partitions).result()
         outputs[name] = output
         inputs = [output]
     return outputs
@@ -288,6 +290,7 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
             sorted(forced & set(source_spec.stages)),
             workers,
             cluster,
+            spec.partitions,
         )
 
     outputs: dict[str, dict[str, str]] = {}

@@ -72,6 +72,10 @@ class BuildSpec(Strict):
     # independent (`llama-recipe stages` marks them) run in this many forked workers; the output
     # bytes do not depend on it. 0 = one per CPU core.
     workers: int = Field(default=1, ge=0)
+    # Hash partitions of the partitioned dedups (pipeline/exchange.py): a reduce job holds 1/partitions
+    # of a stage's hashes, so raise it when workers have less memory than a dump's hashes / 64. The
+    # output bytes do not depend on it.
+    partitions: int = Field(default=64, ge=1)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     token_shards: TokenShardsConfig = Field(default_factory=TokenShardsConfig)

@@ -519,9 +519,9 @@ def run_method_job(job: MethodJob) -> tuple[Any, str]:
 
 
 def run_stage_job(name: str, config: dict[str, Any], refs: dict[str, str], inputs: list[str], output: str,
-                  workers: int = 1) -> dict[str, Any]:
+                  workers: int = 1, partitions: int | None = None) -> dict[str, Any]:
     """A whole stage as one cluster job (a stage whose parts cannot run apart yet)."""
-    return run_stage(get_stage(name)(config, refs), inputs, output, workers=workers)
+    return run_stage(get_stage(name)(config, refs), inputs, output, workers=workers, partitions=partitions)
 
 
 def run_stage(
@@ -531,19 +531,26 @@ def run_stage(
     progress: ProgressFn | None = None,
     workers: int = 1,
     executor: Any = None,
+    partitions: int | None = None,
 ) -> dict[str, Any]:
     """Run one stage on its inputs and write its stage folder. Returns the manifest.
 
     `workers` > 1: the stage's own per-part passes (map_parts) use that many processes, and so do
     its parts when the stage has `parallel_parts`; the folder's bytes do not depend on it.
     `executor` (pipeline/executor.py, a cluster): the parts of a `remote_parts` stage run there as
-    jobs, one per part, and write into this folder's temporary directory (a shared filesystem)."""
+    jobs, one per part, and write into this folder's temporary directory (a shared filesystem).
+    `partitions`: the hash partitions of a partitioned stage (pipeline/exchange.py; same bytes)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     files = input_files(stage, inputs)
     config = stage.config.model_dump(mode="json")
     if workers < 1:
         raise StageError(f"{stage.name}: workers must be >= 1, got {workers}")
+    if partitions is not None:
+        if partitions < 1:
+            raise StageError(f"{stage.name}: partitions must be >= 1, got {partitions}")
+        if hasattr(stage, "partitions"):
+            stage.partitions = partitions
     with StageFolder(
         output,
         stage.name,

@@ -43,6 +43,25 @@ def test_run_stage_outside_a_flow(tmp_path):
     assert manifest["rejected_by_reason"] == {"non_english": 1}
 
 
+def test_run_stage_partitions_change_the_memory_split_not_the_bytes(tmp_path):
+    """--partitions: a partitioned dedup's hash partitions (less memory per reduce job)."""
+    page = "A line that two pages share word for word, long enough to count as a line.\nAnd one of its own {}."
+    docs = [Document(f"cc/{i}", page.format("abcdefg"[i % 7] * 3), "cc") for i in range(40)]
+    write_documents(tmp_path / "in.parquet", docs)
+    folders = {}
+    for partitions in ("1", "7", None):
+        out = tmp_path / f"out-{partitions}"
+        args = ["run-stage", "cc_doc_dedup", "--input", str(tmp_path / "in.parquet"), "--output", str(out)]
+        result = runner.invoke(app, args + (["--partitions", partitions] if partitions else []))
+        assert result.exit_code == 0, result.output
+        folders[partitions] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "timing.json"}
+    assert folders["1"] == folders["7"] == folders[None]
+    assert read_manifest(tmp_path / "out-7")["rejected_by_reason"] == {"duplicate_document": 33}
+    result = runner.invoke(app, ["run-stage", "cc_doc_dedup", "--input", str(tmp_path / "in.parquet"),
+                                 "--output", str(tmp_path / "bad"), "--partitions", "0"])
+    assert result.exit_code == 2 and "partitions" in result.output
+
+
 def test_run_stage_missing_input_names_the_file(tmp_path):
     missing = tmp_path / "nope.warc.wet.gz"
     result = runner.invoke(app, ["run-stage", "cc_ingest", "--input", str(missing), "--output", str(tmp_path / "o")])
