@@ -283,10 +283,9 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
-        f"Line dedup memory: {stats['unique_line_hashes']} unique line hashes in {stats['groups']} group(s) of "
-        f"{stats['group_size']} parts; peak of the hash index {stats['index_peak_bytes']} bytes = "
-        f"{stats['index_bytes_per_unique_line']} bytes per unique line (goal <= 16: "
-        f"{'met' if stats['index_bytes_per_unique_line'] <= 16 else 'NOT met'}).",
+        f"Line dedup: {stats['unique_line_hashes']} unique line hashes in {stats['groups']} group(s) of "
+        f"{stats['pages_per_group']} pages, {stats['lines_removed']} lines in two or more pages removed and "
+        f"{stats['repeats_in_page_removed']} repeats inside a page (memory per process: \"Memory at scale\").",
         "",
         f"Classifier on held-out pages: {json.dumps(wikiref_stats['held_out'])}; perplexity cutoffs "
         f"(30th/60th percentiles of {perplexity_stats['reference_pages']} pages): head < "

@@ -313,3 +313,56 @@ def test_language_id_drops_the_chinese_spam_of_a_real_crawl(tmp_path):
     assert all(sum("\u4e00" <= ch <= "\u9fff" for ch in d.text) > 20 for d in chinese)
     kept = [d for p in kept_parts(tmp_path / "langid") for d in read_documents(p)]
     assert [d.columns["language"] for d in kept] == ["en"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Line dedup: cc_net's dedup.py on real pages
+
+
+def ccnet_line_dedup(texts: list[str]) -> list[str | None]:
+    """cc_net's algorithm, restated from dedup.py as mine.py runs it on one group: HashesCollector
+    adds each page's hashes after looking them all up (a hash's value is 1 once a later page holds
+    it), DuplicatesRemover drops the lines whose value is 1 and a page left with none, and
+    finalize_doc keeps the first of equal hashes inside a page."""
+    import hashlib
+
+    from pipeline.text import normalize_for_dedup
+
+    line_hash = lambda line: hashlib.sha1(normalize_for_dedup(line).encode()).digest()[:8]
+    seen_before: dict[bytes, int] = {}
+    for text in texts:
+        hashes = [line_hash(line) for line in text.split("\n")]
+        contains = [h in seen_before for h in hashes]
+        for h, c in zip(hashes, contains):
+            seen_before[h] = int(c)
+    out: list[str | None] = []
+    for text in texts:
+        lines = text.split("\n")
+        hashes = [line_hash(line) if seen_before[line_hash(line)] < 1 else None for line in lines]
+        if all(h is None for h in hashes):
+            out.append(None)
+            continue
+        seen, kept = set(), []
+        for line, h in zip(lines, hashes):
+            if h is not None and h not in seen:
+                kept.append(line)
+            seen.add(h)
+        out.append("\n".join(kept))
+    return out
+
+
+@pytest.mark.skipif(not (CC / "CC-MAIN-2020-34-excerpt.warc.gz").is_file(), reason=f"real-data sample absent: {CC}")
+def test_line_dedup_equals_ccnet_on_real_pages(tmp_path):
+    """On the real crawl excerpt's pages (one group): every page as cc_net's dedup.py leaves it.
+    They repeat navigation lines inside a page (kept once, not removed) and share boilerplate
+    across pages (removed from all)."""
+    from pipeline.commoncrawl.line_dedup import CCLineDedup
+
+    run_stage(CCWarcIngest({"min_length": 0}), [CC / "CC-MAIN-2020-34-excerpt.warc.gz"], tmp_path / "ingest")
+    manifest = run_stage(CCLineDedup(), [tmp_path / "ingest"], tmp_path / "dedup")
+    pages = docs_of(tmp_path / "ingest")
+    expected = dict(zip((d.id for d in pages), ccnet_line_dedup([d.text for d in pages])))
+    got = {d.id: d.text for d in docs_of(tmp_path / "dedup")} | {d.id: None for d in docs_of(tmp_path / "dedup", rejected=True)}
+    assert len(pages) >= 10 and got == expected
+    stats = manifest["stats"]
+    assert stats["lines_removed"] > 0 and stats["repeats_in_page_removed"] > 0

@@ -18,8 +18,8 @@ from pipeline.stage import run_stage
 from tests.test_commoncrawl import HELD_TOPICS, TRAIN_TOPICS, gibberish, page, wet_record, wikipedia_stand_in, write_wet_gz
 
 
-def _line_dedup_with(partitions: int, workers: int, inputs: list[Path], output: Path, group_size: int = 2) -> dict:
-    stage = CCLineDedup({"group_size": group_size})
+def _line_dedup_with(partitions: int, workers: int, inputs: list[Path], output: Path, group_pages: int = 120) -> dict:
+    stage = CCLineDedup({"group_pages": group_pages})
     stage.partitions = partitions
     return run_stage(stage, inputs, output, workers=workers)
 
@@ -35,7 +35,8 @@ def test_line_dedup_partitions_decide_each_hash_as_the_whole_group_would(tmp_pat
     parts = []
     for part in range(5):
         docs = [Document(id=f"cc/{part}/{row}", source="cc",
-                         text="\n".join(vocabulary[i] for i in rng.integers(0, 400, 6)) + f"\nunique {part} {row}")
+                         text="\n".join(vocabulary[i] for i in rng.integers(0, 400, 6)) + f"\nunique {part} {row}"
+                         + ("\nown menu " + "".join(rng.choice(list("abcdefghij"), 12))) * (2 if row % 4 == 0 else 0))  # repeated in one page
                 for row in range(60)]
         write_documents(tmp_path / f"in-{part}.parquet", docs)
         parts.append(tmp_path / f"in-{part}.parquet")
@@ -47,20 +48,29 @@ def test_line_dedup_partitions_decide_each_hash_as_the_whole_group_would(tmp_pat
         assert not (out / "artifacts").exists()
         assert manifest["stats"]["groups"] == 3
     assert folders[(1, 1)] == folders[(3, 2)] == folders[(64, 1)]
-    # The same decisions from first principles: per group, hashes counted over all its lines.
+    # The same decisions from first principles, as cc_net's HashesCollector + DuplicatesRemover make
+    # them: per group (120 pages: two parts), a line in two or more pages is removed everywhere; a
+    # line repeated inside one page keeps its first copy.
+    from collections import Counter
+
     from pipeline.documents import read_documents
     from pipeline.text import EMPTY_LINE_HASH, dedup_line_hashes
 
     kept = {d.id: d.text for q in sorted((tmp_path / "out-3-2" / "kept").glob("*.parquet")) for d in read_documents(q)}
+    repeats_kept = 0
     for group in ((0, 1), (2, 3), (4,)):
         docs = [d for part in group for d in read_documents(parts[part])]
-        hashes = np.concatenate([dedup_line_hashes(d.text) for d in docs])
-        unique, counts = np.unique(hashes[hashes != EMPTY_LINE_HASH], return_counts=True)
-        duplicated = set(unique[counts >= 2].tolist())
+        pages = Counter(h for d in docs for h in set(dedup_line_hashes(d.text).tolist()) if h != EMPTY_LINE_HASH)
+        duplicated = {h for h, n in pages.items() if n >= 2}
         for doc in docs:
-            expected = "\n".join(line for line, h in zip(doc.text.split("\n"), dedup_line_hashes(doc.text).tolist())
-                                 if h not in duplicated and h != EMPTY_LINE_HASH)
-            assert kept.get(doc.id, "") == expected
+            seen, expected = set(), []
+            for line, h in zip(doc.text.split("\n"), dedup_line_hashes(doc.text).tolist()):
+                if h not in duplicated and h != EMPTY_LINE_HASH and h not in seen:
+                    expected.append(line)
+                repeats_kept += h in seen and h not in duplicated
+                seen.add(h)
+            assert kept.get(doc.id, "") == "\n".join(expected)
+    assert repeats_kept > 0  # the case exists: lines repeated only inside their page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +111,7 @@ def test_cc_chain_with_two_workers_writes_the_same_folders_as_one(tmp_path):
     def chain(workers: int) -> dict[str, dict]:
         out = tmp_path / f"w{workers}"
         manifests, inputs = {}, files
-        for stage in (CCIngest(), CCDocDedup(), CCLineDedup({"group_size": 3}), CCLangId(),
+        for stage in (CCIngest(), CCDocDedup(), CCLineDedup({"group_pages": 3 * 4}), CCLangId(),
                       CCPerplexity({"sp_vocab_size": 2000}, refs={"wikipedia_clean": wiki}),
                       CCWikiRef({"min_positives": 2, "threshold": 0.0}, refs={"wikipedia_clean": wiki})):
             manifests[stage.name] = run_stage(stage, inputs, out / stage.name, workers=workers)

@@ -257,18 +257,52 @@ def test_line_dedup_removes_a_repeated_line_from_every_copy_including_the_first(
     assert out["cc/a"].columns["lines_removed"] == 1
 
 
-def test_line_dedup_respects_group_boundaries(tmp_path):
+def test_line_dedup_keeps_the_first_of_lines_repeated_only_inside_one_page():
+    """cc_net looks up a page's hashes before adding them: a line only this page repeats is no one's
+    duplicate (finalize_doc keeps its first copy); a line also in another page goes everywhere."""
+    docs = [
+        cc_doc("a", f"Menu\nAlpha opens here.\nMenu\n{BOILERPLATE}\nMenu\nAlpha closes."),
+        cc_doc("b", f"Beta says hello.\n{BOILERPLATE}\n{BOILERPLATE}"),
+    ]
+    out = {d.id: d for d in CCLineDedup()(docs)}
+    assert out["cc/a"].text == "Menu\nAlpha opens here.\nAlpha closes."
+    assert out["cc/a"].columns["lines_removed"] == 3  # two repeats of Menu, the shared line
+    assert out["cc/b"].text == "Beta says hello." and out["cc/b"].columns["lines_removed"] == 2
+
+
+def test_line_dedup_empties_every_copy_of_a_duplicated_page():
+    """cc_net has no page dedup: two identical pages share every line, so both are emptied."""
+    text = "A page that was crawled twice.\nIts second line."
+    out = {d.id: d for d in CCLineDedup()([cc_doc("a", text), cc_doc("b", text), cc_doc("c", "Another page.")])}
+    assert out["cc/a"].reason == out["cc/b"].reason == "empty_after_line_dedup"
+    assert out["cc/c"].reason is None
+
+
+def test_line_dedup_groups_hold_group_pages_pages(tmp_path):
     p0 = write_part(tmp_path / "p0.parquet", [cc_doc("a", f"Alpha.\n{BOILERPLATE}")])
     p1 = write_part(tmp_path / "p1.parquet", [cc_doc("b", f"Beta.\n{BOILERPLATE}")])
-    separate = run_stage(CCLineDedup({"group_size": 1}), [p0, p1], tmp_path / "groups_of_1")
+    p2 = write_part(tmp_path / "p2.parquet", [cc_doc("c", f"Gamma.\n{BOILERPLATE}"), cc_doc("d", "Delta.")])
+    separate = run_stage(CCLineDedup({"group_pages": 1}), [p0, p1], tmp_path / "groups_of_1")
     assert_reconciles(separate)
     assert all(BOILERPLATE in d.text for d in docs_of(tmp_path / "groups_of_1"))  # one copy per group
     assert separate["stats"]["groups"] == 2 and separate["stats"]["lines_removed"] == 0
-    together = run_stage(CCLineDedup({"group_size": 2}), [p0, p1], tmp_path / "groups_of_2")
+    together = run_stage(CCLineDedup({"group_pages": 2}), [p0, p1], tmp_path / "groups_of_2")
     assert [d.text for d in docs_of(tmp_path / "groups_of_2")] == ["Alpha.", "Beta."]
     stats = together["stats"]
-    assert stats["groups"] == 1 and stats["group_size"] == 2
+    assert stats["groups"] == 1 and stats["group_pages"] == 2 and stats["pages_per_group"] == [2]
     assert stats["lines_removed"] == 2 and stats["unique_line_hashes"] == 3
+    # Whole parts until a group holds group_pages: [p0, p1] (2 pages), then [p2] (2 pages).
+    three = run_stage(CCLineDedup({"group_pages": 2}), [p0, p1, p2], tmp_path / "three")
+    assert three["stats"]["pages_per_group"] == [2, 2]
+    assert [d.text for d in docs_of(tmp_path / "three")] == ["Alpha.", "Beta.", f"Gamma.\n{BOILERPLATE}", "Delta."]
+
+
+def test_groups_are_whole_parts_in_order():
+    from pipeline.commoncrawl.line_dedup import groups_of
+
+    assert groups_of([3, 3, 3, 3], 6) == [range(0, 2), range(2, 4)]
+    assert groups_of([5, 1, 7, 2], 6) == [range(0, 2), range(2, 3), range(3, 4)]
+    assert groups_of([1, 1], 100) == [range(0, 2)]
 
 
 # ---------------------------------------------------------------------------------------------
