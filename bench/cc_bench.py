@@ -143,8 +143,9 @@ def run_chain(files: list[Path], work: Path, wikipedia: Path, workers: int, wet_
     run(CCDocDedup(), [pages])
     english = run(CCLangId(), [pages])
     refs = {"wikipedia_clean": wikipedia}
-    scored = run(CCPerplexity({"sp_vocab_size": 8000}, refs=refs), [english])
-    run(CCWikiRef(refs=refs | {"cc_langid": english}), [scored])
+    scored = run(CCPerplexity({"sp_vocab_size": 8000, "cutoffs": "percentiles"}, refs=refs), [english])
+    run(CCWikiRef({"training_pages": "before_perplexity", "epoch": 50, "lr": 0.5, "dim": 16}, refs=refs | {"cc_langid": english}),
+        [scored])
     return measured
 
 

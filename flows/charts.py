@@ -58,9 +58,12 @@ def perplexity_histogram(manifest: dict[str, Any]) -> str | None:
                                 (stats["tail_cutoff"], "middle | tail", "#c44e52")):
         axes.axvline(value, color=color, linestyle="--", label=f"{label} {value:.0f}")
     axes.legend()
-    caption = (f"{sum(counts)} scored pages. Cutoffs are the {stats['head_percentile']:g}th and "
-               f"{stats['tail_percentile']:g}th percentiles of {stats['reference_pages']} reference pages; "
-               f"kept buckets: {', '.join(manifest['config']['keep_buckets'])}.")
+    if stats.get("cutoffs", "percentiles") == "percentiles":
+        origin = (f"Cutoffs are the {stats['head_percentile']:g}th and {stats['tail_percentile']:g}th percentiles of "
+                  f"this build's first {stats['reference_pages']} pages")
+    else:
+        origin = "Cutoffs are fixed in the spec (cc_net's: calibrated once with llama-recipe calibrate-perplexity)"
+    caption = f"{sum(counts)} scored pages. {origin}; kept buckets: {', '.join(manifest['config']['keep_buckets'])}."
     return _png_markdown(figure, "Perplexity histogram", caption)
 
 

@@ -153,6 +153,51 @@ def rerun(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command("calibrate-perplexity")
+def calibrate_perplexity(
+    build: Path = typer.Option(..., help="A build whose stages up to cc_perplexity are done (wikipedia_clean, cc_langid)."),
+    spec: Optional[Path] = typer.Option(None, help="The spec to write the cutoffs into (default: the build's own spec)."),
+    sample: List[Path] = typer.Option([], help="Reference pages: stage folders or parts (default: the build's stage "
+                                      "before cc_perplexity)."),
+    write: bool = typer.Option(True, "--write/--print-only", help="Write the cutoffs into the spec, or only print them."),
+) -> None:
+    """cc_net's fixed perplexity cutoffs for this build's model: the 30th/60th percentiles of its
+    perplexity on a reference sample of pages, computed once and written into the spec's
+    cc_perplexity config (head_cutoff, tail_cutoff, calibrated_model), so that later builds bucket
+    every crawl against the same numbers."""
+    from pipeline.commoncrawl.perplexity import WIKIPEDIA, CCPerplexity
+    from pipeline.documents import StageError, is_complete
+    from pipeline.spec import SPEC_DIR, load_spec, set_stage_config
+
+    try:
+        from flows.corpus import read_build_record
+
+        spec_path = spec or Path(read_build_record(build)["spec"])
+        if not spec_path.exists() and (SPEC_DIR / f"{spec_path}.yaml").exists():
+            spec_path = SPEC_DIR / f"{spec_path}.yaml"
+        chain = list(load_spec(spec_path).sources["cc"].stages.items()) if "cc" in load_spec(spec_path).sources else []
+        names = [name for name, _ in chain]
+        if "cc_perplexity" not in names:
+            raise StageError(f"{spec_path}: no cc_perplexity stage to calibrate")
+        config = dict(chain)["cc_perplexity"]
+        before = names[names.index("cc_perplexity") - 1]
+        pages = list(sample) or [build / "stages" / before]
+        for folder in [build / "stages" / WIKIPEDIA] + [p for p in pages if p.is_dir()]:
+            if not is_complete(folder):
+                raise StageError(f"{folder}: not a complete stage folder; build up to cc_perplexity first "
+                                 "(`llama-recipe build` keeps the stages it finished)")
+        stage = CCPerplexity(config, refs={WIKIPEDIA: build / "stages" / WIKIPEDIA})
+        values = stage.calibrate(pages)
+    except StageError as exc:
+        _fail(str(exc))
+    cutoffs = {key: values[key] for key in ("head_cutoff", "tail_cutoff", "calibrated_model")}
+    typer.echo(f"cc_perplexity cutoffs from {values['reference_pages']} pages: head < {cutoffs['head_cutoff']} <= middle "
+               f"< {cutoffs['tail_cutoff']} <= tail (model {cutoffs['calibrated_model'][:12]})")
+    if write:
+        set_stage_config(spec_path, "cc_perplexity", {"cutoffs": "fixed"} | cutoffs)
+        typer.echo(f"written into {spec_path}")
+
+
 @app.command()
 def serve(
     spec: Path = typer.Option(Path("demo"), help="Build spec (YAML), or a name in data_specs/."),

@@ -8,8 +8,9 @@ a typo fails in the first second of a build, not after hours.
 
 from __future__ import annotations
 
+import json
 import os
-
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,52 @@ def load_spec(path: Path | str) -> BuildSpec:
         return BuildSpec(**(raw or {}))
     except ValidationError as exc:
         raise StageError(f"{path}: invalid spec:\n{exc}") from exc
+
+
+def set_stage_config(path: Path | str, stage: str, values: dict[str, Any]) -> None:
+    """Set config keys of one stage in a spec file, in place: the file's other lines and comments
+    stay as they are (a spec is a commented document; a YAML round trip would drop them). The
+    result must load, or the file is left unchanged."""
+    path = Path(path)
+    original = path.read_text()
+    lines = original.splitlines(keepends=True)
+    key = re.compile(rf"^(\s*){re.escape(stage)}:(.*?)(\s+#.*)?$")
+    at = next((i for i, line in enumerate(lines) if key.match(line.rstrip("\n"))), None)
+    if at is None:
+        raise StageError(f"{path}: no stage {stage!r} to configure")
+    indent, rest, comment = key.match(lines[at].rstrip("\n")).groups()
+    rendered = {name: json.dumps(value) if isinstance(value, str) else yaml.safe_dump(value).strip().removesuffix("\n...")
+                for name, value in values.items()}
+    if rest.strip():  # a flow mapping on the key's line, e.g. `cc_perplexity: {}`
+        current = yaml.safe_load(rest) or {}
+        merged = {name: yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+                  for name, value in current.items()} | rendered
+        block = [f"{indent}  {name}: {value}\n" for name, value in merged.items()]
+        lines[at : at + 1] = [f"{indent}{stage}:{comment or ''}\n"] + block
+    else:
+        end, child = at + 1, None
+        while end < len(lines):
+            text = lines[end]
+            if text.strip() and not text.lstrip().startswith("#"):
+                depth = len(text) - len(text.lstrip())
+                if depth <= len(indent):
+                    break
+                child = child if child is not None else text[:depth]
+            end += 1
+        child = child if child is not None else indent + "  "
+        for name, value in rendered.items():
+            entry = re.compile(rf"^{re.escape(child)}{re.escape(name)}:(.*?)(\s+#.*)?$")
+            found = next((i for i in range(at + 1, end) if entry.match(lines[i].rstrip("\n"))), None)
+            if found is not None:
+                trailing = entry.match(lines[found].rstrip("\n")).group(2) or ""
+                lines[found] = f"{child}{name}: {value}{trailing}\n"
+            else:
+                last = max((i for i in range(at + 1, end) if lines[i].strip()), default=at)
+                lines.insert(last + 1, f"{child}{name}: {value}\n")
+                end += 1
+    path.write_text("".join(lines))
+    try:
+        load_spec(path)
+    except StageError:
+        path.write_text(original)
+        raise

@@ -22,7 +22,7 @@ from pipeline.documents import Document, StageError, kept_parts, read_documents,
 from pipeline.stage import run_stage
 from tests.conftest import REALDATA
 from tests.test_commoncrawl import (
-    PROSE, TRAIN_TOPICS, assert_reconciles, cc_doc, docs_of, page, spam_page, topics, wet_record,
+    PROSE, SMALL_CORPUS, TRAIN_TOPICS, assert_reconciles, cc_doc, docs_of, page, spam_page, topics, wet_record,
     wikipedia_stand_in, write_wet_gz,
 )
 
@@ -187,7 +187,7 @@ def test_warc_ingest_real_crawls(tmp_path):
 
 def test_wikiref_reference_pages_from_wet_files_are_positives(tmp_path):
     wiki = wikipedia_stand_in(tmp_path / "wikipedia_clean")  # cites nothing
-    long_topics = [t for t in TRAIN_TOPICS if len(topics[t]) > 400]  # ingest keeps pages >= 300 characters
+    long_topics = [t for t in TRAIN_TOPICS if len(topics[t]) > 1000]  # positives have >= 1,000 characters
     refs = [wet_record(page(t, topics[t]), url=f"http://ref.example/{t}") for t in long_topics]
     refs.append(refs[0])  # the same page twice: one example
     (tmp_path / "refs").mkdir()
@@ -195,7 +195,7 @@ def test_wikiref_reference_pages_from_wet_files_are_positives(tmp_path):
     negatives = [cc_doc(f"spam{i}", spam_page(i)) for i in range(len(TRAIN_TOPICS) + 10)]
     part = tmp_path / "p0.parquet"
     write_documents(part, negatives)
-    config = {"reference_pages": [str(tmp_path / "refs" / "*.warc.wet.gz")]}
+    config = SMALL_CORPUS | {"reference_pages": [str(tmp_path / "refs" / "*.warc.wet.gz")]}
     stage = CCWikiRef(config, refs={"wikipedia_clean": wiki})
     manifest = run_stage(stage, [part], tmp_path / "wikiref")
     assert_reconciles(manifest)
@@ -220,7 +220,8 @@ def test_wikiref_real_reference_pages_score_above_spam(tmp_path):
     spam = [d for d in CCWarcIngest().read(CC / "CC-MAIN-2020-34-excerpt.warc.gz") if not d.rejected]
     c4 = [d for d in C4Ingest().read(REALDATA / "c4" / "c4-sample.00000-of-00001.json.gz") if not d.rejected][:300]
     write_documents(tmp_path / "p0.parquet", c4 + spam)
-    stage = CCWikiRef({"reference_pages": [str(WEB_REFS / "dolma-sample-0000.warc.gz")]}, refs={"wikipedia_clean": wiki})
+    stage = CCWikiRef(SMALL_CORPUS | {"reference_pages": [str(WEB_REFS / "dolma-sample-0000.warc.gz")]},
+                      refs={"wikipedia_clean": wiki})
     manifest = run_stage(stage, [tmp_path / "p0.parquet"], tmp_path / "wikiref")
     assert_reconciles(manifest)
     stats = manifest["stats"]
@@ -264,22 +265,36 @@ class WordPieces:
         return [t.split() for t in text] if isinstance(text, list) else text.split()
 
 
-def hand_model(tmp_path: Path) -> PerplexityModel:
+def hand_model(tmp_path: Path, scoring: str = "page") -> PerplexityModel:
     import kenlm
 
     (tmp_path / "hand.arpa").write_text(HAND_ARPA)
     model = PerplexityModel.__new__(PerplexityModel)
-    model.sp, model.lm = WordPieces(), kenlm.Model(str(tmp_path / "hand.arpa"))
+    model.sp, model.lm, model.scoring = WordPieces(), kenlm.Model(str(tmp_path / "hand.arpa")), scoring
     return model
 
 
 def test_perplexity_formula_on_a_hand_written_kenlm_model(tmp_path):
+    """cc_net scores a page as one sentence: normalize(page) deletes its newlines (control
+    characters), so the lines run together, then DocLM: 10 ** (-log10 p / (pieces + 1))."""
     model = hand_model(tmp_path)
+    # "A b\n\n  À  " -> "a b  a": p(a|<s>) + p(b|a) + p(a|b) + p(</s>|a) = -0.2 - 1.0 - 0.5 - 0.3 = -2.0
+    # over 3 + 1 tokens: 10 ** (2.0 / 4) = 3.16 -> 3.2 (cc_net rounds to one decimal)
+    assert model.perplexity("A b\n\n  \u00c0  ") == 3.2
+    assert model.perplexity("a b") == round(10 ** (1.5 / 3), 1)
+    # "a\nb" -> "ab", one unknown piece: p(<unk>|<s>) + p(</s>|<unk>) = -3.3 over 2 -> 44.7
+    assert model.perplexity("a\nb") == 44.7
+    assert model.perplexity("\n \n") is None
+
+
+def test_perplexity_per_line_scoring_is_the_named_deviation(tmp_path):
+    model = hand_model(tmp_path, scoring="lines")
     # "A b" -> "a b": log10 p(a|<s>) + p(b|a) + p(</s>|b) = -0.2 - 1.0 - 0.3 = -1.5 over 2 + 1 tokens
     # "À"   -> "a"  : -0.2 - 0.3 = -0.5 over 1 + 1 tokens (accents stripped, lowercased: cc_net)
-    # pp = 10 ** (2.0 / 5) = 2.51 -> 2.5 (cc_net rounds to one decimal); blank lines do not count.
+    # pp = 10 ** (2.0 / 5) = 2.51 -> 2.5; blank lines do not count.
     assert model.perplexity("A b\n\n  \u00c0  ") == 2.5
-    assert model.perplexity("a b") == round(10 ** (1.5 / 3), 1)
+    # "a" and "b" as two sentences: -0.5 and -1.3 over 2 + 2 tokens -> 10 ** 0.45 = 2.8
+    assert model.perplexity("a\nb") == 2.8
     assert model.perplexity("\n \n") is None
 
 

@@ -112,8 +112,8 @@ def test_cc_chain_with_two_workers_writes_the_same_folders_as_one(tmp_path):
         out = tmp_path / f"w{workers}"
         manifests, inputs = {}, files
         for stage in (CCIngest(), CCDocDedup(), CCLineDedup({"group_pages": 3 * 4}), CCLangId(),
-                      CCPerplexity({"sp_vocab_size": 2000}, refs={"wikipedia_clean": wiki}),
-                      CCWikiRef({"min_positives": 2, "threshold": 0.0}, refs={"wikipedia_clean": wiki})):
+                      CCPerplexity({"sp_vocab_size": 2000, "cutoffs": "percentiles"}, refs={"wikipedia_clean": wiki}),
+                      CCWikiRef({"min_positives": 2, "threshold": 0.0, "min_positive_chars": 0}, refs={"wikipedia_clean": wiki})):
             manifests[stage.name] = run_stage(stage, inputs, out / stage.name, workers=workers)
             inputs = [out / stage.name]
         return manifests

@@ -144,3 +144,31 @@ def test_publish_uploads_a_build_and_refuses_a_folder_that_is_not_one(tmp_path, 
     assert fs.exists(f"{bucket}/b/stages/c4_quality/manifest.json") and fs.exists(f"{bucket}/b/BUILD.json")
     again = runner.invoke(app, ["publish", str(build), f"s3://{bucket}/b"])
     assert "0 folders uploaded, 2 unchanged" in again.output
+
+
+def test_calibrate_perplexity_writes_fixed_cutoffs_into_the_spec_keeping_its_comments(tmp_path):
+    """The first build of a spec without cutoffs stops at cc_perplexity; calibrate-perplexity on that
+    build computes cc_net's cutoffs (percentiles of its model on the pages before the stage) and
+    writes them into the spec, which then loads with `cutoffs: fixed` and the numbers."""
+    import pyarrow as pa
+    from pydoc_data.topics import topics
+
+    from tests.test_commoncrawl import HELD_TOPICS, cc_doc, fake_stage, gibberish, wikipedia_stand_in
+
+    build = tmp_path / "build"
+    wikipedia_stand_in(build / "stages" / "wikipedia_clean")
+    pages = [cc_doc(f"p{i}", topics[t], language="en") for i, t in enumerate(HELD_TOPICS)]
+    fake_stage(build / "stages" / "cc_langid", "cc_langid", pages + [cc_doc("n", gibberish(1), language="en")],
+               {"language": pa.string()})
+    spec = tmp_path / "llama1.yaml"
+    spec.write_text((SPEC_DIR / "llama1.yaml").read_text().replace("sp_vocab_size: 65536", "sp_vocab_size: 2000"))
+    result = runner.invoke(app, ["calibrate-perplexity", "--build", str(build), "--spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    config = load_spec(spec).sources["cc"].stages["cc_perplexity"]
+    assert config["cutoffs"] == "fixed" and 0 < config["head_cutoff"] < config["tail_cutoff"]
+    assert len(config["calibrated_model"]) == 64
+    assert f"head < {config['head_cutoff']}" in result.output
+    text = spec.read_text()
+    assert "# cc_net's SentencePiece size on Wikipedia" in text and "calibrate-perplexity --build BUILD" in text
+    missing = runner.invoke(app, ["calibrate-perplexity", "--build", str(tmp_path / "nowhere"), "--spec", str(spec)])
+    assert missing.exit_code == 2 and "not a complete stage folder" in missing.output

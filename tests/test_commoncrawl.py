@@ -359,7 +359,7 @@ def test_perplexity_ranks_prose_below_gibberish_and_buckets_by_cutoffs(tmp_path)
     pages = [cc_doc(f"prose{i}", topics[t], language="en") for i, t in enumerate(HELD_TOPICS)]
     pages += [cc_doc(f"noise{i}", gibberish(i), language="en") for i in range(4)]
     part = write_part(tmp_path / "p0.parquet", pages, {"language": pa.string()})
-    stage = CCPerplexity({"sp_vocab_size": 2000}, refs={"wikipedia_clean": wiki})
+    stage = CCPerplexity({"sp_vocab_size": 2000, "cutoffs": "percentiles"}, refs={"wikipedia_clean": wiki})
     manifest = run_stage(stage, [part], tmp_path / "perplexity")
     assert_reconciles(manifest)
     stats = manifest["stats"]
@@ -375,17 +375,48 @@ def test_perplexity_ranks_prose_below_gibberish_and_buckets_by_cutoffs(tmp_path)
     assert all(out[f"cc/noise{i}"].reason == "perplexity_tail" for i in range(4))
     artifacts = {Path(a["path"]).name for a in manifest["artifacts"]}
     assert {"sp.model", "en.5gram.binary"} <= artifacts
-    # cc_net's DocLM formula, by hand on a two-line page: 10 ** (-sum log10 / sum(pieces + 1)).
+    # cc_net's pipeline by hand on a two-line page: normalize(page) (its newlines deleted), one
+    # SentencePiece call, DocLM on the one resulting sentence: 10 ** (-log10 / (pieces + 1)).
     import kenlm
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "perplexity/artifacts/sp.model"))
     lm = kenlm.Model(str(tmp_path / "perplexity/artifacts/en.5gram.binary"))
-    lines = [normalize_for_lm(line) for line in ("The Loop ends HERE.", "Values 1, 2 – and 3!")]
-    pieces = [sp.encode(line, out_type=str) for line in lines]
-    log10 = sum(lm.score(" ".join(p), bos=True, eos=True) for p in pieces)
-    expected = round(10 ** (-log10 / sum(len(p) + 1 for p in pieces)), 1)
-    assert stage.model.perplexity("The Loop ends HERE.\n\nValues 1, 2 – and 3!") == expected
+    page = "The Loop ends HERE.\n\nValues 1, 2 – and 3!"
+    assert normalize_for_lm(page) == "the loop ends here.values 0, 0 - and 0!"
+    pieces = sp.encode(normalize_for_lm(page), out_type=str)
+    expected = round(10 ** (-lm.score(" ".join(pieces), bos=True, eos=True) / (len(pieces) + 1)), 1)
+    assert stage.model.perplexity(page) == expected
+    assert stats["scoring"] == "page" and stats["cutoffs"] == "percentiles"
+
+
+def test_fixed_cutoffs_bucket_every_crawl_alike_and_are_calibrated_once(tmp_path):
+    """cc_net's default: head/tail cutoffs fixed in the config (its cutoff.csv), not each build's
+    own percentiles. calibrate() computes them once on a reference sample; a build of other pages
+    is then bucketed against the same numbers; a missing cutoff is a clear error."""
+    wiki = wikipedia_stand_in(tmp_path / "wikipedia_clean")
+    reference = write_part(tmp_path / "ref.parquet", [cc_doc(f"prose{i}", topics[t], language="en")
+                                                       for i, t in enumerate(HELD_TOPICS)] +
+                           [cc_doc(f"noise{i}", gibberish(i), language="en") for i in range(4)], {"language": pa.string()})
+    config = {"sp_vocab_size": 2000}
+    with pytest.raises(StageError, match="calibrate-perplexity"):
+        run_stage(CCPerplexity(config, refs={"wikipedia_clean": wiki}), [reference], tmp_path / "nothing")
+    values = CCPerplexity(config, refs={"wikipedia_clean": wiki}).calibrate([reference])
+    assert values["reference_pages"] == len(HELD_TOPICS) + 4 and values["head_cutoff"] < values["tail_cutoff"]
+    fixed = config | {k: values[k] for k in ("head_cutoff", "tail_cutoff", "calibrated_model")}
+    # A crawl of only gibberish: with fixed cutoffs all of it is tail (percentiles would keep 60%).
+    noise = write_part(tmp_path / "noise.parquet", [cc_doc(f"n{i}", gibberish(100 + i), language="en") for i in range(10)],
+                       {"language": pa.string()})
+    manifest = run_stage(CCPerplexity(fixed, refs={"wikipedia_clean": wiki}), [noise], tmp_path / "fixed")
+    assert manifest["rejected_by_reason"] == {"perplexity_tail": 10}
+    assert (manifest["stats"]["head_cutoff"], manifest["stats"]["tail_cutoff"]) == (values["head_cutoff"], values["tail_cutoff"])
+    assert manifest["stats"]["model_sha256"] == values["calibrated_model"] and "warnings" not in manifest["stats"]
+    relative = run_stage(CCPerplexity(config | {"cutoffs": "percentiles"}, refs={"wikipedia_clean": wiki}), [noise],
+                         tmp_path / "percentiles")
+    assert relative["docs_kept"] == 6  # the 60% below the 60th percentile of its own pages
+    stale = run_stage(CCPerplexity(fixed | {"calibrated_model": "0" * 64}, refs={"wikipedia_clean": wiki}), [noise],
+                      tmp_path / "stale")
+    assert "calibrated on another model" in stale["stats"]["warnings"][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +424,11 @@ def test_perplexity_ranks_prose_below_gibberish_and_buckets_by_cutoffs(tmp_path)
 
 SPAM_WORDS = ("cheap best price casino bonus free click here win now deal discount replica watches "
               "buy online pills top offer limited time hot sexy singles loan fast cash").split()
+
+
+# fastText's defaults (RedPajama's) learn nothing from a few dozen pages: the demo spec's named
+# small-corpus settings.
+SMALL_CORPUS = {"epoch": 50, "lr": 0.5, "dim": 16}
 
 
 def spam_page(seed: int) -> str:
@@ -407,10 +443,11 @@ def test_wikiref_scores_cited_pages_above_random_pages(tmp_path):
     positives = [cc_doc(f"ref-{t}", topics[t], url=f"http://docs.example.org/{t}") for t in TRAIN_TOPICS]
     negatives = [cc_doc(f"spam{i}", spam_page(i)) for i in range(len(TRAIN_TOPICS) + 10)]
     part = write_part(tmp_path / "p0.parquet", positives + negatives)
-    manifest = run_stage(CCWikiRef(refs={"wikipedia_clean": wiki}), [part], tmp_path / "wikiref")
+    manifest = run_stage(CCWikiRef(SMALL_CORPUS, refs={"wikipedia_clean": wiki}), [part], tmp_path / "wikiref")
     assert_reconciles(manifest)
     stats = manifest["stats"]
-    assert stats["positives"] == len(TRAIN_TOPICS) and stats["negatives"] == len(TRAIN_TOPICS)
+    long_enough = sum(len(topics[t]) >= 1000 for t in TRAIN_TOPICS)  # RedPajama: cited pages of 1,000+ characters
+    assert stats["positives"] == long_enough == stats["negatives"]
     held = stats["held_out"]
     assert held["examples"] > 0 and {"precision", "recall", "accuracy"} <= set(held)
     assert held["accuracy"] >= 0.8  # prose vs spam is easy: a working classifier separates them
@@ -425,9 +462,30 @@ def test_wikiref_scores_cited_pages_above_random_pages(tmp_path):
 
     # Deterministic: a second training on the same pages gives the same scores, bit for bit
     # (the fastText wheel's uninitialized rows once made this random; see train_classifier).
-    run_stage(CCWikiRef(refs={"wikipedia_clean": wiki}), [part], tmp_path / "again")
+    run_stage(CCWikiRef(SMALL_CORPUS, refs={"wikipedia_clean": wiki}), [part], tmp_path / "again")
     again = {d.id: d.columns["wikiref_score"] for d in docs_of(tmp_path / "again") + docs_of(tmp_path / "again", rejected=True)}
     assert again == {i: d.columns["wikiref_score"] for i, d in out.items()}
+
+
+def test_wikiref_learns_from_its_input_and_cited_pages_of_1000_characters(tmp_path):
+    """RedPajama's corpus: positives are cited pages of at least 1,000 characters, and the training
+    pages are the head/middle ones this stage reads (after the perplexity filter); cc_langid's pages
+    only with `training_pages: before_perplexity`."""
+    cited = {t: [f"http://docs.example.org/{t}"] for t in TRAIN_TOPICS}
+    wiki = wikipedia_stand_in(tmp_path / "wikipedia_clean", cited)
+    positives = [cc_doc(f"ref-{t}", topics[t], url=f"http://docs.example.org/{t}") for t in TRAIN_TOPICS]
+    short = cc_doc("short", "A cited page of a few words.", url=f"http://docs.example.org/{TRAIN_TOPICS[0]}")
+    negatives = [cc_doc(f"spam{i}", spam_page(i)) for i in range(len(TRAIN_TOPICS) + 10)]
+    part = write_part(tmp_path / "p0.parquet", positives + [short] + negatives)
+    langid = fake_stage(tmp_path / "cc_langid", "cc_langid", positives[:6] + negatives[:8])
+    refs = {"wikipedia_clean": wiki, "cc_langid": langid}
+    stats = run_stage(CCWikiRef(SMALL_CORPUS, refs=refs), [part], tmp_path / "input")["stats"]
+    long_enough = sum(len(topics[t]) >= 1000 for t in TRAIN_TOPICS)
+    assert stats["training_pages"] == "input" and stats["positives"] == long_enough
+    assert stats["cited_pages_too_short"] == len(TRAIN_TOPICS) - long_enough + 1
+    before = run_stage(CCWikiRef(SMALL_CORPUS | {"training_pages": "before_perplexity", "min_positives": 2}, refs=refs),
+                       [part], tmp_path / "before")["stats"]
+    assert before["positives"] == sum(len(topics[t]) >= 1000 for t in TRAIN_TOPICS[:6]) and before["negatives"] <= 8
 
 
 def test_wikiref_without_enough_cited_pages_is_an_error(tmp_path):
@@ -435,7 +493,7 @@ def test_wikiref_without_enough_cited_pages_is_an_error(tmp_path):
     part = write_part(tmp_path / "p0.parquet", [cc_doc("one", PROSE, url="http://only.example/one/"),
                                                 cc_doc("two", spam_page(1))])
     with pytest.raises(StageError, match="min_positives"):
-        run_stage(CCWikiRef(refs={"wikipedia_clean": wiki}), [part], tmp_path / "wikiref")
+        run_stage(CCWikiRef(SMALL_CORPUS, refs={"wikipedia_clean": wiki}), [part], tmp_path / "wikiref")
     assert not (tmp_path / "wikiref").exists()
 
 

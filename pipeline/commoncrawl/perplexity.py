@@ -5,38 +5,53 @@ prepare():
      them when the column is absent), line by line through cc_net's `normalize_for_lm`;
   2. a SentencePiece model (unigram, as cc_net's lm_sp models) trained on it;
   3. the text tokenized with it, a 5-gram KenLM (`lmplz`, then `build_binary`);
-  4. head/tail cutoffs: the 30th and 60th percentiles of the perplexity of a deterministic sample
-     of the input pages (cc_net's cutoff.csv is the same percentiles over a CC sample).
-process(): cc_net's `DocLM`: for each non-empty line, normalize, SentencePiece-encode, KenLM log10
-score of the pieces (with <s> and </s>); doc perplexity = 10 ** (-sum(log10) / sum(pieces + 1)),
-rounded to 1 decimal. Buckets as cc_net's PerplexityBucket: head < 30th pct <= middle < 60th <= tail.
+  4. head/tail cutoffs, fixed as cc_net's are (`cutoffs: fixed`, the default): cc_net's
+     data/cutoff.csv holds, per language, the 30th and 60th percentiles of its model's perplexity on
+     a reference sample of CommonCrawl, computed once, so a poor crawl is mostly tail and a good one
+     mostly head. `llama-recipe calibrate-perplexity` computes them the same way for this model (it
+     is trained on the build's Wikipedia) and writes them into the spec, with the model's checksum
+     (a build whose model differs warns). `cutoffs: percentiles` (a named deviation) takes the
+     percentiles of each build's own first `reference_sample` pages instead: ~40% of any build is
+     then tail whatever its quality, and two crawls are not comparable.
+process(): as cc_net's mine.py runs it (`scoring: page`, the default): the whole page normalized
+(`normalize`, which deletes the newlines with the other control characters, so the lines run
+together), SentencePiece-encoded, and scored by `DocLM` as ONE sentence: perplexity =
+10 ** (-log10 score(pieces, <s>, </s>) / (pieces + 1)), rounded to 1 decimal. `scoring: lines` is
+a named deviation: each non-empty line normalized, encoded and scored as its own sentence, the
+page's perplexity 10 ** (-sum(log10) / sum(pieces + 1)) (DocLM's per-line loop as written, which
+cc_net's own pipeline never reaches; it changes the bucket of ~10% of real pages).
+Buckets as cc_net's PerplexityBucket: head < 30th pct <= middle < 60th <= tail.
 The manifest also holds `perplexity_histogram` (log-spaced bucket edges + counts of every scored
 page) for plots.
-(cc_net normalizes the whole page before SentencePiece, which removes the newlines with the other
-control characters and scores the page as one line; we score line by line, as DocLM intends.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.documents import StageError, kept_parts, read_documents
+from pipeline.documents import StageError, kept_parts, read_documents, sha256_file
 from pipeline.resources import kenlm_binary
 from pipeline.stage import Judgement, Stage, StageConfig
 from pipeline.text import normalize_for_lm
 from pipeline.tokenizer import drop_training_paths
 
 WIKIPEDIA = "wikipedia_clean"
+log = logging.getLogger(__name__)
 
 
 class PerplexityConfig(StageConfig):
     order: int = 5  # cc_net / LLaMA: 5-gram KenLM
+    # "page": cc_net (the page normalized whole, newlines deleted, one sentence); "lines": each line
+    # its own sentence (a named deviation, see the module docstring).
+    scoring: Literal["page", "lines"] = "page"
     sp_vocab_size: int = 8000  # a soft limit (hard_vocab_limit=False) so tiny corpora train
     sp_model_type: str = "unigram"  # cc_net's lm_sp models are unigram SentencePiece
     sp_max_sentences: int = 2_000_000  # SentencePiece input_sentence_size (sampled)
@@ -47,7 +62,13 @@ class PerplexityConfig(StageConfig):
     lmplz_memory: str = "1G"  # lmplz -S; small so several builds can share a machine
     head_percentile: float = 30  # cc_net PerplexityBucket(percentile_head=30)
     tail_percentile: float = 60  # cc_net PerplexityBucket(percentile_tail=60)
-    reference_sample: int = 10_000  # input pages scored for the cutoffs (the first N English pages)
+    reference_sample: int = 10_000  # pages scored for the percentiles (the first N English pages)
+    # "fixed" (cc_net): head_cutoff/tail_cutoff, from `llama-recipe calibrate-perplexity`;
+    # "percentiles": each build's own pages' percentiles (a deviation: see the module docstring).
+    cutoffs: Literal["fixed", "percentiles"] = "fixed"
+    head_cutoff: float | None = None
+    tail_cutoff: float | None = None
+    calibrated_model: str | None = None  # sha256 of the model the cutoffs were computed with
     keep_buckets: list[str] = ["head", "middle"]  # RedPajama v1 keeps head+middle; LLaMA is silent
     language: str = "en"
     # Manifest histogram of the pages' perplexities (for plots): log-spaced buckets, this many per
@@ -71,14 +92,22 @@ def wikipedia_lines(folder: Path, language: str) -> Iterator[str]:
 class PerplexityModel:
     """SentencePiece + KenLM, loaded from the files prepare() wrote."""
 
-    def __init__(self, sp_model: Path, kenlm_model: Path):
+    def __init__(self, sp_model: Path, kenlm_model: Path, scoring: str = "page"):
         import kenlm
         import sentencepiece as spm
 
         self.sp = spm.SentencePieceProcessor(model_file=str(sp_model))
         self.lm = kenlm.Model(str(kenlm_model))
+        self.scoring = scoring
 
     def perplexity(self, text: str) -> float | None:
+        if self.scoring == "page":
+            # cc_net: normalize(page) deletes the newlines (control characters): one sentence.
+            normalized = normalize_for_lm(text)
+            if not normalized:
+                return None
+            pieces = self.sp.encode(normalized, out_type=str)
+            return round(10.0 ** (-self.lm.score(" ".join(pieces), bos=True, eos=True) / (len(pieces) + 1)), 1)
         lines = [normalized for normalized in map(normalize_for_lm, text.split("\n")) if normalized]
         if not lines:
             return None
@@ -142,6 +171,11 @@ def _run(cmd: list[str], stdin: Path | None = None, stdout: Path | None = None) 
         raise StageError(f"{cmd[0]} failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
 
 
+def model_digest(sp_model: Path, kenlm_model: Path) -> str:
+    """One sha256 for the SentencePiece + KenLM pair the perplexities come from."""
+    return hashlib.sha256((sha256_file(sp_model) + sha256_file(kenlm_model)).encode()).hexdigest()
+
+
 def histogram_edges(per_decade: int, decades: int) -> np.ndarray:
     """[0, 10**(1/per_decade), ..., 10**decades]: perplexities are >= 1, the first bucket is [0, ...)."""
     edges = 10.0 ** (np.arange(1, per_decade * decades + 1) / per_decade)
@@ -162,7 +196,7 @@ class CCPerplexity(Stage):
     references = (WIKIPEDIA,)
     columns = {"perplexity": pa.float64(), "bucket": pa.string()}
     Config = PerplexityConfig
-    description = "KenLM 5-gram (Wikipedia) perplexity; head/middle/tail at the 30th/60th percentiles"
+    description = "KenLM 5-gram (Wikipedia) perplexity of the whole page; head/middle/tail at fixed cutoffs"
     parallel_parts = True
     remote_parts = True  # a worker loads the models prepare() wrote into the artifacts, with the cutoffs
 
@@ -173,21 +207,39 @@ class CCPerplexity(Stage):
         self.edges = histogram_edges(self.config.histogram_per_decade, self.config.histogram_decades)
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
+        config = self.config
+        fixed = config.cutoffs == "fixed"
+        if fixed and (config.head_cutoff is None or config.tail_cutoff is None):
+            raise StageError(
+                f"{self.name}: `cutoffs: fixed` (cc_net's) needs head_cutoff and tail_cutoff: run `llama-recipe "
+                "calibrate-perplexity --build BUILD` once the build has its wikipedia_clean and cc_langid folders "
+                "(it writes them into the spec), or set `cutoffs: percentiles` to take each build's own percentiles")
+        if fixed and not config.head_cutoff < config.tail_cutoff:
+            raise StageError(f"{self.name}: head_cutoff {config.head_cutoff} must be below tail_cutoff {config.tail_cutoff}")
         out = self.artifacts or Path(tempfile.mkdtemp(prefix="cc_perplexity-"))
-        sp_model, lm = train_perplexity_model(wikipedia_lines(self.refs[WIKIPEDIA], self.config.language), out, self.config)
-        self.model = PerplexityModel(sp_model, lm)
+        sp_model, lm = train_perplexity_model(wikipedia_lines(self.refs[WIKIPEDIA], config.language), out, config)
+        self.model = PerplexityModel(sp_model, lm, config.scoring)
         self._model_files = (str(sp_model), str(lm))
-        sample = self._reference_perplexities(inputs)
-        if len(sample) == 0:
-            raise StageError(f"{self.name}: no scorable {self.config.language} input page to set the cutoffs on")
-        head, tail = np.percentile(sample, [self.config.head_percentile, self.config.tail_percentile])
-        self.cutoffs = (float(head), float(tail))
-        return {
+        stats: dict[str, Any] = {"cutoffs": config.cutoffs, "model_sha256": model_digest(sp_model, lm)}
+        if fixed:
+            self.cutoffs = (float(config.head_cutoff), float(config.tail_cutoff))
+            if config.calibrated_model not in (None, stats["model_sha256"]):
+                message = (f"the cutoffs were calibrated on another model ({config.calibrated_model[:12]}, this one "
+                           f"{stats['model_sha256'][:12]}): rerun llama-recipe calibrate-perplexity")
+                log.warning("%s: %s", self.name, message)
+                stats["warnings"] = [message]
+        else:
+            sample = self._reference_perplexities(inputs)
+            if len(sample) == 0:
+                raise StageError(f"{self.name}: no scorable {config.language} input page to set the cutoffs on")
+            head, tail = np.percentile(sample, [config.head_percentile, config.tail_percentile])
+            self.cutoffs = (float(head), float(tail))
+            stats |= {"head_percentile": config.head_percentile, "tail_percentile": config.tail_percentile,
+                      "reference_pages": int(len(sample))}
+        return stats | {
             "head_cutoff": self.cutoffs[0],
             "tail_cutoff": self.cutoffs[1],
-            "head_percentile": self.config.head_percentile,
-            "tail_percentile": self.config.tail_percentile,
-            "reference_pages": int(len(sample)),
+            "scoring": config.scoring,
             "sp_vocab_size": self.model.sp.get_piece_size(),
         }
 
@@ -195,8 +247,29 @@ class CCPerplexity(Stage):
         return {"model_files": list(self._model_files), "cutoffs": list(self.cutoffs)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model = PerplexityModel(*map(Path, state["model_files"]))
+        self.model = PerplexityModel(*map(Path, state["model_files"]), self.config.scoring)
         self.cutoffs = tuple(state["cutoffs"])
+
+    def calibrate(self, pages: list[Path]) -> dict[str, Any]:
+        """cc_net's cutoff.csv for this model: train it (as prepare does), score the first
+        `reference_sample` pages of `pages` (stage folders or Parquet parts) and return the
+        percentiles as the config values `cutoffs: fixed` takes."""
+        import shutil
+
+        from pipeline.stage import expand_document_inputs
+
+        out = Path(tempfile.mkdtemp(prefix="cc_perplexity-calibrate-"))
+        try:
+            sp_model, lm = train_perplexity_model(wikipedia_lines(self.refs[WIKIPEDIA], self.config.language), out, self.config)
+            self.model = PerplexityModel(sp_model, lm, self.config.scoring)
+            sample = self._reference_perplexities(expand_document_inputs(pages))
+            if len(sample) == 0:
+                raise StageError(f"{self.name}: no scorable {self.config.language} page in {', '.join(map(str, pages))}")
+            head, tail = np.percentile(sample, [self.config.head_percentile, self.config.tail_percentile])
+            return {"head_cutoff": round(float(head), 1), "tail_cutoff": round(float(tail), 1),
+                    "calibrated_model": model_digest(sp_model, lm), "reference_pages": int(len(sample))}
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     def _reference_perplexities(self, inputs: list[Path]) -> np.ndarray:
         values: list[float] = []

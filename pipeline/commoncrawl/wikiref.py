@@ -1,13 +1,17 @@
 """cc_wikiref: the "used as a reference by Wikipedia" classifier (LLaMA §2; RedPajama-Data v1).
 
 LLaMA: "we trained a linear model to classify pages used as references in Wikipedia v.s. randomly
-sampled pages, and discarded pages not classified as references." As in RedPajama v1, positives
-are the crawled pages whose URL a Wikipedia article cites (`wikipedia_clean` documents carry
-meta["ref_urls"]), negatives an equal number of other pages (chosen with `seed`). The training pages
-are the English pages of `cc_langid` when the build has them — before the perplexity filter, which
-would otherwise decide which cited pages the classifier may learn from — else this stage's input. A fastText
-supervised model (__label__wiki / __label__cc, one page per line, newlines -> spaces) is trained
-on all but a held-out fraction, which measures it. Positives may also come from reference pages
+sampled pages, and discarded pages not classified as references." As in RedPajama v1
+(data_prep/cc/classifier/create_corpus.py): positives are pages Wikipedia cites, of at least
+`min_positive_chars` (1,000) characters — here the crawled pages whose URL a `wikipedia_clean`
+document cites (meta["ref_urls"]), plus any `reference_pages` — and negatives an equal number of
+other pages (chosen with `seed`), both from the head and middle buckets, i.e. this stage's input,
+after the perplexity filter (`training_pages: input`). `training_pages: before_perplexity` (a named
+deviation) draws them from `cc_langid`'s English pages instead, so that the perplexity filter does
+not decide which cited pages the classifier learns from. A fastText supervised model (__label__wiki /
+__label__cc, one page per line, newlines -> spaces) with fastText's default settings (RedPajama ran
+`fasttext supervised -input data_train -output model`: epoch 5, lr 0.1, dim 100) is trained on all
+but a held-out fraction, which measures it. Positives may also come from reference pages
 given as WARC/WET files (`reference_pages`); pages with the same text are counted once, and no
 input page with one of their URLs is drawn as a negative. Every page gets `wikiref_score`, the
 probability of __label__wiki; pages under `threshold` (RedPajama: 0.25) are rejected.
@@ -18,7 +22,7 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -57,15 +61,19 @@ class WikiRefConfig(StageConfig):
     # with wget), read with cc_ingest / cc_warc_ingest and their default rules (pages under 300
     # characters are not used). Added to the crawled pages whose URL Wikipedia cites.
     reference_pages: list[str] = []
-    # fastText supervised settings: small, linear (LLaMA: "a linear model"). fastText's own
-    # defaults (epoch 5, lr 0.1) leave a few-hundred-page training set at P = 0.5 for everything:
-    # supervised fastText makes one update per page, so a small set needs many passes. Measured on
-    # the demo build (144 training pages, 36 held out): epoch 10 -> held-out accuracy 0.5 (no
-    # signal); epoch 50 -> 0.75 (precision 0.67, recall 1.0 at 0.25). Large builds can lower epoch.
-    epoch: int = 50
-    lr: float = 0.5
+    # RedPajama create_corpus.py: `if len(raw_content) < 1000: continue` for the positives.
+    min_positive_chars: int = 1000
+    # "input": RedPajama's head/middle pages (this stage's input); "before_perplexity": cc_langid's
+    # English pages (a named deviation, see the module docstring).
+    training_pages: Literal["input", "before_perplexity"] = "input"
+    # fastText supervised, RedPajama's (fastText's defaults): a linear model (LLaMA). On a corpus of a
+    # few hundred pages these leave P = 0.5 for everything — supervised fastText makes one update
+    # per page, so a small set needs many passes; the demo spec sets epoch 50, lr 0.5, dim 16 (a
+    # named deviation: measured on the demo build, epoch 10 -> held-out accuracy 0.5, epoch 50 -> 0.75).
+    epoch: int = 5
+    lr: float = 0.1
     # Unigrams only: see train_classifier (n-gram rows of the fastText wheel start uninitialized).
-    dim: int = 16
+    dim: int = 100
     bucket: int = 0  # n-gram hash rows: none are needed with unigram features
 
 
@@ -147,23 +155,27 @@ class CCWikiRef(Stage):
             reader = CCIngest() if ".wet" in path.name else CCWarcIngest()
             for doc in reader.read(path):
                 if not doc.rejected:
-                    texts.append(classifier_text(doc.text))
-                    urls.add(normalize_url(doc.meta.get("url") or ""))
+                    if len(doc.text) >= self.config.min_positive_chars:
+                        texts.append(classifier_text(doc.text))
+                    urls.add(normalize_url(doc.meta.get("url") or ""))  # never a negative either way
         return texts, urls
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         cited = self.cited_urls()
         reference_texts, reference_urls = self.reference_page_texts()
-        if TRAINING_PAGES in self.refs:
+        if self.config.training_pages == "before_perplexity" and TRAINING_PAGES in self.refs:
             inputs = kept_parts(self.refs[TRAINING_PAGES])
         positives: list[str] = []
         other_rows: list[int] = []
-        row = 0
+        row, short = 0, 0
         for path in inputs:
             for doc in read_documents(path):
                 url = normalize_url(doc.meta.get("url") or "")
                 if url in cited:
-                    positives.append(classifier_text(doc.text))
+                    if len(doc.text) >= self.config.min_positive_chars:
+                        positives.append(classifier_text(doc.text))
+                    else:
+                        short += 1
                 elif url not in reference_urls:
                     other_rows.append(row)
                 row += 1
@@ -197,7 +209,8 @@ class CCWikiRef(Stage):
         train_file.write_text("".join(f"{label} {text}\n" for label, text in train), encoding="utf-8")
         self.model = train_classifier(train_file, out / "wikiref.init.vec", self.config)
         self.model.save_model(str(out / "wikiref.bin"))
-        return {"cited_urls": len(cited), "cited_pages": cited_pages, "reference_pages": len(reference_texts),
+        return {"cited_urls": len(cited), "cited_pages": cited_pages, "cited_pages_too_short": short,
+                "training_pages": self.config.training_pages, "reference_pages": len(reference_texts),
                 "positives": len(positives), "negatives": len(negatives),
                 "train_examples": len(train), "held_out": self._evaluate(held_out)}
 
