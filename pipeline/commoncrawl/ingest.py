@@ -13,6 +13,10 @@ the reader checks each one, rejects one row per defect ("unreadable_record:<why>
     records that follow into its body;
   - in a plain file, bytes after the declared body that are not blank lines + the next record
     (fastwarc's quirks mode, needed for LF-only files, would skip to the next record silently);
+    by default (trust_content_length: false) these two in a plain file are not rejected but
+    recovered as cc_net reads them: the record runs to the next "WARC/1.x" line (or the end of
+    the file), kept with meta["content_length_mismatch"], counted in stats.records_recovered;
+    only a last record whose declared body runs past the end of the file (a cut file) is rejected;
   - a parse error (bad header, gzip data error): resynchronize on the next gzip member or the next
     "WARC/1." line;
   - a gzip file whose last member is truncated: fastwarc stops silently there, so the members
@@ -60,11 +64,14 @@ class IngestConfig(ReaderConfig):
     # Pages whose bytes are not UTF-8 (the WET text is UTF-8 by spec): reject when more than this
     # fraction of the decoded characters are U+FFFD replacements. Our choice; cc_net assumes UTF-8.
     max_replacement_fraction: float = 0.01
-    # A plain WET record whose Content-Length disagrees with the file is rejected
-    # ("unreadable_record:content_length_mismatch", WARC 1.0 makes the length authoritative).
-    # False: read it up to the next "WARC/1.x" line instead, as cc_net's line-based reader does,
-    # and keep it with meta["content_length_mismatch"] = True (gzip files: always trusted).
-    trust_content_length: bool = True
+    # False (cc_net): a plain WET record whose Content-Length disagrees with the record boundary is
+    # read up to the next "WARC/1.x" line, as cc_net's line-based reader (process_wet_file.
+    # group_by_docs) reads every record, and kept with meta["content_length_mismatch"] = True; the
+    # manifest counts them (stats.records_recovered). A last record whose declared body runs past
+    # the end of the file is cut short, not mislabelled: still rejected. True: WARC 1.0 makes the
+    # length authoritative, every such record is "unreadable_record:content_length_mismatch".
+    # gzip files: one member per record, the member boundary decides (see the module docstring).
+    trust_content_length: bool = False
 
 
 class CCIngest(Stage):
@@ -126,17 +133,38 @@ class CCIngest(Stage):
                             why = "content_length_mismatch"
                         elif not gzipped and not _ends_cleanly(fh, _body_end(fh, pos, declared)):
                             why = "content_length_mismatch"
+                        if why == "content_length_mismatch" and gzipped and not self.config.trust_content_length:
+                            # CC's layout: one gzip member per record, so the member's end is the
+                            # record's end (a record that does not start a member, or whose member
+                            # is cut, stays rejected below).
+                            member = _gzip_member(fh, pos) if pos == last_member and declared is not None else None
+                            if member is not None:
+                                data, member_end = member
+                                head_end = min((i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0), default=None)
+                                if head_end is not None:
+                                    self.tally("records_recovered")
+                                    if record.record_type == self.page_record_type:
+                                        doc = self._page(path, pos, record, data[head_end:].rstrip(b"\r\n"), seen_ids)
+                                        doc.meta["content_length_mismatch"] = True
+                                        yield doc
+                                    resync_from = member_end
+                                    break
                         if why == "content_length_mismatch" and not gzipped and not self.config.trust_content_length:
                             # cc_net's own reader splits on "WARC/1.0" lines and never reads the
-                            # length; do the same for this record and keep it, flagged.
+                            # length; do the same for this record and keep it, flagged. Unless no
+                            # record follows and the declared body runs past the end of the file
+                            # (a cut file: the text is incomplete), or there is no Content-Length
+                            # at all (cc_net's parse_doc cannot read that header either).
                             next_start = _next_record_start(fh, pos + 1, gzipped)
-                            body = _read_between(fh, _body_end(fh, pos, 0), next_start)
-                            if record.record_type == self.page_record_type:
-                                doc = self._page(path, pos, record, body, seen_ids)
-                                doc.meta["content_length_mismatch"] = True
-                                yield doc
-                            resync_from = pos + 1
-                            break
+                            if declared is not None and (next_start is not None or len(body) >= declared):
+                                body = _read_between(fh, _body_end(fh, pos, 0), next_start)
+                                self.tally("records_recovered")
+                                if record.record_type == self.page_record_type:
+                                    doc = self._page(path, pos, record, body, seen_ids)
+                                    doc.meta["content_length_mismatch"] = True
+                                    yield doc
+                                resync_from = pos + 1
+                                break
                         if why:
                             if pos not in reported:
                                 reported.add(pos)
@@ -164,6 +192,11 @@ class CCIngest(Stage):
             # (not when a broken record inside that member was already reported)
             if broken_at is not None and not any(offset >= broken_at for offset in reported):
                 yield self._broken(path, broken_at, "unreadable_record:truncated_gzip")
+
+    def final_stats(self) -> dict:
+        # records whose Content-Length was wrong, read up to the next record instead (pages among
+        # them are kept or rejected like any page; other record types are skipped as usual)
+        return {"records_recovered": int(self.counters.get("records_recovered", 0))}
 
     # -- documents
     def _page(self, path: Path, pos: int, record, body: bytes, seen_ids: set[str]) -> Document:
@@ -310,6 +343,29 @@ def _ends_cleanly(fh: BinaryIO, body_end: int) -> bool:
     anything else means the Content-Length is wrong."""
     after = os.pread(fh.fileno(), 64, body_end).lstrip(b"\r\n")
     return after == b"" or after.startswith(b"WARC/")
+
+
+def _gzip_member(fh: BinaryIO, start: int, chunk: int = 1 << 16) -> tuple[bytes, int] | None:
+    """The decompressed gzip member at `start` and the offset where it ends; None when it is cut,
+    corrupt, or inflates past MAX_RECORD_BYTES."""
+    fh.seek(start)
+    decomp = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    out: list[bytes] = []
+    size = consumed = 0
+    while not decomp.eof:
+        data = fh.read(chunk)
+        if not data:
+            return None
+        try:
+            piece = decomp.decompress(data, MAX_RECORD_BYTES + 1 - size)
+        except zlib.error:
+            return None
+        size += len(piece)
+        out.append(piece)
+        if size > MAX_RECORD_BYTES or (decomp.unconsumed_tail and not decomp.eof):
+            return None
+        consumed += len(data) - len(decomp.unused_data)
+    return b"".join(out), start + consumed
 
 
 def _read_between(fh: BinaryIO, begin: int, end: int | None) -> bytes:
