@@ -204,6 +204,21 @@ def test_ingest_wrong_content_length_is_recovered_as_cc_net_reads_it(tmp_path):
     assert [d.reason for d in docs if d.rejected] == ["unreadable_record:content_length_mismatch"]
 
 
+def test_ingest_record_whose_headers_run_into_the_next_is_rejected_not_recovered(tmp_path):
+    """A wrong length whose header block has no blank line before the next "WARC/1.0" line: there
+    is no body to read back (this crashed the recovery before; found by fuzzing)."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    first, third = wet_record(page("First"), rid=ids[0]), wet_record(page("Third"), rid=ids[2])
+    head = wet_record(page("Second"), rid=ids[1], content_length=10).split(b"\r\n\r\n", 1)[0]
+    glued = head + b"\r\n" + third.replace(b"\r\n\r\n", b"\r\nX-Pad: 1\r\n", 1)
+    (tmp_path / "glued.warc.wet").write_bytes(first + glued + b"\r\n\r\n" + third)
+    manifest = run_stage(CCIngest(), [tmp_path], tmp_path / "out")
+    assert_reconciles(manifest)
+    kept = docs_of(tmp_path / "out")
+    assert kept[0].id == f"cc/{ids[0]}" and kept[-1].text == PROSE
+    assert manifest["rejected_by_reason"]["unreadable_record"] == 1
+
+
 def test_ingest_garbage_and_invalid_utf8(tmp_path):
     (tmp_path / "junk.warc.wet").write_bytes(b"this is not a warc file\n" * 20)
     assert [d.reason for d in CCIngest().read(tmp_path / "junk.warc.wet")] == ["unreadable_record:not_a_warc_record"]

@@ -156,8 +156,13 @@ class CCIngest(Stage):
                             # (a cut file: the text is incomplete), or there is no Content-Length
                             # at all (cc_net's parse_doc cannot read that header either).
                             next_start = _next_record_start(fh, pos + 1, gzipped)
-                            if declared is not None and (next_start is not None or len(body) >= declared):
-                                body = _read_between(fh, _body_end(fh, pos, 0), next_start)
+                            begin = _body_end(fh, pos, 0)
+                            end = next_start if next_start is not None else os.fstat(fh.fileno()).st_size
+                            # (headers that run into the next record, or a body past the cap: not
+                            # a record that can be read back; rejected below)
+                            if (declared is not None and (next_start is not None or len(body) >= declared)
+                                    and begin <= end and end - begin <= MAX_RECORD_BYTES):
+                                body = _read_between(fh, begin, next_start)
                                 self.tally("records_recovered")
                                 if record.record_type == self.page_record_type:
                                     doc = self._page(path, pos, record, body, seen_ids)
