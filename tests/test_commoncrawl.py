@@ -187,6 +187,15 @@ def test_ingest_wrong_content_length_is_recovered_as_cc_net_reads_it(tmp_path):
     lenient = list(CCIngest().read(tmp_path / "small.warc.wet"))
     assert [d.id for d in lenient if not d.rejected] == [f"cc/{i}" for i in ids] and len(lenient) == 3
     assert lenient[1].meta["content_length_mismatch"] is True and lenient[1].text == PROSE
+    # The same in CC's gzip layout: fastwarc fails on the rest of the member after the short
+    # body; the record is read back from its whole member (also when it is the last record).
+    for count in (3, 2):
+        (tmp_path / "small.warc.wet.gz").write_bytes(b"".join(map(gzip.compress, records[:count])))
+        stage = CCIngest()
+        lenient = list(stage.read(tmp_path / "small.warc.wet.gz"))
+        assert [d.id for d in lenient if not d.rejected] == [f"cc/{i}" for i in ids[:count]] and len(lenient) == count
+        assert lenient[1].meta["content_length_mismatch"] is True and lenient[1].text == PROSE
+        assert stage.counters["records_recovered"] == 1
     # A file cut inside its last record: no record follows the declared body, whose text is
     # incomplete: rejected, not recovered; the records before it come out.
     records[1] = wet_record(page("Second"), rid=ids[1])
