@@ -59,11 +59,24 @@ def test_gutenberg_header_footer_and_license_removed(tmp_path):
     path.write_text(GUTENBERG_FILE, encoding="utf-8")
     (doc,) = BooksIngest({"min_chars": 100}).read(path)
     assert doc.id == "books/gutenberg/12345" and doc.reason is None
-    assert doc.text.startswith("THE QUIET TOWN\n\nIt was the 0th night")
-    assert doc.text.endswith("It was the 39th night, and the moon rose over the quiet town once more.")
+    # c-w's strip_headers keeps the blank lines around the book ("Produced by" ends the header)
+    assert doc.text.startswith("\nTHE QUIET TOWN\n\nIt was the 0th night")
+    assert doc.text.endswith("It was the 39th night, and the moon rose over the quiet town once more.\n")
+    tidy = BooksIngest({"min_chars": 100, "tidy_whitespace": True}).read(path)
+    assert next(tidy).text == doc.text.strip("\n")
     for boilerplate in ("Project Gutenberg", "Produced by", "Title:", "\r", "\ufeff", "General Terms"):
         assert boilerplate not in doc.text
     assert doc.meta == {"format": "gutenberg", "encoding": "utf-8", "title": "The Quiet Town A Story", "author": "Jane Example"}
+
+
+def test_gutenberg_legalese_section_is_skipped_as_c_w_does():
+    """c-w/gutenberg skips the lines from "<<THIS ELECTRONIC VERSION OF" to "SERVICE THAT CHARGES
+    FOR DOWNLOAD" (the Shakespeare etexts' notice, repeated between acts)."""
+    from pipeline.sources.books import strip_gutenberg_boilerplate
+
+    text = "Act one.\n<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS\nnotice\nSERVICE THAT CHARGES FOR DOWNLOAD>>\nAct two.  "
+    assert strip_gutenberg_boilerplate(text) == "Act one.\nAct two.  "
+    assert strip_gutenberg_boilerplate(text, tidy=True) == "Act one.\nAct two."
 
 
 def test_gutenberg_number_from_header_latin1_fallback_and_too_short(tmp_path):
@@ -186,12 +199,21 @@ def test_real_gutenberg_matches_c_w_strip_headers(tmp_path):
     docs = {d.id: d for p in kept_parts(tmp_path / "ingest") for d in read_documents(p)}
     assert docs["books/gutenberg/1013"].meta["author"] == "H. G. Wells"
     assert docs["books/gutenberg/8868"].text.startswith("BOTCHAN (MASTER DARLING)")  # BOM file
+    tidy_run = run_stage(BooksIngest({"tidy_whitespace": True}), [REAL_GUTENBERG / "raw"], tmp_path / "tidy")
+    assert tidy_run["docs_kept"] == 5
+    tidy = {d.id: d for p in kept_parts(tmp_path / "tidy") for d in read_documents(p)}
     for clean in sorted((REAL_GUTENBERG / "clean").glob("pg*.txt")):
         ours = docs[f"books/gutenberg/{clean.stem[2:]}"].text
-        expected = clean.read_text(encoding="utf-8")
-        # equal in substance: the same non-blank lines, in order (c-w keeps CRLF and some blank lines)
-        assert nonblank_lines(ours) == nonblank_lines(expected), clean.name
+        expected = clean.read_bytes().decode("utf-8").splitlines()
+        # c-w's expected clean text (their test compares strip_headers' lines with it): line for
+        # line the same, the blank lines around the book included
+        assert ours.split("\n") == expected, clean.name
+        assert not ours.split("\n")[0].strip() and not ours.split("\n")[-1].strip()  # 4-8 / 3-7 blank lines
         assert "PROJECT GUTENBERG" not in ours.upper()[-3000:]
+        # tidy_whitespace: the same lines without the surrounding blank ones
+        tidied = tidy[f"books/gutenberg/{clean.stem[2:]}"].text
+        assert tidied == "\n".join(line.rstrip() for line in expected).strip("\n"), clean.name
+        assert nonblank_lines(tidied) == nonblank_lines(ours)
 
 
 def nonblank_lines(text: str) -> list[str]:

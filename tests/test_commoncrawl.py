@@ -153,7 +153,10 @@ def test_ingest_truncated_gzip_keeps_the_records_before_the_cut(tmp_path):
     assert len([d for d in docs if d.rejected]) == 1  # one defect, one row
 
 
-def test_ingest_wrong_content_length_is_rejected_and_reading_goes_on(tmp_path):
+def test_ingest_wrong_content_length_is_recovered_as_cc_net_reads_it(tmp_path):
+    """cc_net reads WET line by line and never looks at Content-Length: a record whose length is
+    wrong runs to the next "WARC/1.0" line (plain file) or the end of its gzip member (CC's
+    layout); kept, flagged, counted in the manifest. trust_content_length: true rejects it."""
     ids = [str(uuid.uuid4()) for _ in range(3)]
     records = [
         wet_record(page("First"), rid=ids[0]),
@@ -161,19 +164,68 @@ def test_ingest_wrong_content_length_is_rejected_and_reading_goes_on(tmp_path):
         wet_record(page("Third"), rid=ids[2]),
     ]
     for name, data in (("plain.warc.wet", b"".join(records)), ("gz.warc.wet.gz", b"".join(map(gzip.compress, records)))):
-        (tmp_path / name).write_bytes(data)
-        docs = list(CCIngest().read(tmp_path / name))
-        assert [d.id for d in docs if not d.rejected] == [f"cc/{ids[0]}", f"cc/{ids[2]}"], name
-        assert [d.reason for d in docs if d.rejected] == ["unreadable_record:content_length_mismatch"], name
-    # Too small a length on a plain file: the record is cut, the next header is garbage.
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_bytes(data)
+        strict = list(CCIngest({"trust_content_length": True}).read(folder / name))
+        assert [d.id for d in strict if not d.rejected] == [f"cc/{ids[0]}", f"cc/{ids[2]}"], name
+        assert [d.reason for d in strict if d.rejected] == ["unreadable_record:content_length_mismatch"], name
+        manifest = run_stage(CCIngest(), [folder], tmp_path / f"{folder.name}_ingest")
+        assert_reconciles(manifest)
+        assert manifest["docs_kept"] == 3 and manifest["docs_rejected"] == 0, name
+        assert manifest["stats"]["records_recovered"] == 1, name
+        kept = docs_of(tmp_path / f"{folder.name}_ingest")
+        assert [d.id for d in kept] == [f"cc/{i}" for i in ids], name
+        assert kept[1].meta["content_length_mismatch"] is True and kept[1].text == PROSE, name
+        assert "content_length_mismatch" not in kept[0].meta and kept[2].text == PROSE, name
+    # Too small a length on a plain file: the record is cut, the next header is garbage. Strict:
+    # rejected; by default read up to the next "WARC/1.0" line.
     records[1] = wet_record(page("Short length"), rid=ids[1], content_length=10)
     (tmp_path / "small.warc.wet").write_bytes(b"".join(records))
-    docs = list(CCIngest().read(tmp_path / "small.warc.wet"))
-    assert [d.id for d in docs if not d.rejected] == [f"cc/{ids[0]}", f"cc/{ids[2]}"]
-    # cc_net-style lenient reading keeps the record, read up to the next "WARC/1.0" line.
-    lenient = list(CCIngest({"trust_content_length": False}).read(tmp_path / "small.warc.wet"))
-    assert [d.id for d in lenient if not d.rejected] == [f"cc/{i}" for i in ids]
+    strict = list(CCIngest({"trust_content_length": True}).read(tmp_path / "small.warc.wet"))
+    assert [d.id for d in strict if not d.rejected] == [f"cc/{ids[0]}", f"cc/{ids[2]}"]
+    lenient = list(CCIngest().read(tmp_path / "small.warc.wet"))
+    assert [d.id for d in lenient if not d.rejected] == [f"cc/{i}" for i in ids] and len(lenient) == 3
     assert lenient[1].meta["content_length_mismatch"] is True and lenient[1].text == PROSE
+    # The same in CC's gzip layout: fastwarc fails on the rest of the member after the short
+    # body; the record is read back from its whole member (also when it is the last record).
+    for count in (3, 2):
+        (tmp_path / "small.warc.wet.gz").write_bytes(b"".join(map(gzip.compress, records[:count])))
+        stage = CCIngest()
+        lenient = list(stage.read(tmp_path / "small.warc.wet.gz"))
+        assert [d.id for d in lenient if not d.rejected] == [f"cc/{i}" for i in ids[:count]] and len(lenient) == count
+        assert lenient[1].meta["content_length_mismatch"] is True and lenient[1].text == PROSE
+        assert stage.counters["records_recovered"] == 1
+    # A file cut inside its last record: no record follows the declared body, whose text is
+    # incomplete: rejected, not recovered; the records before it come out.
+    records[1] = wet_record(page("Second"), rid=ids[1])
+    for name, data in (("cut.warc.wet", b"".join(records[:2]) + records[2][:-200]),
+                       ("cut.warc.wet.gz", b"".join(map(gzip.compress, records[:2])) + gzip.compress(records[2])[:-40])):
+        (tmp_path / name).write_bytes(data)
+        docs = list(CCIngest().read(tmp_path / name))
+        assert [d.id for d in docs if not d.rejected] == [f"cc/{ids[0]}", f"cc/{ids[1]}"], name
+        assert [d.reason for d in docs if d.rejected] == ["unreadable_record:content_length_mismatch"], name
+    # No Content-Length at all: cc_net cannot parse that header either; rejected, reading goes on.
+    bare = wet_record(page("No length"), rid=str(uuid.uuid4())).replace(b"Content-Length: ", b"X-Length: ")
+    (tmp_path / "bare.warc.wet").write_bytes(records[0] + bare + records[2])
+    docs = list(CCIngest().read(tmp_path / "bare.warc.wet"))
+    assert [d.id for d in docs if not d.rejected] == [f"cc/{ids[0]}", f"cc/{ids[2]}"]
+    assert [d.reason for d in docs if d.rejected] == ["unreadable_record:content_length_mismatch"]
+
+
+def test_ingest_record_whose_headers_run_into_the_next_is_rejected_not_recovered(tmp_path):
+    """A wrong length whose header block has no blank line before the next "WARC/1.0" line: there
+    is no body to read back (this crashed the recovery before; found by fuzzing)."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    first, third = wet_record(page("First"), rid=ids[0]), wet_record(page("Third"), rid=ids[2])
+    head = wet_record(page("Second"), rid=ids[1], content_length=10).split(b"\r\n\r\n", 1)[0]
+    glued = head + b"\r\n" + third.replace(b"\r\n\r\n", b"\r\nX-Pad: 1\r\n", 1)
+    (tmp_path / "glued.warc.wet").write_bytes(first + glued + b"\r\n\r\n" + third)
+    manifest = run_stage(CCIngest(), [tmp_path], tmp_path / "out")
+    assert_reconciles(manifest)
+    kept = docs_of(tmp_path / "out")
+    assert kept[0].id == f"cc/{ids[0]}" and kept[-1].text == PROSE
+    assert manifest["rejected_by_reason"]["unreadable_record"] == 1
 
 
 def test_ingest_garbage_and_invalid_utf8(tmp_path):
@@ -509,13 +561,19 @@ def test_url_normalization_is_light():
 @pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real-data samples not found at {REALDATA}")
 def test_real_wet_samples_ingest_and_langid(tmp_path):
     # cc_net's sample has hand-made Content-Lengths that do not match its bytes (the zh/ru ones
-    # count characters): trusted, every record is unreadable; read like cc_net, the pages come out.
-    strict = run_stage(CCIngest(), [REALDATA / "ccnet-sample.warc.wet"], tmp_path / "strict")
+    # count characters): trusted, every record is unreadable; read like cc_net (the default), the
+    # warcinfo and the 3 pages are recovered, with cc_net's url, title and lines.
+    strict = run_stage(CCIngest({"trust_content_length": True}), [REALDATA / "ccnet-sample.warc.wet"], tmp_path / "strict")
     assert strict["docs_kept"] == 0 and strict["rejected_by_reason"] == {"unreadable_record": 4}
-    ingest = run_stage(CCIngest({"trust_content_length": False}),
-                       [REALDATA / "ccnet-sample.warc.wet", REALDATA / "whirlwind.warc.wet.gz"], tmp_path / "ingest")
+    ingest = run_stage(CCIngest(), [REALDATA / "ccnet-sample.warc.wet", REALDATA / "whirlwind.warc.wet.gz"], tmp_path / "ingest")
     assert_reconciles(ingest)
+    assert ingest["docs_in"] == 4 and ingest["stats"]["records_recovered"] == 4
     assert ingest["rejected_by_reason"] == {"too_short": 1}  # the zh page has 100 characters
+    pages = {d.meta["url"]: d for d in docs_of(tmp_path / "ingest") + docs_of(tmp_path / "ingest", rejected=True)}
+    # what cc_net's group_by_docs/parse_doc give for this file (its raw_content, empty lines dropped)
+    assert pages["http://sample_english.com"].meta["title"] == "Famous Mark Twain Quotes"
+    assert pages["http://sample_english.com"].text.split("\n")[-1] == "Fiction is obliged to stick to possibilities. Truth isn't."
+    assert [len(pages[u].text) for u in ("http://sample_english.com", "http://sample_chinese.zh", "http://sample_russian.ru")] == [328, 100, 324]
     langid = run_stage(CCLangId(), [tmp_path / "ingest"], tmp_path / "langid")
     assert_reconciles(langid)
     kept = docs_of(tmp_path / "langid")

@@ -135,7 +135,8 @@ def test_largest_sites_counts_questions_and_answers(tmp_path):
 def test_every_row_is_accounted_for(tmp_path):
     docs = list(StackExchangeIngest().read(posts_xml(tmp_path, SAMPLE_ROWS)))
     reasons = {d.id.rsplit("/", 1)[1]: d.reason for d in docs}
-    assert reasons == {"1": None, "2": "no_answers", "15": "orphan_answer", "20": "post_type:4"}
+    # the unanswered question 2 is kept, as RedPajama keeps it
+    assert reasons == {"1": None, "2": None, "15": "orphan_answer", "20": "post_type:4"}
     # 8 rows = 2 questions + 5 answers (4 inside question 1, 1 orphan) + 1 tag wiki
     attached = sum(len(d.meta.get("answer_ids", [])) for d in docs)
     assert len(docs) + attached == len(SAMPLE_ROWS)
@@ -143,8 +144,12 @@ def test_every_row_is_accounted_for(tmp_path):
 
 def test_min_answers_and_sites_config(tmp_path):
     path = posts_xml(tmp_path, SAMPLE_ROWS)
-    docs = list(StackExchangeIngest({"min_answers": 0}).read(path))
-    assert next(d for d in docs if d.id.endswith("/2")).reason is None
+    lonely = next(d for d in StackExchangeIngest().read(path) if d.id.endswith("/2"))
+    assert lonely.reason is None and lonely.text == "Q: Lonely question\nNobody answered me."
+    assert lonely.meta["answer_ids"] == []
+    docs = list(StackExchangeIngest({"min_answers": 1}).read(path))
+    assert next(d for d in docs if d.id.endswith("/2")).reason == "no_answers"
+    assert next(d for d in docs if d.id.endswith("/1")).reason is None
     docs = list(StackExchangeIngest({"min_answers": 5}).read(path))
     assert next(d for d in docs if d.id.endswith("/1")).reason == "too_few_answers"
     docs = list(StackExchangeIngest({"sites": ["coffee.stackexchange.com"]}).read(path))
@@ -176,10 +181,10 @@ def test_run_stage_end_to_end(tmp_path):
     posts_xml(tmp_path / "dump", small, site="b.com")
     manifest = run_stage(StackExchangeIngest(), [tmp_path / "dump"], tmp_path / "out")
     assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"] == 5
-    assert manifest["docs_kept"] == 2
-    assert manifest["rejected_by_reason"] == {"no_answers": 1, "orphan_answer": 1, "post_type": 1}
+    assert manifest["docs_kept"] == 3
+    assert manifest["rejected_by_reason"] == {"orphan_answer": 1, "post_type": 1}
     ids = {d.id for p in kept_parts(tmp_path / "out") for d in read_documents(p)}
-    assert ids == {"stackexchange/b.com/1", "stackexchange/cooking.stackexchange.com/1"}
+    assert ids == {"stackexchange/b.com/1", "stackexchange/cooking.stackexchange.com/1", "stackexchange/cooking.stackexchange.com/2"}
 
 
 def test_helpers():
@@ -195,8 +200,13 @@ def test_real_coffee_dump(tmp_path):
     kept = [d for p in kept_parts(tmp_path / "out") for d in read_documents(p)]
     rejected = [d for p in rejected_parts(tmp_path / "out") for d in read_documents(p)]
     assert manifest["docs_in"] == manifest["docs_kept"] + manifest["docs_rejected"]
-    questions = kept + [d for d in rejected if d.reason == "no_answers"]
-    assert len(questions) == 225
+    assert "no_answers" not in manifest["rejected_by_reason"]  # RedPajama keeps unanswered questions
+    questions = [d for d in kept if "question_id" in d.meta]
+    assert len(questions) == len(kept) == 225
+    unanswered = [d for d in kept if not d.meta["answer_ids"]]
+    assert len(unanswered) == 13 and all("\n\nA: " not in d.text for d in unanswered)
+    strict = run_stage(StackExchangeIngest({"min_answers": 1}), [REAL_SE.parent.parent], tmp_path / "strict")
+    assert strict["docs_kept"] == 225 - 13 and strict["rejected_by_reason"]["no_answers"] == 13
     assert sum(len(d.meta["answer_ids"]) for d in kept) == 327  # every answer found its question
     assert manifest["rejected_by_reason"]["post_type"] == 40  # 20 + 20 tag-wiki rows
     assert all(d.meta["answer_scores"] == sorted(d.meta["answer_scores"], reverse=True) for d in kept)

@@ -13,6 +13,12 @@ the reader checks each one, rejects one row per defect ("unreadable_record:<why>
     records that follow into its body;
   - in a plain file, bytes after the declared body that are not blank lines + the next record
     (fastwarc's quirks mode, needed for LF-only files, would skip to the next record silently);
+    by default (trust_content_length: false) a wrong Content-Length is not rejected but
+    recovered as cc_net reads such records: in a plain file the record runs to the next
+    "WARC/1.x" line (or the end of the file), in a gzip file to the end of its member; kept with
+    meta["content_length_mismatch"], counted in stats.records_recovered. Still rejected: a plain
+    file's last record whose declared body runs past the end of the file (a cut file), a cut or
+    corrupt gzip member, a record without Content-Length;
   - a parse error (bad header, gzip data error): resynchronize on the next gzip member or the next
     "WARC/1." line;
   - a gzip file whose last member is truncated: fastwarc stops silently there, so the members
@@ -37,7 +43,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
@@ -60,11 +66,16 @@ class IngestConfig(ReaderConfig):
     # Pages whose bytes are not UTF-8 (the WET text is UTF-8 by spec): reject when more than this
     # fraction of the decoded characters are U+FFFD replacements. Our choice; cc_net assumes UTF-8.
     max_replacement_fraction: float = 0.01
-    # A plain WET record whose Content-Length disagrees with the file is rejected
-    # ("unreadable_record:content_length_mismatch", WARC 1.0 makes the length authoritative).
-    # False: read it up to the next "WARC/1.x" line instead, as cc_net's line-based reader does,
-    # and keep it with meta["content_length_mismatch"] = True (gzip files: always trusted).
-    trust_content_length: bool = True
+    # False (cc_net): a plain WET record whose Content-Length disagrees with the record boundary is
+    # read up to the next "WARC/1.x" line, as cc_net's line-based reader (process_wet_file.
+    # group_by_docs) reads every record, and kept with meta["content_length_mismatch"] = True; the
+    # manifest counts them (stats.records_recovered). A last record whose declared body runs past
+    # the end of the file is cut short, not mislabelled: still rejected. True: WARC 1.0 makes the
+    # length authoritative, every such record is "unreadable_record:content_length_mismatch".
+    # gzip files (CC's layout, one member per record): the record is its whole member, whether
+    # the length was too large (the body ran past the member) or too small (fastwarc fails on the
+    # rest of the member, so each record is held until the next one parses).
+    trust_content_length: bool = False
 
 
 class CCIngest(Stage):
@@ -95,6 +106,11 @@ class CCIngest(Stage):
             last_pos = 0
             last_member = 0
             in_broken_region = False  # a failed resync attempt is the same defect, not a new row
+            # gzip, recovering: a record is held until the next one parses. A Content-Length that is
+            # too small shows only there (fastwarc then fails on the rest of the member), and the
+            # held record is then read back from its whole gzip member instead.
+            hold = gzipped and not self.config.trust_content_length
+            held: tuple[int, Any, bytes] | None = None  # (pos, record, body)
             while start is not None:
                 fh.seek(start)
                 read_any = False
@@ -104,6 +120,9 @@ class CCIngest(Stage):
                     # test sample) but resyncs silently after a wrong Content-Length, so it is
                     # only used on plain files, where `_body_end` checks each record boundary.
                     for record in ArchiveIterator(fh, parse_http=False, quirks_mode=not gzipped):
+                        if held is not None:
+                            yield from self._held_out(path, held, seen_ids)
+                            held = None
                         pos = last_pos = record.stream_pos
                         if gzipped and os.pread(fh.fileno(), 3, pos) == GZIP_MAGIC:
                             last_member = pos  # a record that starts a gzip member (CC's layout)
@@ -126,17 +145,43 @@ class CCIngest(Stage):
                             why = "content_length_mismatch"
                         elif not gzipped and not _ends_cleanly(fh, _body_end(fh, pos, declared)):
                             why = "content_length_mismatch"
+                        if why == "content_length_mismatch" and gzipped and not self.config.trust_content_length:
+                            # CC's layout: one gzip member per record, so the member's end is the
+                            # record's end (a record that does not start a member, or whose member
+                            # is cut, stays rejected below).
+                            member = _gzip_member(fh, pos) if pos == last_member and declared is not None else None
+                            if member is not None:
+                                data, member_end = member
+                                head_end = _header_end(data)
+                                if head_end is not None:
+                                    self.tally("records_recovered")
+                                    if record.record_type == self.page_record_type:
+                                        doc = self._page(path, pos, record, data[head_end:].rstrip(b"\r\n"), seen_ids)
+                                        doc.meta["content_length_mismatch"] = True
+                                        yield doc
+                                    resync_from = member_end
+                                    break
                         if why == "content_length_mismatch" and not gzipped and not self.config.trust_content_length:
                             # cc_net's own reader splits on "WARC/1.0" lines and never reads the
-                            # length; do the same for this record and keep it, flagged.
+                            # length; do the same for this record and keep it, flagged. Unless no
+                            # record follows and the declared body runs past the end of the file
+                            # (a cut file: the text is incomplete), or there is no Content-Length
+                            # at all (cc_net's parse_doc cannot read that header either).
                             next_start = _next_record_start(fh, pos + 1, gzipped)
-                            body = _read_between(fh, _body_end(fh, pos, 0), next_start)
-                            if record.record_type == self.page_record_type:
-                                doc = self._page(path, pos, record, body, seen_ids)
-                                doc.meta["content_length_mismatch"] = True
-                                yield doc
-                            resync_from = pos + 1
-                            break
+                            begin = _body_end(fh, pos, 0)
+                            end = next_start if next_start is not None else os.fstat(fh.fileno()).st_size
+                            # (headers that run into the next record, or a body past the cap: not
+                            # a record that can be read back; rejected below)
+                            if (declared is not None and (next_start is not None or len(body) >= declared)
+                                    and begin <= end and end - begin <= MAX_RECORD_BYTES):
+                                body = _read_between(fh, begin, next_start)
+                                self.tally("records_recovered")
+                                if record.record_type == self.page_record_type:
+                                    doc = self._page(path, pos, record, body, seen_ids)
+                                    doc.meta["content_length_mismatch"] = True
+                                    yield doc
+                                resync_from = pos + 1
+                                break
                         if why:
                             if pos not in reported:
                                 reported.add(pos)
@@ -145,17 +190,37 @@ class CCIngest(Stage):
                             break
                         read_any = True
                         in_broken_region = False
-                        if record.record_type == self.page_record_type:
+                        if hold and pos == last_member:
+                            held = (pos, record, body)
+                        elif record.record_type == self.page_record_type:
                             yield self._page(path, pos, record, body, seen_ids)
                 except OSError as exc:  # fastwarc reports parse and decompression errors as OSError
+                    if held is not None and held[0] == last_pos:
+                        # fastwarc failed right after the held record, inside or past its member:
+                        # when the member holds more than the declared length, the length was too
+                        # small; the record is the whole member, as cc_net would read it.
+                        recovered = self._recover_member(path, held, seen_ids)
+                        if recovered is not None:
+                            held = None
+                            member_end, docs = recovered
+                            yield from docs
+                            start = _next_record_start(fh, member_end, gzipped)
+                            continue
+                    if held is not None:
+                        yield from self._held_out(path, held, seen_ids)
+                        held = None
                     error_at = last_pos if read_any else start
                     if not (in_broken_region and not read_any) and error_at not in reported:
                         reported.add(error_at)
                         yield self._broken(path, error_at, f"unreadable_record:{_reason_of(exc)}")
                     in_broken_region = True
                     resync_from = error_at + 1
+                if held is not None:
+                    yield from self._held_out(path, held, seen_ids)
+                    held = None
                 start = _next_record_start(fh, resync_from, gzipped) if resync_from is not None else None
         if records_read == 0 and not reported:
+            reported.add(0)  # (a truncated gzip member at 0 is this same defect: one row, one id)
             yield self._broken(path, 0, "unreadable_record:not_a_warc_record")
         if gzipped:
             # From the last member boundary seen: cheap for CC's one-member-per-record files; a file
@@ -164,6 +229,36 @@ class CCIngest(Stage):
             # (not when a broken record inside that member was already reported)
             if broken_at is not None and not any(offset >= broken_at for offset in reported):
                 yield self._broken(path, broken_at, "unreadable_record:truncated_gzip")
+
+    def _held_out(self, path: Path, held: tuple, seen_ids: set[str]) -> Iterator[Document]:
+        pos, record, body = held
+        if record.record_type == self.page_record_type:
+            yield self._page(path, pos, record, body, seen_ids)
+
+    def _recover_member(self, path: Path, held: tuple, seen_ids: set[str]) -> tuple[int, list[Document]] | None:
+        """The held record read back from its whole gzip member, when that member is whole and
+        holds more than the record's headers and declared body: (member end, its documents)."""
+        pos, record, body = held
+        with open(path, "rb") as fh:
+            member = _gzip_member(fh, pos)
+        if member is None:
+            return None
+        data, member_end = member
+        head_end = _header_end(data)
+        if head_end is None or len(data[head_end:].rstrip(b"\r\n")) <= len(body):
+            return None
+        self.tally("records_recovered")
+        docs = []
+        if record.record_type == self.page_record_type:
+            doc = self._page(path, pos, record, data[head_end:].rstrip(b"\r\n"), seen_ids)
+            doc.meta["content_length_mismatch"] = True
+            docs.append(doc)
+        return member_end, docs
+
+    def final_stats(self) -> dict:
+        # records whose Content-Length was wrong, read up to the next record instead (pages among
+        # them are kept or rejected like any page; other record types are skipped as usual)
+        return {"records_recovered": int(self.counters.get("records_recovered", 0))}
 
     # -- documents
     def _page(self, path: Path, pos: int, record, body: bytes, seen_ids: set[str]) -> Document:
@@ -310,6 +405,34 @@ def _ends_cleanly(fh: BinaryIO, body_end: int) -> bool:
     anything else means the Content-Length is wrong."""
     after = os.pread(fh.fileno(), 64, body_end).lstrip(b"\r\n")
     return after == b"" or after.startswith(b"WARC/")
+
+
+def _header_end(data: bytes) -> int | None:
+    """Where a record's headers end (after the first blank line, CRLF or LF), or None."""
+    return min((i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0), default=None)
+
+
+def _gzip_member(fh: BinaryIO, start: int, chunk: int = 1 << 16) -> tuple[bytes, int] | None:
+    """The decompressed gzip member at `start` and the offset where it ends; None when it is cut,
+    corrupt, or inflates past MAX_RECORD_BYTES."""
+    fh.seek(start)
+    decomp = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    out: list[bytes] = []
+    size = consumed = 0
+    while not decomp.eof:
+        data = fh.read(chunk)
+        if not data:
+            return None
+        try:
+            piece = decomp.decompress(data, MAX_RECORD_BYTES + 1 - size)
+        except zlib.error:
+            return None
+        size += len(piece)
+        out.append(piece)
+        if size > MAX_RECORD_BYTES or (decomp.unconsumed_tail and not decomp.eof):
+            return None
+        consumed += len(data) - len(decomp.unused_data)
+    return b"".join(out), start + consumed
 
 
 def _read_between(fh: BinaryIO, begin: int, end: int | None) -> bytes:

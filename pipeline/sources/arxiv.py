@@ -9,7 +9,8 @@ Two stages:
   arxiv_ingest  reads bulk source tars (members `{id}.gz`, each a gzip'd tar or a gzip'd .tex), a
                 single paper's .tar.gz / .gz, all in memory with path/link/size checks; finds the
                 main file and resolves \\input / \\include recursively.
-  arxiv_clean   comments, user macros, preamble, bibliography: the paper's rules above.
+  arxiv_clean   comments, user macros, preamble, bibliography: the paper's rules above; as RedPajama
+                v1 does it, everything from the bibliography (or \\appendix) on is cut.
 """
 
 from __future__ import annotations
@@ -521,6 +522,18 @@ BIBLIOGRAPHY = [
     re.compile(r"\\bibliography(?:style)?\s*\{[^{}]*\}"),
     re.compile(r"\\(?:printbibliography|addbibresource)(?:\[[^\]]*\])?(?:\{[^{}]*\})?"),
 ]
+# RedPajama v1 (rp_v1 data_prep/arxiv/arxiv_cleaner.py, _clean_tex_file) removes everything from the
+# first \appendix, \begin{references}, \begin{REFERENCES}, \begin{thebibliography} or
+# \bibliography{...} to the end: the bibliography and all back matter after it (acknowledgements,
+# author contributions, consortium lists, appendices). Two small differences, both on purpose: the
+# commands must end at a token boundary (rp_v1 would also cut at a \appendixname in the text), and
+# biblatex's \printbibliography counts as the bibliography too (rp_v1's list predates it, so a
+# biblatex paper would keep its back matter there). rp_v1 cuts each .tex file on its own; here
+# the paper is one flattened text, so an appendix \input after the cut goes too.
+BACK_MATTER = re.compile(
+    r"\\appendix(?![A-Za-z@])|\\begin\s*\{(?:references|REFERENCES|thebibliography)\}"
+    r"|\\bibliography\s*\{|\\printbibliography(?![A-Za-z@])"
+)
 
 
 class ArxivCleanConfig(StageConfig):
@@ -531,6 +544,11 @@ class ArxivCleanConfig(StageConfig):
     # grows by this factor (a recursive \def); the paper gives no numbers.
     max_expansion_passes: int = 10
     max_expansion_growth: float = 4.0
+    # True (RedPajama v1): cut at the bibliography or \appendix, whichever comes first, dropping
+    # everything after it. False: the LLaMA paper's sentence read literally ("removed ... the
+    # bibliography"): only the bibliography commands and environment go; acknowledgements,
+    # appendices and author lists after it stay (13% of the SciPy 1.0 paper's output).
+    cut_back_matter: bool = True
 
 
 class ArxivClean(Stage):
@@ -565,6 +583,11 @@ class ArxivClean(Stage):
             doc.text = text
             return doc.reject("no_section")
         text = text[section.start() :]
+        if cfg.cut_back_matter:
+            back = BACK_MATTER.search(text)
+            if back is not None:
+                doc.meta["back_matter_chars_removed"] = len(text) - back.start()
+                text = text[: back.start()]
         for pattern in BIBLIOGRAPHY:
             text = pattern.sub("", text)
         doc.text = re.sub(r"\n[ \t]*(?:\n[ \t]*){2,}", "\n\n", text).strip()

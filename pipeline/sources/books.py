@@ -119,6 +119,10 @@ GUTENBERG_FOOTER_MARKERS = (
     " End of the Project Gutenberg",
     " *** END OF THIS PROJECT GUTENBERG",
 )
+# c-w's "legalese" section: from a line starting with the first marker to one starting with the
+# second, lines are skipped (and not counted towards the 100/600-line limits).
+GUTENBERG_LEGALESE_START_MARKERS = ("<<THIS ELECTRONIC VERSION OF",)
+GUTENBERG_LEGALESE_END_MARKERS = ("SERVICE THAT CHARGES FOR DOWNLOAD",)
 # The official "*** END OF" line is unambiguous, so it ends the text even in a book shorter than
 # c-w's 100-line guard (which exists for the looser markers such as "by Project Gutenberg").
 OFFICIAL_FOOTER = re.compile(r"^\s*\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG", re.IGNORECASE)
@@ -126,10 +130,15 @@ HEADER_SEARCH_LINES = 600
 FOOTER_GUARD_LINES = 100
 
 
-def strip_gutenberg_boilerplate(text: str) -> str:
-    """The book without the PG header, footer and license (c-w/gutenberg strip_headers rules)."""
+def strip_gutenberg_boilerplate(text: str, tidy: bool = False) -> str:
+    """The book without the PG header, footer and license, line for line what c-w/gutenberg's
+    strip_headers returns (the lines joined with "\n", the blank lines around the book and each
+    line's trailing spaces kept as they are), except that the official "*** END OF" line ends the
+    book even within c-w's first 100 lines (see OFFICIAL_FOOTER). `tidy`: also drop trailing
+    whitespace on every line and the blank lines before and after the book."""
     kept: list[str] = []
     kept_count = 0  # lines kept so far, including those a later header marker throws away
+    in_legalese = False
     for line in text.splitlines():
         if kept_count <= HEADER_SEARCH_LINES and line.startswith(GUTENBERG_HEADER_MARKERS):
             kept = []
@@ -138,9 +147,16 @@ def strip_gutenberg_boilerplate(text: str) -> str:
             kept_count >= FOOTER_GUARD_LINES and line.startswith(GUTENBERG_FOOTER_MARKERS)
         ):
             break
-        kept.append(line.rstrip())
-        kept_count += 1
-    return "\n".join(kept).strip("\n")
+        if line.startswith(GUTENBERG_LEGALESE_START_MARKERS):
+            in_legalese = True
+            continue
+        if line.startswith(GUTENBERG_LEGALESE_END_MARKERS):
+            in_legalese = False
+            continue
+        if not in_legalese:
+            kept.append(line.rstrip() if tidy else line)
+            kept_count += 1
+    return "\n".join(kept).strip("\n") if tidy else "\n".join(kept)
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
@@ -268,6 +284,10 @@ class BooksIngestConfig(ReaderConfig):
     # Not from the paper. A PG "book" under ~one printed page is an index, a placeholder or an
     # audio-book stub, not book-length prose.
     min_chars: int = 1000
+    # False (c-w/gutenberg): a Gutenberg book is exactly what strip_headers returns, with the blank
+    # lines around it (4-8 before and 3-7 after on c-w's test books) and trailing spaces kept.
+    # True: drop them too; a deliberate deviation for tidier text (no token of the book changes).
+    tidy_whitespace: bool = False
 
 
 class BooksIngest(Stage):
@@ -307,7 +327,7 @@ class BooksIngest(Stage):
         meta |= {key: fields[key] for key in ("title", "author") if key in fields}
         doc = Document(
             id=f"{SOURCE}/gutenberg/{number}",
-            text=strip_gutenberg_boilerplate(raw),
+            text=strip_gutenberg_boilerplate(raw, tidy=self.config.tidy_whitespace),
             source=SOURCE,
             meta=meta,
         )

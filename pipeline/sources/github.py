@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -233,12 +233,42 @@ REDPAJAMA_EXTENSIONS = (
     ".xml", ".rst", ".m", ".smali",
 )  # fmt: skip
 
-# License-header removal. RedPajama's clean_copyright_comments drops EVERY leading run of
-# "//", "#", "--" lines whatever they say (shebangs and real doc comments included), then the first
-# /* */ block of the top 100 lines if it mentions "copyright". We remove less and say exactly what:
-# the first comment block at the top of the file (after an optional shebang and Python coding
-# line), in the comment syntax of the file's language, only when it mentions copyright, a license
-# or an SPDX identifier; blank lines after it go too. Files of other types are left as they are.
+# Header removal, the default rule ("redpajama"): RedPajama v1's clean_copyright_comments
+# (rp_v1 data_prep/github/github_clean_dedup_local.py), applied to every file whatever its type:
+#   - if the file holds a C-style /* ... */ comment anywhere, only the FIRST one is looked at: it is
+#     cut out when it contains "copyright" (any case), and nothing else is removed;
+#   - otherwise every leading line that starts with "//", "#" or "--", or is empty, is dropped,
+#     whatever it says: shebangs, Python coding lines, doc comments, Makefile comments and
+#     Markdown headings ("# Title") go too.
+_C_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+_COPYRIGHT = re.compile("copyright", re.IGNORECASE)
+_RP_LEADING_COMMENT = ("//", "#", "--")
+
+
+def strip_header_redpajama(text: str) -> tuple[str, int]:
+    """RedPajama v1's header rule (see above). Returns (text, characters removed)."""
+    block = _C_COMMENT.search(text)
+    if block is not None:
+        if _COPYRIGHT.search(block.group(0)):
+            return text[: block.start()] + text[block.end() :], block.end() - block.start()
+        return text, 0
+    lines = text.split("\n")
+    skip = 0
+    while skip < len(lines) and (not lines[skip] or lines[skip].startswith(_RP_LEADING_COMMENT)):
+        skip += 1
+    if not skip:
+        return text, 0
+    stripped = "\n".join(lines[skip:])
+    return stripped, len(text) - len(stripped)
+
+
+# The other rule ("license_comment"), a deliberate deviation: RedPajama's greedy rule removes doc
+# comments, shebangs and Markdown titles that are not license text (8 of the 53 whitelisted,
+# permissively licensed files of the real sample differ), and a copyright block further down a
+# file. This one removes less and says exactly what: the first comment block at the top of the
+# file (after an optional shebang and Python coding line), in the comment syntax of the file's
+# language, only when it mentions copyright, a license or an SPDX identifier; blank lines after it
+# go too. Files of other types are left as they are.
 _HEADER_WORDS = re.compile(r"copyright|licen[cs]e|spdx-license-identifier|\(c\)\s*\d{4}|©", re.IGNORECASE)
 _PRESERVED_PREFIX = re.compile(r"\A(?:#![^\n]*\n)?(?:[ \t]*#[^\n]*coding[:=][^\n]*\n)?")
 _BLOCK_COMMENTS = {
@@ -334,8 +364,8 @@ def file_stats(text: str, count_tokens=count_tokens_regex) -> dict[str, float]:
 
 
 class GithubFilter(Stage):
-    """License allow-list, RedPajama extension whitelist, license-header removal, then RedPajama's
-    per-file heuristics on the stripped text. Rejections, in the order checked:
+    """License allow-list, RedPajama extension whitelist, header removal (RedPajama's rule by
+    default, see `header_rule`), then RedPajama's per-file heuristics on the stripped text. Rejections, in the order checked:
       license:<lic>     license not in `licenses` (LLaMA §2: Apache, BSD, MIT); missing -> license:none
       extension         path not in the RedPajama whitelist
       empty             nothing left after header removal (RedPajama drops empty records)
@@ -365,6 +395,10 @@ class GithubFilter(Stage):
         min_alpha_per_token: float = 1.5
         # LLaMA §2: "removed boilerplate, such as headers, with regular expressions".
         strip_license_headers: bool = True
+        # "redpajama" (default): RedPajama v1's clean_copyright_comments (strip_header_redpajama).
+        # "license_comment": only a leading comment block that is license text, in the file's own
+        # comment syntax (strip_license_header); keeps shebangs, doc comments, Markdown titles.
+        header_rule: Literal["redpajama", "license_comment"] = "redpajama"
         # SentencePiece model whose pieces count as tokens for min_alpha_per_token (RedPajama uses
         # its own BPE tokenizer); None: the regex approximation (see count_tokens_regex).
         tokenizer_model: str | None = None
@@ -398,7 +432,12 @@ class GithubFilter(Stage):
             if not path.endswith(extensions):
                 yield doc.reject("extension")
                 continue
-            text, removed = strip_license_header(doc.text, path) if c.strip_license_headers else (doc.text, 0)
+            if not c.strip_license_headers:
+                text, removed = doc.text, 0
+            elif c.header_rule == "redpajama":
+                text, removed = strip_header_redpajama(doc.text)
+            else:
+                text, removed = strip_license_header(doc.text, path)
             if not text.strip():
                 yield doc.reject("empty")
                 continue

@@ -113,7 +113,8 @@ class StackExchangeIngest(Stage):
 
     Every row of the file is accounted for: answers travel inside their question's document; the
     other rows come out as rejected documents:
-      no_answers / too_few_answers  a question with fewer than `min_answers` answers
+      no_answers / too_few_answers  a question with fewer than `min_answers` answers (default 0:
+                                    unanswered questions are kept, as RedPajama keeps them)
       orphan_answer                 an answer whose ParentId is not a question of this file
       post_type:<n>                 tag wikis (4, 5) and other post types: not Q&A content
       unreadable_record:<why>       a row without a usable Id
@@ -137,8 +138,11 @@ class StackExchangeIngest(Stage):
         # LLaMA §2: "the 28 largest websites": data_specs/llama1.yaml passes LLAMA_SITES. None keeps
         # every site given to the stage (the demo's sample sites are small ones).
         sites: list[str] | None = None
-        # Questions without answers carry no Q&A: RedPajama keeps them, we reject them by default.
-        min_answers: int = 1
+        # 0 (RedPajama v1, filter.py + post_processing.py): a question nobody answered is kept, as
+        # "Q: <title> <body>" alone. 1: reject it ("no_answers"), a deliberate deviation for builds
+        # that want only question-and-answer text (an unanswered question teaches no answer, and
+        # is often a duplicate or a low-effort post); n > 1: "too_few_answers" below n.
+        min_answers: int = 0
 
     def read(self, path: Path) -> Iterator[Document]:
         path = Path(path)
