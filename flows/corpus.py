@@ -222,7 +222,7 @@ def mixture_task(final_outputs: dict[str, str], tokenizer_model: str, output: st
     started = time.time()
     manifest = sample_mixture({s: Path(p) for s, p in final_outputs.items()}, Path(tokenizer_model), Path(output),
                               MixtureConfig(**config), reuse=not force, workers=workers,
-                              executor=_CLUSTERS.get(cluster) if cluster else None)
+                              executor=_CLUSTERS.get(cluster) if cluster else None, progress=StageProgress("mixture"))
     publish_stage(manifest, read_timing(output), reused=_reused("mixture", manifest, output, started))
     for warning in manifest["stats"]["warnings"]:
         get_run_logger().warning("mixture: %s", warning)
@@ -234,7 +234,8 @@ def token_shards_task(mixture_dir: str, tokenizer_model: str, output: str, confi
                       force: bool = False, workers: int = 1, cluster: str | None = None) -> dict[str, Any]:
     started = time.time()
     manifest = write_token_shards(Path(mixture_dir), Path(tokenizer_model), Path(output), TokenShardsConfig(**config),
-                                  reuse=not force, workers=workers, executor=_CLUSTERS.get(cluster) if cluster else None)
+                                  reuse=not force, workers=workers, executor=_CLUSTERS.get(cluster) if cluster else None,
+                                  progress=StageProgress("token_shards"))
     publish_stage(manifest, read_timing(output), reused=_reused("token-shards", manifest, output, started))
     return manifest["stats"]
 

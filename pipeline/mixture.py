@@ -48,7 +48,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -447,13 +447,14 @@ def _write_part(job: _WriteJob) -> tuple[DocumentCounts, dict[str, int], str]:
 
 def sample_mixture(
     source_dirs: dict[str, Path], tokenizer: Path, output: Path, config: MixtureConfig | None = None,
-    reuse: bool = True, workers: int = 1, executor: Any = None,
+    reuse: bool = True, workers: int = 1, executor: Any = None, progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Plan the mixture over each source's final stage folder in real tokens of `tokenizer` (a
     tokenizer stage folder or .model file); write the mixture stage folder at `output`. Returns
     its manifest. With `reuse`, a folder already made from the same inputs and config is kept.
     The passes over parts run on `executor` (pipeline/executor.py: a cluster) or on `workers`
-    processes here; the folder's bytes depend on neither."""
+    processes here; the folder's bytes depend on neither. `progress(name, done, total)` is called as
+    the count and write jobs finish (2 per part)."""
     from pipeline.executor import LocalExecutor, worker_id
 
     config = config or MixtureConfig()
@@ -479,8 +480,16 @@ def sample_mixture(
     runner = executor if executor is not None else LocalExecutor(workers)
     here = worker_id()
 
-    def run(fn, jobs: list[Any]) -> list[Any]:
-        return list(runner.map(fn, jobs))
+    finished = [0, 0]  # part jobs done, of
+
+    def run(fn, jobs: list[Any], counted: bool = False) -> list[Any]:
+        results = []
+        for result in runner.map(fn, jobs):
+            results.append(result)
+            if counted and progress:
+                finished[0] += 1
+                progress(STAGE_NAME, finished[0], finished[1])
+        return results
 
     with folder:
         (folder.tmp / "scratch").mkdir()
@@ -489,10 +498,11 @@ def sample_mixture(
                 for name in config.sources for part in kept_parts(source_dirs[name])]
         jobs = [replace(job, index=index) for index, job in enumerate(jobs)]
         of_source = {name: [job for job in jobs if job.source == name] for name in config.sources}
+        finished[1] = 2 * len(jobs)
 
         # Pass 1: every part tokenized once; a histogram of trainable tokens over the keys per source.
         started = time.perf_counter()
-        summaries = dict(zip((job.index for job in jobs), run(_count_part, jobs)))
+        summaries = dict(zip((job.index for job in jobs), run(_count_part, jobs, counted=True)))
         folder.timings["count_wall_time_s"] = time.perf_counter() - started
         for summary in summaries.values():
             folder.counts.described[summary["tokens_file"]["path"]] = summary["tokens_file"]
@@ -550,7 +560,7 @@ def sample_mixture(
         # Pass 3: every part written with its plan columns.
         started = time.perf_counter()
         realized: dict[str, dict[str, int]] = {name: {} for name in config.sources}
-        written = run(_write_part, [_WriteJob(job, plans[job.source], extra_row(job)) for job in jobs])
+        written = run(_write_part, [_WriteJob(job, plans[job.source], extra_row(job)) for job in jobs], counted=True)
         for job, (counts, part_realized, who) in zip(jobs, written):
             folder.register_part(job.index)
             folder.counts.add(counts)

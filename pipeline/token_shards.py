@@ -42,7 +42,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -233,12 +233,13 @@ def write_token_shards(
     reuse: bool = True,
     workers: int = 1,
     executor: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write the mixture's copies as train/val token shards at `output`. Returns the manifest.
     With `reuse`, shards already written from the same mixture, tokenizer and config are kept.
     `tokenizer_model` is a tokenizer stage folder or a tokenizer.model file; it must be the one
     the mixture tokenized with. The jobs run on `executor` (a cluster) or `workers` processes here;
-    the shards' bytes depend on neither."""
+    the shards' bytes depend on neither. `progress(name, done, total)` is called as jobs finish."""
     from pipeline.executor import LocalExecutor, worker_id
 
     config = config or TokenShardsConfig()
@@ -278,17 +279,24 @@ def write_token_shards(
         spills = tuple(_SpillJob(index, str(part), str(mixture_dir / "artifacts" / TOKENS_FOLDER / part.name.replace(".parquet", ".bin")),
                                  str(folder.tmp), config.seed, counts) for index, part in enumerate(parts))
         started = time.perf_counter()
-        spilled = list(runner.map(_spill_copies, list(spills)))
+        jobs = [_ShardJob(split, tuple(range(first, min(first + SHARDS_PER_JOB, counts[split]))), counts[split], spills, str(folder.tmp))
+                for split in SPLITS for first in range(0, counts[split], SHARDS_PER_JOB)]
+        total = len(spills) + len(jobs)
+        spilled = []
+        for result in runner.map(_spill_copies, list(spills)):
+            spilled.append(result)
+            if progress:
+                progress(STAGE_NAME, len(spilled), total)
         folder.timings["spill_wall_time_s"] = time.perf_counter() - started
         if not spilled:
             raise StageError(f"{mixture_dir}: the mixture has no documents to tokenize")
         # Pass 2: the shards, a few key ranges per job.
         started = time.perf_counter()
-        jobs = [_ShardJob(split, tuple(range(first, min(first + SHARDS_PER_JOB, counts[split]))), counts[split], spills, str(folder.tmp))
-                for split in SPLITS for first in range(0, counts[split], SHARDS_PER_JOB)]
         shards: list[dict[str, Any]] = []
-        for written, who in runner.map(_write_shards, jobs):
+        for done, (written, who) in enumerate(runner.map(_write_shards, jobs), len(spilled) + 1):
             shards += written
+            if progress:
+                progress(STAGE_NAME, done, total)
             if who != here:
                 folder.part_workers[who] = folder.part_workers.get(who, 0) + 1
         folder.timings["write_wall_time_s"] = time.perf_counter() - started

@@ -142,7 +142,7 @@ def test_stages_publish_tables_progress_and_charts(recipe_run):
 
     kinds = asyncio.run(artifacts())
     assert {"cc-langid", "cc-perplexity", "c4-quality", "mixture"} <= kinds["table"]
-    assert {"cc-langid-progress", "books-dedup-progress"} <= kinds["progress"]
+    assert {"cc-langid-progress", "books-dedup-progress", "mixture-progress", "token-shards-progress"} <= kinds["progress"]
     assert {"cc-langid-chart", "cc-perplexity-chart", "mixture-chart"} <= kinds["markdown"]
 
 

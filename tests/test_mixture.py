@@ -222,7 +222,10 @@ def test_the_parallel_plan_is_the_one_process_plan(sources, tokenizer, tmp_path,
     """The passes over parts (2 forked workers) place every copy where plan_copies, given every
     document's tokens and sampling key in one process, places it; the bytes equal one worker's."""
     config = three_source_config(sources, tokenizer, val_fraction=val_fraction, seed=3)
-    manifest = sample_mixture(sources, tokenizer, tmp_path / "two", config, workers=2)
+    calls = []
+    manifest = sample_mixture(sources, tokenizer, tmp_path / "two", config, workers=2, progress=lambda *a: calls.append(a))
+    parts = sum(len(kept_parts(folder)) for folder in sources.values())
+    assert calls == [("mixture", done, 2 * parts) for done in range(1, 2 * parts + 1)]  # count, then write
     docs = [d for p in kept_parts(tmp_path / "two") + rejected_parts(tmp_path / "two") for d in read_documents(p)]
     for name in config.sources:
         mine = sorted((d for d in docs if d.source == name), key=lambda d: int(d.id.split("/")[1]))

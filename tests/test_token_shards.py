@@ -183,8 +183,10 @@ def test_bad_inputs_are_clear_errors(built, tmp_path):
 def test_two_workers_write_the_same_shards_from_one_tokenization(built, tmp_path):
     """Two forked workers write the shards (several key ranges per split) to the bytes one wrote,
     and nothing is encoded again: the copies are the mixture's token files' slices."""
+    calls = []
     write_token_shards(built["mixture"], built["tokenizer"], tmp_path / "two", TokenShardsConfig(shard_tokens=20_000, seed=0),
-                       workers=2)
+                       workers=2, progress=lambda *a: calls.append(a))
+    assert calls and calls[-1][1] == calls[-1][2] and [c[1] for c in calls] == list(range(1, calls[-1][2] + 1))
     files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
                           if p.is_file() and p.suffix != ".json"}
     assert files(tmp_path / "two") == files(built["shards"])
