@@ -28,6 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
+from pipeline.documents import StageError
+
 # A worker's death (OOM killer, a node lost, kill -9) is retried this many times; a job that raises
 # fails the stage at once (a deterministic failure would fail again).
 RETRIES = 3
@@ -75,31 +77,30 @@ def worker_started() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class WorkerDied(RuntimeError):
-    """A local worker process died (the OOM killer, a crash in a C library)."""
-
-
 class LocalExecutor(Executor):
-    """`workers` forked processes on this machine; with one worker (or one job), this process."""
+    """`workers` forked processes on this machine; with one worker (or one job), this process.
+    `label` names the work in the error a dead worker raises (a stage, the mixture)."""
 
     name = "local"
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, label: str = "a job"):
         self.workers = workers
+        self.label = label
 
     def map(self, fn: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
         if self.workers <= 1 or len(jobs) <= 1:
             for job in jobs:
                 yield fn(job)
             return
-        # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies raises
-        # BrokenProcessPool here instead of hanging the build forever.
+        # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (OOM killer, a
+        # crash in a C library) raises BrokenProcessPool here instead of hanging the build forever.
         pool = ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=multiprocessing.get_context("fork"),
                                    initializer=worker_started)
         try:
             yield from pool.map(fn, jobs)
         except BrokenProcessPool as exc:
-            raise WorkerDied(f"a worker process died ({exc}); rerun with fewer workers if memory is short") from exc
+            raise StageError(f"a worker process of {self.label} died ({exc}); "
+                             "rerun with fewer workers if memory is short") from exc
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

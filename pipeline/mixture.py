@@ -477,7 +477,7 @@ def sample_mixture(
     folder = StageFolder(output, STAGE_NAME, config.model_dump(mode="json"), inputs=inputs, code_version=CODE_VERSION)
     if reuse and (manifest := folder.current()):
         return manifest
-    runner = executor if executor is not None else LocalExecutor(workers)
+    runner = executor if executor is not None else LocalExecutor(workers, label=STAGE_NAME)
     here = worker_id()
 
     finished = [0, 0]  # part jobs done, of

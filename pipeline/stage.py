@@ -34,11 +34,8 @@ import glob
 import importlib
 import inspect
 import json
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -67,7 +64,7 @@ from pipeline.documents import (
     stage_identity,
     without_surrogates,
 )
-from pipeline.executor import worker_started
+from pipeline.executor import LocalExecutor
 
 # Modules that define stages; importing them fills the registry.
 STAGE_MODULES = (
@@ -338,17 +335,10 @@ def _map_forked(target: Any, method: str, items: list[Any], workers: int) -> Ite
         return
     global _FORKED_TARGET
     _FORKED_TARGET = target
-    # ProcessPoolExecutor rather than multiprocessing.Pool: a worker that dies (OOM killer, a
-    # crash in a C library) raises BrokenProcessPool here instead of hanging the build forever.
-    executor = ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork"),
-                                   initializer=worker_started)
     try:
-        yield from executor.map(_call_forked, [(method, item) for item in items])
-    except BrokenProcessPool as exc:
-        raise StageError(f"a worker process of {getattr(target, 'name', method)} died ({exc}); "
-                         "rerun with fewer workers if memory is short") from exc
+        pool = LocalExecutor(workers, label=getattr(target, "name", method))
+        yield from pool.map(_call_forked, [(method, item) for item in items])
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
         _FORKED_TARGET = None
 
 

@@ -271,7 +271,7 @@ def write_token_shards(
     planned = mixture_stats.get("sources", {})
     split_total = {"train": mixture_stats["realized_tokens"], "val": sum(s.get("val_tokens", 0) for s in planned.values())}
     counts = {split: max(1, -(-split_total[split] // config.shard_tokens)) for split in SPLITS}
-    runner = executor if executor is not None else LocalExecutor(workers)
+    runner = executor if executor is not None else LocalExecutor(workers, label=STAGE_NAME)
     here = worker_id()
     with folder:
         (folder.tmp / "scratch").mkdir()
