@@ -175,7 +175,8 @@ def calibrate_perplexity(
         spec_path = spec or Path(read_build_record(build)["spec"])
         if not spec_path.exists() and (SPEC_DIR / f"{spec_path}.yaml").exists():
             spec_path = SPEC_DIR / f"{spec_path}.yaml"
-        chain = list(load_spec(spec_path).sources["cc"].stages.items()) if "cc" in load_spec(spec_path).sources else []
+        sources = load_spec(spec_path).sources
+        chain = list(sources["cc"].stages.items()) if "cc" in sources else []
         names = [name for name, _ in chain]
         if "cc_perplexity" not in names:
             raise StageError(f"{spec_path}: no cc_perplexity stage to calibrate")

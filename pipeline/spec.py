@@ -188,6 +188,13 @@ def load_spec(path: Path | str) -> BuildSpec:
         raise StageError(f"{path}: invalid spec:\n{exc}") from exc
 
 
+def _yaml_value(value: Any) -> str:
+    """One config value as it goes after `key: ` on a line: strings quoted, lists and mappings inline."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
 def set_stage_config(path: Path | str, stage: str, values: dict[str, Any]) -> None:
     """Set config keys of one stage in a spec file, in place: the file's other lines and comments
     stay as they are (a spec is a commented document; a YAML round trip would drop them). The
@@ -200,12 +207,10 @@ def set_stage_config(path: Path | str, stage: str, values: dict[str, Any]) -> No
     if at is None:
         raise StageError(f"{path}: no stage {stage!r} to configure")
     indent, rest, comment = key.match(lines[at].rstrip("\n")).groups()
-    rendered = {name: json.dumps(value) if isinstance(value, str) else yaml.safe_dump(value).strip().removesuffix("\n...")
-                for name, value in values.items()}
+    rendered = {name: _yaml_value(value) for name, value in values.items()}
     if rest.strip():  # a flow mapping on the key's line, e.g. `cc_perplexity: {}`
         current = yaml.safe_load(rest) or {}
-        merged = {name: yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
-                  for name, value in current.items()} | rendered
+        merged = {name: _yaml_value(value) for name, value in current.items()} | rendered
         block = [f"{indent}  {name}: {value}\n" for name, value in merged.items()]
         lines[at : at + 1] = [f"{indent}{stage}:{comment or ''}\n"] + block
     else:

@@ -290,11 +290,6 @@ def load_tokenizer(path: Path | str) -> spm.SentencePieceProcessor:
     return spm.SentencePieceProcessor(model_file=str(tokenizer_model_path(path)))
 
 
-def token_counts(processor: spm.SentencePieceProcessor, texts: list[str], num_threads: int = 1) -> list[int]:
-    """Number of ids of each text (without BOS/EOS), encoded in SentencePiece's own thread pool."""
-    return [len(ids) for ids in processor.encode(texts, num_threads=num_threads)]
-
-
 def pack_documents(ids: list[list[int]], bos: int, eos: int) -> tuple[np.ndarray, np.ndarray]:
     """The documents' ids as one uint16 array, each as BOS ids EOS, and each one's length."""
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 2

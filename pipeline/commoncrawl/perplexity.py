@@ -229,13 +229,10 @@ class CCPerplexity(Stage):
                 log.warning("%s: %s", self.name, message)
                 stats["warnings"] = [message]
         else:
-            sample = self._reference_perplexities(inputs)
-            if len(sample) == 0:
-                raise StageError(f"{self.name}: no scorable {config.language} input page to set the cutoffs on")
-            head, tail = np.percentile(sample, [config.head_percentile, config.tail_percentile])
-            self.cutoffs = (float(head), float(tail))
+            head, tail, pages = self._percentile_cutoffs(inputs, "input page to set the cutoffs on")
+            self.cutoffs = (head, tail)
             stats |= {"head_percentile": config.head_percentile, "tail_percentile": config.tail_percentile,
-                      "reference_pages": int(len(sample))}
+                      "reference_pages": pages}
         return stats | {
             "head_cutoff": self.cutoffs[0],
             "tail_cutoff": self.cutoffs[1],
@@ -262,14 +259,21 @@ class CCPerplexity(Stage):
         try:
             sp_model, lm = train_perplexity_model(wikipedia_lines(self.refs[WIKIPEDIA], self.config.language), out, self.config)
             self.model = PerplexityModel(sp_model, lm, self.config.scoring)
-            sample = self._reference_perplexities(expand_document_inputs(pages))
-            if len(sample) == 0:
-                raise StageError(f"{self.name}: no scorable {self.config.language} page in {', '.join(map(str, pages))}")
-            head, tail = np.percentile(sample, [self.config.head_percentile, self.config.tail_percentile])
-            return {"head_cutoff": round(float(head), 1), "tail_cutoff": round(float(tail), 1),
-                    "calibrated_model": model_digest(sp_model, lm), "reference_pages": int(len(sample))}
+            head, tail, scored = self._percentile_cutoffs(expand_document_inputs(pages),
+                                                          f"page in {', '.join(map(str, pages))}")
+            return {"head_cutoff": round(head, 1), "tail_cutoff": round(tail, 1),
+                    "calibrated_model": model_digest(sp_model, lm), "reference_pages": scored}
         finally:
             shutil.rmtree(out, ignore_errors=True)
+
+    def _percentile_cutoffs(self, inputs: list[Path], what: str) -> tuple[float, float, int]:
+        """The head/tail percentiles of the first `reference_sample` pages' perplexities, and how
+        many pages were scored (none: a StageError saying there is no scorable `what`)."""
+        sample = self._reference_perplexities(inputs)
+        if len(sample) == 0:
+            raise StageError(f"{self.name}: no scorable {self.config.language} {what}")
+        head, tail = np.percentile(sample, [self.config.head_percentile, self.config.tail_percentile])
+        return float(head), float(tail), int(len(sample))
 
     def _reference_perplexities(self, inputs: list[Path]) -> np.ndarray:
         values: list[float] = []
