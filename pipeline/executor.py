@@ -8,8 +8,8 @@ rebuilds the stage once per process from the job (its config, references and wha
 in the stage folder's artifacts) and writes the part into the stage folder's temporary directory,
 which must be on a filesystem every worker sees.
 
-  LocalExecutor(workers)   forked processes on this machine (1: in this process); run_stage forks
-                           the stage as prepared itself, the mixture and token shards use this
+  LocalExecutor(workers)   forked processes on this machine (1: in this process); run_stage's
+                           children inherit the stage as prepared (no pickling of its models)
   RayExecutor(address)     Ray tasks on an existing cluster ("auto": the local `ray start --head`);
                            a task whose worker dies is retried on another (max_retries)
   DaskExecutor(address)    futures on an existing Dask scheduler (retries likewise)
