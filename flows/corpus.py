@@ -34,12 +34,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.charts import chart_markdown
-from pipeline.documents import BUILD_RECORD, REMOTE_INPUTS, StageError, read_manifest, read_timing
+from pipeline.documents import BUILD_RECORD, StageError, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.spec import BUILD_STEPS, load_spec
 from pipeline.executor import Executor, executor_for
 from pipeline.stage import get_stage, is_up_to_date, run_stage, run_stage_job
-from pipeline.storage import absolute, fetch_inputs, is_remote, join, publish
+from pipeline.storage import absolute, join, publish
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, train_tokenizer
 
@@ -154,10 +154,7 @@ def build_source(
     output folder}. Each stage is one task run, one after the other; with a `cluster` its parts run
     on the cluster's workers."""
     outputs: dict[str, str] = {}
-    inputs = raw_inputs
-    if any(is_remote(p) for p in raw_inputs):
-        first = get_stage(next(iter(stages)))
-        inputs = fetch_inputs_task(source, raw_inputs, str(Path(stages_dir).parent / REMOTE_INPUTS), first.raw_patterns)
+    inputs = raw_inputs  # URLs too: listed by the stage, each object read by the worker that needs it
     for name, config in stages.items():
         output = str(Path(stages_dir) / name)
         stage_cls, known = get_stage(name), outputs | available_refs
@@ -167,16 +164,6 @@ def build_source(
         outputs[name] = output
         inputs = [output]
     return outputs
-
-
-@task(task_run_name="fetch-{source}-inputs", cache_policy=NO_CACHE)
-def fetch_inputs_task(source: str, urls: list[str], cache_dir: str, file_patterns: tuple[str, ...]) -> list[str]:
-    """Remote inputs (s3://, https://, ...) into the build's remote-inputs/ cache; files already
-    there in the same version are not downloaded again (pipeline/storage.py)."""
-    logger = get_run_logger()
-    local = fetch_inputs(urls, Path(cache_dir), tuple(file_patterns), progress=logger.info)
-    logger.info("%s: %d input files from %s", source, len(local), ", ".join(urls))
-    return local
 
 
 @task(task_run_name="publish", cache_policy=NO_CACHE)

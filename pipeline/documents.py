@@ -39,7 +39,7 @@ REJECT_COLUMNS = ("reason", "stage")
 MANIFEST = "manifest.json"
 TIMING = "timing.json"
 BUILD_RECORD = "BUILD.json"  # at a build's root: the spec and inputs of its last build (`rerun`, `publish`)
-REMOTE_INPUTS = "remote-inputs"  # inputs fetched from URLs, inside a build (pipeline/storage.py)
+INPUTS_READ = ".inputs-read"  # in a stage's temporary folder: what the workers read of remote inputs
 CONTRACT_VERSION = 1
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_BATCH = 1024
@@ -291,17 +291,64 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def dependency_digest(path: Path) -> str:
+@dataclass(frozen=True)
+class RemoteFile:
+    """A raw input that lives in object storage (s3://, gs://, https://, ...), as the store listed
+    it: its URL and version (size and, where the store gives them, ETag or modification time). It
+    is never fetched by the process that plans a stage: the worker that reads it copies that one
+    object to its own scratch space (pipeline/storage.py, local_input)."""
+
+    url: str
+    version: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: hashable, picklable
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def size(self) -> int | None:
+        size = dict(self.version).get("size")
+        return None if size in (None, "None") else int(size)
+
+    @property
+    def record_name(self) -> str:
+        """The file, in a stage's INPUTS_READ folder, where the worker that read it records its sha256."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:32] + ".json"
+
+    @property
+    def digest(self) -> str:
+        """What a stage's identity takes for this input: its URL and the store's version, not the
+        sha256 of its bytes, which only a process reading the whole object could compute."""
+        return hashlib.sha256(canonical_json({"url": self.url, "version": dict(self.version)}).encode()).hexdigest()
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def as_input(path: Path | str | RemoteFile) -> Path | RemoteFile:
+    """An input file as the stages take it: a RemoteFile as it is, anything else a Path."""
+    return path if isinstance(path, RemoteFile) else Path(path)
+
+
+def dependency_digest(path: Path | RemoteFile) -> str:
     """The digest a stage records and hashes for one file it depends on: the sha256 of its bytes,
     except for another stage folder's manifest.json, which is hashed without the paths of that
-    stage's own inputs. Where the raw files lay (a local folder, a moved folder, an s3:// URL) is not
-    what they contain, and their sha256 stays in, so a build from moved or remote inputs has the same
-    identities downstream and is reused, not recomputed."""
+    stage's own inputs (and its identity), and a remote raw input (RemoteFile.digest: its URL and
+    version). Where the raw files lay (a folder, a moved folder, an s3:// URL) is not what they
+    contain, so a moved build, or a build from remote copies of the same files, has the same
+    identities downstream of its readers and is reused, not recomputed."""
+    if isinstance(path, RemoteFile):
+        return path.digest
     path = Path(path)
     if path.name != MANIFEST:
         return _recorded_sha256(path) or _file_sha256(path)
     manifest = json.loads(path.read_text())
-    manifest["inputs"] = [{k: v for k, v in entry.items() if k != "path"} for entry in manifest.get("inputs", [])]
+    # Where an input lay (path or URL, and a store's version of it) is not what it contained; the
+    # identity is left out with them (a remote input's identity takes its URL and version, while the
+    # sha256 of the bytes read stays in).
+    manifest.pop("identity", None)
+    manifest["inputs"] = [{k: v for k, v in entry.items() if k not in ("path", "version", "digest")}
+                          for entry in manifest.get("inputs", [])]
     return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
 
 
@@ -401,25 +448,8 @@ def describe_file(path: Path, root: Path, rows: bool = False) -> dict[str, Any]:
     return entry | {"rows": pq.ParquetFile(path).metadata.num_rows} if rows else entry
 
 
-def display_url(path: Path) -> str | None:
-    """The URL a file under a build's remote-inputs/ folder was fetched from (None for any other
-    file), so manifests name the real source rather than the cache."""
-    parts = path.parts
-    if REMOTE_INPUTS not in parts:
-        return None
-    at = len(parts) - 1 - parts[::-1].index(REMOTE_INPUTS)
-    rest = parts[at + 1:]
-    if len(rest) < 2:
-        return None
-    return f"{rest[0]}://" + "/".join(rest[1:])
-
-
 def _display_path(path: Path, base: Path) -> str:
-    """Inputs are recorded relative to the build folder when inside it, so a moved build stays valid;
-    inputs fetched from a URL by their URL."""
-    url = display_url(path)
-    if url is not None:
-        return url
+    """Inputs are recorded relative to the build folder when inside it, so a moved build stays valid."""
     path = path.resolve()
     try:
         return str(path.relative_to(base.resolve()))
@@ -503,7 +533,7 @@ class StageFolder(PartFolder):
         # leftover can tell whether its process is gone.
         super().__init__(stage, self.output.parent / f".{self.output.name}.tmp-{_owner()}")
         self.config = config
-        self.inputs = [Path(p) for p in inputs]
+        self.inputs = [p if isinstance(p, RemoteFile) else Path(p) for p in inputs]
         self.code_version = code_version
         self.kind = kind
         self.source = source
@@ -574,17 +604,31 @@ class StageFolder(PartFolder):
     # -- commit
     def _described_inputs(self) -> list[dict[str, Any]]:
         base = self.output.parent
-        return [
-            {"path": _display_path(p, base), "sha256": dependency_digest(p)}
-            | ({} if p.name == MANIFEST else {"bytes": p.stat().st_size})  # a manifest's size varies with its paths
-            if p.is_file()
-            else {"path": _display_path(p, base)}
-            for p in self.inputs
-        ]
+        described = []
+        for p in self.inputs:
+            if isinstance(p, RemoteFile):
+                described.append(self._described_remote(p))
+            elif p.is_file():  # a manifest's size varies with its paths: not recorded
+                described.append({"path": _display_path(p, base), "sha256": dependency_digest(p)}
+                                 | ({} if p.name == MANIFEST else {"bytes": p.stat().st_size}))
+            else:
+                described.append({"path": _display_path(p, base)})
+        return described
+
+    def _described_remote(self, remote: RemoteFile) -> dict[str, Any]:
+        """A remote input: its URL and version (the identity takes them: known before anything is
+        read), and the sha256 of the bytes the worker that read it saw, as that worker recorded it."""
+        entry = {"path": remote.url, "version": dict(remote.version), "digest": remote.digest}
+        record = self.tmp / INPUTS_READ / remote.record_name
+        if record.is_file():
+            entry |= {k: v for k, v in json.loads(record.read_text()).items() if k in ("sha256", "bytes")}
+        elif remote.size is not None:
+            entry["bytes"] = remote.size
+        return entry
 
     def identity(self, inputs: list[dict[str, Any]] | None = None) -> str:
         inputs = self._described_inputs() if inputs is None else inputs
-        return stage_identity(self.config, self.code_version, [i.get("sha256", i["path"]) for i in inputs])
+        return stage_identity(self.config, self.code_version, [i.get("digest") or i.get("sha256") or i["path"] for i in inputs])
 
     def current(self) -> dict[str, Any] | None:
         """The manifest already at `output` when it was made from this config, code and input
@@ -640,6 +684,7 @@ class StageFolder(PartFolder):
             timing["part_workers"] = dict(sorted(self.part_workers.items()))
         if self.pass_workers:
             timing["pass_workers"] = dict(sorted(self.pass_workers.items()))
+        shutil.rmtree(self.tmp / INPUTS_READ, ignore_errors=True)  # now in the manifest
         (self.tmp / TIMING).write_text(json.dumps(timing, indent=2) + "\n")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Replace any previous version: move it aside first so the final name is never half-written.

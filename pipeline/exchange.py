@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.documents import RemoteFile, as_input
 from pipeline.stage import Stage
 
 PARTITIONS = 64  # the default split; memory per reduce is 1/PARTITIONS of the records (not in the identity)
@@ -46,16 +47,16 @@ class ExchangeStage(Stage):
 
     def open_exchange(self, inputs: list[Path]) -> None:
         """At the start of prepare(): the inputs the passes read and the folder they exchange in."""
-        self._inputs = [Path(p) for p in inputs]
+        self._inputs = [as_input(p) for p in inputs]
         self._root = Path(self.artifacts or tempfile.mkdtemp(prefix=f"{self.name}-")) / "exchange"
         self._root.mkdir(parents=True, exist_ok=True)
 
     def worker_state(self) -> dict[str, Any]:
-        return {"partitions": self.partitions, "inputs": [str(p) for p in self._inputs]}
+        return {"partitions": self.partitions, "inputs": [p if isinstance(p, RemoteFile) else str(p) for p in self._inputs]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.partitions = state["partitions"]
-        self._inputs = [Path(p) for p in state["inputs"]]
+        self._inputs = [as_input(p) for p in state["inputs"]]
         self._root = Path(self.artifacts) / "exchange"
 
     def _path(self, kind: str, *index: int, suffix: str = ".npy") -> Path:

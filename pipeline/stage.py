@@ -46,10 +46,13 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.documents import (
+    INPUTS_READ,
     Document,
     DocumentCounts,
     PartFolder,
+    RemoteFile,
     StageError,
+    as_input,
     StageFolder,
     code_version_of,
     annotation_types_of,
@@ -65,6 +68,7 @@ from pipeline.documents import (
     without_surrogates,
 )
 from pipeline.executor import LocalExecutor
+from pipeline.storage import is_remote, list_remote, local_input
 
 # Modules that define stages; importing them fills the registry.
 STAGE_MODULES = (
@@ -178,6 +182,17 @@ class Stage:
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
         return {}
 
+    def read_input(self, path: Path | RemoteFile) -> Iterator[Document]:
+        """The documents of one raw input wherever it lies: a remote object is first copied into
+        this process's scratch space (pipeline/storage.py, local_input), then given to `read`."""
+        with self.local_input(path) as local:
+            yield from self.read(local)
+
+    def local_input(self, path: Path | RemoteFile):
+        """storage.local_input, recording what was read of a remote input for this stage's manifest."""
+        record_dir = None if self.artifacts is None else Path(self.artifacts).parent / INPUTS_READ
+        return local_input(path, record_dir)
+
     def read(self, path: Path) -> Iterator[Document]:
         raise NotImplementedError
 
@@ -248,10 +263,18 @@ def get_stage(name: str) -> type[Stage]:
 # ---------------------------------------------------------------------------------------------
 
 
-def expand_raw_inputs(paths: list[Path | str], patterns: tuple[str, ...]) -> list[Path]:
-    """Files for a raw reader: globs expanded, directories searched with the stage's patterns."""
-    files: list[Path] = []
+def expand_raw_inputs(paths: list[Path | str | RemoteFile], patterns: tuple[str, ...]) -> list[Path | RemoteFile]:
+    """Files for a raw reader: globs expanded, directories searched with the stage's patterns; a
+    URL (s3://, https://, ...) listed in the store the same way, as RemoteFiles (never fetched here:
+    the worker that reads one copies it, pipeline/storage.py)."""
+    files: list[Path | RemoteFile] = []
     for p in paths:
+        if isinstance(p, RemoteFile):
+            files.append(p)
+            continue
+        if is_remote(p):
+            files += list_remote(str(p), patterns)
+            continue
         p = Path(p)
         if any(ch in str(p) for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
@@ -377,7 +400,7 @@ class _PartRunner:
         self.record = "0"
         try:
             if stage.reads == "raw":
-                self._write_documents(index, self._checked_records(stage.read(path)), dict(stage.columns))
+                self._write_documents(index, self._checked_records(stage.read_input(path)), dict(stage.columns))
             elif stage.judges():
                 self._write_judged_part(index, path)
             else:
@@ -475,7 +498,7 @@ class PartJob(StageJob):
     """Write one part of the stage into its folder's temporary directory."""
 
     tmp: str = ""
-    files: tuple[str, ...] = ()
+    files: tuple[str | RemoteFile, ...] = ()  # local paths as str, remote inputs as listed
     index: int = 0
 
 
@@ -497,7 +520,7 @@ def run_part_job(job: PartJob) -> tuple[DocumentCounts, dict[str, Any], str]:
 
     stage = job.rebuild()
     folder = PartFolder(job.stage, Path(job.tmp))
-    counts, counters = _PartRunner(stage, folder, [Path(f) for f in job.files]).write_part(job.index)
+    counts, counters = _PartRunner(stage, folder, [as_input(f) for f in job.files]).write_part(job.index)
     return counts, counters, worker_id()
 
 
@@ -558,7 +581,7 @@ def run_stage(
             folder.timings["prepare_wall_time_s"] = time.perf_counter() - started
         total_counts, total_counters = DocumentCounts(), dict(stage.counters)
         if executor is not None and stage.parallel_parts and stage.remote_parts:
-            jobs = [PartJob(*stage._job_fields(), tmp=str(folder.tmp), files=tuple(str(f) for f in files), index=index)
+            jobs = [PartJob(*stage._job_fields(), tmp=str(folder.tmp), files=tuple(f if isinstance(f, RemoteFile) else str(f) for f in files), index=index)
                     for index in range(len(files))]
             results = ((counts, counters, who) for counts, counters, who in executor.map(run_part_job, jobs))
         else:

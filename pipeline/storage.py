@@ -1,14 +1,16 @@
 """Object stores and other remote storage, through fsspec (s3://, gs://, az://, https://, ...).
 
-The stages stream local files: Parquet parts written by append and committed by renaming a folder,
-which object stores cannot do. So remote storage sits at the edges of a build, where the data
-enters and leaves it:
+The stages write local files: Parquet parts written by append and committed by renaming a folder,
+which object stores cannot do. So stage folders live on a local or shared filesystem, and remote
+storage sits at the edges of a build, where the data enters and leaves it:
 
-- **Inputs** given as URLs (a spec's `inputs`, or `--inputs s3://bucket/raw`) are fetched into
-  `<build>/remote-inputs/<scheme>/<bucket>/<key>` before the first stage. A file already there with
-  the same size and ETag (or modification time) is not downloaded again; a download lands under a
-  temporary name and is renamed when complete. Manifests record the URL (and the bytes' sha256), not
-  the cache path (`pipeline.documents.display_url`).
+- **Inputs** given as URLs (a spec's `inputs`, or `--inputs s3://bucket/raw`) are listed, never
+  fetched as a whole: a glob or a folder becomes one RemoteFile per object (its URL and the store's
+  version), and the worker that reads a part copies that one object into its own scratch space
+  (`local_input`: $LLAMA_RECIPE_SCRATCH, else the system's temporary folder), reads it and deletes it.
+  So a dump is spread over the cluster's disks one file per worker at a time, as cc_net's workers
+  each download the WET file they process. Manifests record the URL and version; a stage's identity
+  takes the version (an object rewritten in place gets a new ETag or modification time).
 - **Publishing** (`build --publish URL`, `llama-recipe publish BUILD URL`) uploads every committed
   folder of a build — the stage folders, tokenizer, mixture, token shards — and BUILD.json. A folder
   whose remote manifest.json equals the local one is skipped, so publishing again after a rerun
@@ -28,15 +30,16 @@ import fnmatch
 import json
 import os
 import posixpath
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from fsspec.core import url_to_fs
 
-from pipeline.documents import BUILD_RECORD, MANIFEST, REMOTE_INPUTS, StageError, is_complete, sha256_file
+from pipeline.documents import BUILD_RECORD, MANIFEST, RemoteFile, StageError, is_complete, sha256_file
 from pipeline.ledger import build_folders, listed_files
-
-_SIDECAR_SUFFIX = ".fetched.json"  # beside each fetched file: the remote size and version it came from
 
 Progress = Callable[[str], None]
 
@@ -76,21 +79,14 @@ def filesystem(url: str):
         raise StageError(f"{url}: {exc}") from exc
 
 
-def cache_path(url: str, cache_root: Path) -> Path:
-    """Where a remote file is kept locally: <cache_root>/<scheme>/<bucket or host>/<key>."""
-    scheme, rest = url.split("://", 1)
-    parts = [p for p in PurePosixPath(rest).parts if p not in ("", "/", ".", "..")]
-    return cache_root.joinpath(scheme, *parts)
-
-
-def _version(info: dict[str, Any]) -> dict[str, Any]:
+def _version(info: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """What identifies one version of a remote object: its size and, where the store gives one,
     its ETag or modification time."""
-    version = {"size": info.get("size")}
+    version = {"size": str(info.get("size"))}
     for key in ("ETag", "etag", "md5", "LastModified", "mtime", "last_modified", "updated"):
         if info.get(key) is not None:
             version[key] = str(info[key])
-    return version
+    return tuple(sorted(version.items()))
 
 
 def _download(fs, remote_path: str, target: Path, check: Callable[[Path], None]) -> None:
@@ -106,63 +102,83 @@ def _download(fs, remote_path: str, target: Path, check: Callable[[Path], None])
         partial.unlink(missing_ok=True)
 
 
-def _fetch_file(fs, remote_path: str, url: str, local: Path, info: dict[str, Any]) -> bool:
-    """Download one object unless the cached copy is of the same version; True when downloaded."""
-    sidecar = local.with_name(local.name + _SIDECAR_SUFFIX)
-    version = _version(info)
-    if local.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == version and local.stat().st_size == version["size"]:
-        return False
-    def check(partial: Path) -> None:
-        if version["size"] is not None and partial.stat().st_size != version["size"]:
-            raise StageError(f"{url}: downloaded {partial.stat().st_size} bytes, the store lists {version['size']}")
-
-    _download(fs, remote_path, local, check)
-    sidecar.write_text(json.dumps(version, sort_keys=True) + "\n")
-    return True
-
-
-def fetch_inputs(patterns: list[str], cache_root: Path, file_patterns: tuple[str, ...] = ("*",),
-                 progress: Progress | None = None) -> list[str]:
-    """Local paths for a stage's inputs: local entries unchanged; remote files, globs and folders
-    fetched into `cache_root` and replaced by the cached files (folders: the files matching
-    `file_patterns`, as a local folder would be searched). Raises StageError when a remote pattern
-    matches nothing."""
-    local: list[str] = []
-    for pattern in patterns:
-        if not is_remote(pattern):
-            local.append(pattern)
-            continue
-        try:
-            local += _fetch_pattern(pattern, cache_root, file_patterns, progress)
-        except OSError as exc:  # what fsspec raises for access, network and missing-bucket errors
-            raise StageError(f"{pattern}: {exc}") from exc
-    return local
-
-
-def _fetch_pattern(pattern: str, cache_root: Path, file_patterns: tuple[str, ...], progress: Progress | None) -> list[str]:
-    """One remote file, glob or folder into the cache; the cached files' paths."""
-    fs, path = filesystem(pattern)
-    scheme = pattern.split("://", 1)[0]
-    local: list[str] = []
-    if _has_glob(path):
-        infos = fs.glob(path, detail=True)
-    elif fs.isdir(path):
-        infos = fs.find(path, detail=True)
-        infos = {p: i for p, i in infos.items() if any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in file_patterns)}
-    elif fs.exists(path):
-        infos = {path: fs.info(path)}
-    else:
-        raise StageError(f"{pattern}: not found")
+def list_remote(pattern: str, file_patterns: tuple[str, ...] = ("*",)) -> list[RemoteFile]:
+    """The objects a remote input names — one file, a glob, or a folder searched with the reader's
+    `file_patterns` as a local folder would be — listed (never downloaded), sorted by URL. Raises a
+    StageError naming the URL when it matches nothing or cannot be listed."""
+    try:
+        fs, path = filesystem(pattern)
+        fs.invalidate_cache()  # fsspec keeps listings per process: an object rewritten since is another version
+        scheme = pattern.split("://", 1)[0]
+        if _has_glob(path):
+            infos = fs.glob(path, detail=True)
+        elif fs.isdir(path):
+            infos = fs.find(path, detail=True)
+            infos = {p: i for p, i in infos.items() if any(fnmatch.fnmatch(posixpath.basename(p), pat) for pat in file_patterns)}
+        elif fs.exists(path):
+            infos = {path: fs.info(path)}
+        else:
+            raise StageError(f"{pattern}: not found")
+    except OSError as exc:  # what fsspec raises for access, network and missing-bucket errors
+        raise StageError(f"{pattern}: {exc}") from exc
     files = sorted((p, i) for p, i in infos.items() if i.get("type", "file") == "file")
     if not files:
         raise StageError(f"{pattern}: no file matches this pattern")
-    for remote_path, info in files:
-        url = f"{scheme}://{remote_path.split('://', 1)[-1]}"
-        target = cache_path(url, cache_root)
-        if _fetch_file(fs, remote_path, url, target, info) and progress:
-            progress(f"fetched {url} ({info.get('size', 0):,} bytes)")
-        local.append(str(target))
-    return local
+    return [RemoteFile(f"{scheme}://{p.split('://', 1)[-1]}", _version(info)) for p, info in files]
+
+
+def scratch_root() -> Path:
+    """Where a worker copies the remote object it reads: $LLAMA_RECIPE_SCRATCH, else the system's
+    temporary folder (TMPDIR). Each copy is deleted when its part is written."""
+    return Path(os.environ.get("LLAMA_RECIPE_SCRATCH") or tempfile.gettempdir())
+
+
+COPIES_MADE: list[str] = []  # URLs this process copied (tests check where inputs were read)
+
+
+@contextmanager
+def local_input(path: Path | RemoteFile, record_dir: Path | None = None) -> Iterator[Path]:
+    """A local file to read for `path`: a local path as it is; a RemoteFile copied into this
+    process's scratch space under its folder and file name (readers take names from them: a
+    StackExchange site is its folder), checked against the listed size, removed on exit. With
+    `record_dir` (a stage's INPUTS_READ folder) the copy's sha256 and size are recorded there for the
+    stage's manifest."""
+    if not isinstance(path, RemoteFile):
+        yield Path(path)
+        return
+    root = scratch_root()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="llama-recipe-input-", dir=root))
+    parent = path.url.rstrip("/").rsplit("/", 2)
+    local = folder / (parent[-2] if len(parent) == 3 else "input") / path.name
+    try:
+        fs, remote_path = filesystem(path.url)
+
+        def check(partial: Path) -> None:
+            if path.size is not None and partial.stat().st_size != path.size:
+                raise StageError(f"{path.url}: read {partial.stat().st_size} bytes, the store listed {path.size} "
+                                 "(the object changed while the build ran?)")
+
+        try:
+            _download(fs, remote_path, local, check)
+        except OSError as exc:
+            raise StageError(f"{path.url}: {exc}") from exc
+        COPIES_MADE.append(path.url)
+        if record_dir is not None:
+            _record_read(record_dir, path, local)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _record_read(record_dir: Path, remote: RemoteFile, local: Path) -> None:
+    """Write {url, sha256, bytes} of the copy read, under a temporary name then renamed (a retried
+    part on another worker rewrites the same record)."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    entry = {"url": remote.url, "sha256": sha256_file(local), "bytes": local.stat().st_size}
+    partial = record_dir / f".{remote.record_name}.{os.getpid()}"
+    partial.write_text(json.dumps(entry) + "\n")
+    partial.replace(record_dir / remote.record_name)
 
 
 # ---------------------------------------------------------------------------------------------

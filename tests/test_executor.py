@@ -210,3 +210,37 @@ def test_a_ray_worker_killed_mid_part_is_retried_and_the_bytes_are_the_same(cc_i
     run_stage(get_stage("cc_line_dedup")(), [tmp_path / "ingest"], tmp_path / "dedup-local")
     assert _folder_bytes(tmp_path / "dedup-local") == _folder_bytes(tmp_path / "dedup-ray")
     assert sum(read_timing(tmp_path / "dedup-ray")["pass_workers"].values()) >= len(cc_inputs) + 3
+
+
+def test_remote_inputs_are_copied_by_the_worker_that_reads_them_never_by_the_driver(s3_bucket, samples, tmp_path, monkeypatch):
+    """Inputs on S3 (moto's server on 127.0.0.1): the driver only lists them; each part's worker
+    copies its one object into its scratch folder, reads it and deletes it. The parts are the local
+    build's bytes; the manifest names the URLs with the sha256 of what the workers read."""
+    import fsspec
+    from distributed import Client, LocalCluster
+
+    from pipeline import storage
+    from pipeline.executor import DaskExecutor
+
+    fs, bucket = s3_bucket
+    fs.put(str(samples / "cc"), f"{bucket}/raw/cc", recursive=True)
+    fs.put(str(samples / "github"), f"{bucket}/raw/github", recursive=True)
+    # The workers are other processes: they take the endpoint from the environment, as on a cluster.
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", fsspec.config.conf["s3"]["endpoint_url"])
+    monkeypatch.setenv("LLAMA_RECIPE_SCRATCH", str(tmp_path / "scratch"))
+    copies = len(storage.COPIES_MADE)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
+            DaskExecutor(cluster.scheduler_address) as executor, Client(cluster) as client:
+        for name, raw in (("cc_ingest", "cc"), ("github_ingest", "github")):
+            stage = get_stage(name)
+            remote = run_stage(stage(), [f"s3://{bucket}/raw/{raw}"], tmp_path / f"s3-{name}", executor=executor)
+            local = run_stage(stage(), [samples / raw], tmp_path / f"local-{name}")
+            assert [i["sha256"] for i in remote["inputs"]] == [i["sha256"] for i in local["inputs"]]
+            assert all(i["path"].startswith(f"s3://{bucket}/raw/{raw}/") for i in remote["inputs"])
+            assert remote["outputs"] == local["outputs"] and remote["rejected_outputs"] == local["rejected_outputs"]
+        copied = [url for urls in client.run(lambda: list(storage.COPIES_MADE)).values() for url in urls]
+    assert len(storage.COPIES_MADE) == copies  # the driver copied nothing
+    listed = [u.url for raw in ("cc", "github") for u in storage.list_remote(f"s3://{bucket}/raw/{raw}",
+                                                                             get_stage(f"{raw}_ingest").raw_patterns)]
+    assert sorted(copied) == sorted(listed)  # each object copied once, by a worker
+    assert [p for p in (tmp_path / "scratch").rglob("*") if p.is_file()] == []

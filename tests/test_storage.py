@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.documents import REMOTE_INPUTS, StageError, display_url, read_manifest
+from pipeline import storage
+from pipeline.documents import INPUTS_READ, RemoteFile, StageError, dependency_digest, read_manifest
 from pipeline.sources.c4 import C4Ingest, C4Quality
-from pipeline.stage import run_stage
-from pipeline.storage import cache_path, fetch_folder, fetch_inputs, is_remote, join, publish
+from pipeline.stage import is_up_to_date, run_stage
+from pipeline.storage import fetch_folder, is_remote, join, list_remote, publish
 
 
 def c4_lines(n: int, seed: int) -> bytes:
@@ -36,46 +37,71 @@ def test_urls_and_paths_are_told_apart_and_joined():
     assert join("s3://b/raw/", "c4/*.json.gz") == "s3://b/raw/c4/*.json.gz"
     assert join("/data", "c4/*.json.gz") == "/data/c4/*.json.gz"
     assert join("/data", "s3://other/x") == "s3://other/x"
-    cached = cache_path("s3://b/raw/c4/x.json.gz", Path("/build") / REMOTE_INPUTS)
-    assert cached == Path("/build/remote-inputs/s3/b/raw/c4/x.json.gz")
-    assert display_url(cached) == "s3://b/raw/c4/x.json.gz"
-    assert display_url(Path("/data/c4/x.json.gz")) is None
 
 
-def test_fetch_expands_globs_and_folders_and_downloads_each_version_once(raw_on_s3, tmp_path):
+def test_remote_inputs_are_listed_never_downloaded_by_the_planner(raw_on_s3, tmp_path):
     fs, bucket = raw_on_s3
-    cache = tmp_path / REMOTE_INPUTS
-    messages: list[str] = []
-    by_glob = fetch_inputs([f"s3://{bucket}/raw/c4/*.json.gz", str(tmp_path / "local.json.gz")], cache, progress=messages.append)
-    assert [Path(p).name for p in by_glob] == ["c4-train.00000-of-01024.json.gz", "c4-train.00001-of-01024.json.gz", "local.json.gz"]
-    assert Path(by_glob[0]).read_bytes() == c4_lines(5, 0) and len(messages) == 2
+    copies = len(storage.COPIES_MADE)
+    by_glob = list_remote(f"s3://{bucket}/raw/c4/*.json.gz")
+    assert [f.url for f in by_glob] == [f"s3://{bucket}/raw/c4/c4-train.0000{i}-of-01024.json.gz" for i in range(2)]
+    assert [f.size for f in by_glob] == [len(c4_lines(5, i)) for i in range(2)]
     # A folder is searched with the reader's patterns, as a local folder would be.
-    by_folder = fetch_inputs([f"s3://{bucket}/raw/c4"], cache, C4Ingest.raw_patterns, progress=messages.append)
-    assert by_folder == by_glob[:2] and len(messages) == 2  # same versions: nothing downloaded again
-    # A changed object is downloaded again.
+    assert list_remote(f"s3://{bucket}/raw/c4", C4Ingest.raw_patterns) == by_glob
+    # An object rewritten in place is another version: another digest, so another stage identity.
     fs.pipe_file(f"{bucket}/raw/c4/c4-train.00001-of-01024.json.gz", c4_lines(7, 1))
-    fetch_inputs([f"s3://{bucket}/raw/c4"], cache, C4Ingest.raw_patterns, progress=messages.append)
-    assert len(messages) == 3 and Path(by_glob[1]).read_bytes() == c4_lines(7, 1)
-    assert not [p for p in cache.rglob(".*part*")]  # no partial download left
+    again = list_remote(f"s3://{bucket}/raw/c4", C4Ingest.raw_patterns)
+    assert again[0] == by_glob[0] and again[1].digest != by_glob[1].digest and again[1].url == by_glob[1].url
+    assert len(storage.COPIES_MADE) == copies  # listing read no object
     with pytest.raises(StageError, match="no file matches"):
-        fetch_inputs([f"s3://{bucket}/raw/c4/*.wet.gz"], cache)
+        list_remote(f"s3://{bucket}/raw/c4/*.wet.gz")
     with pytest.raises(StageError, match="not found"):
-        fetch_inputs([f"s3://{bucket}/raw/missing.json.gz"], cache)
+        list_remote(f"s3://{bucket}/raw/missing.json.gz")
 
 
-def test_a_stage_on_fetched_inputs_writes_the_local_bytes_and_records_the_urls(raw_on_s3, tmp_path):
+def test_a_stage_on_remote_inputs_writes_the_local_bytes_and_records_urls_versions_and_sha256(raw_on_s3, tmp_path, monkeypatch):
     fs, bucket = raw_on_s3
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("LLAMA_RECIPE_SCRATCH", str(scratch))
     local_dir = tmp_path / "local"
     local_dir.mkdir()
     for index in range(2):
         (local_dir / f"c4-train.0000{index}-of-01024.json.gz").write_bytes(c4_lines(5, index))
     build = tmp_path / "build"
-    fetched = fetch_inputs([f"s3://{bucket}/raw/c4/*.json.gz"], build / REMOTE_INPUTS)
-    remote = run_stage(C4Ingest(), fetched, build / "stages" / "c4_ingest")
+    copies = len(storage.COPIES_MADE)
+    urls = [f"s3://{bucket}/raw/c4/*.json.gz"]
+    remote = run_stage(C4Ingest(), urls, build / "stages" / "c4_ingest")
     local = run_stage(C4Ingest(), sorted(local_dir.iterdir()), tmp_path / "local-build" / "stages" / "c4_ingest")
+    assert storage.COPIES_MADE[copies:] == [f"s3://{bucket}/raw/c4/c4-train.0000{i}-of-01024.json.gz" for i in range(2)]
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []  # each copy deleted once read
+    assert not (build / "stages" / "c4_ingest" / INPUTS_READ).exists()
     assert [i["path"] for i in remote["inputs"]] == [f"s3://{bucket}/raw/c4/c4-train.0000{i}-of-01024.json.gz" for i in range(2)]
-    assert [i["sha256"] for i in remote["inputs"]] == [i["sha256"] for i in local["inputs"]]
-    assert remote["identity"] == local["identity"] and remote["outputs"] == local["outputs"]
+    assert all(i["version"]["size"] == str(i["bytes"]) and i["digest"] for i in remote["inputs"])
+    # What the workers read is the local files' bytes: same sha256, same parts, and the same digest
+    # for the stages downstream (where the inputs lay is not what they contained).
+    assert [(i["sha256"], i["bytes"]) for i in remote["inputs"]] == [(i["sha256"], i["bytes"]) for i in local["inputs"]]
+    assert remote["outputs"] == local["outputs"]
+    assert dependency_digest(build / "stages" / "c4_ingest" / "manifest.json") == \
+        dependency_digest(tmp_path / "local-build" / "stages" / "c4_ingest" / "manifest.json")
+    # The identity takes URL and version, known without reading: up to date until an object changes.
+    assert is_up_to_date(C4Ingest(), urls, build / "stages" / "c4_ingest")
+    assert len(storage.COPIES_MADE) == copies + 2
+    fs.pipe_file(f"{bucket}/raw/c4/c4-train.00001-of-01024.json.gz", c4_lines(7, 1))
+    assert not is_up_to_date(C4Ingest(), urls, build / "stages" / "c4_ingest")
+
+
+def test_a_remote_object_cut_short_is_a_clear_error_and_leaves_no_copy(raw_on_s3, tmp_path, monkeypatch):
+    fs, bucket = raw_on_s3
+    monkeypatch.setenv("LLAMA_RECIPE_SCRATCH", str(tmp_path / "scratch"))
+    [listed] = list_remote(f"s3://{bucket}/raw/c4/c4-train.00000-of-01024.json.gz")
+    fs.pipe_file(f"{bucket}/raw/c4/c4-train.00000-of-01024.json.gz", c4_lines(2, 0))  # changed after listing
+    with pytest.raises(StageError, match=r"c4-train.00000-of-01024.json.gz: read \d+ bytes, the store listed"):
+        with storage.local_input(listed):
+            pass
+    assert [p for p in (tmp_path / "scratch").rglob("*") if p.is_file()] == []
+    gone = RemoteFile(f"s3://{bucket}/raw/c4/gone.json.gz", (("size", "10"),))
+    with pytest.raises(StageError, match="gone.json.gz"):
+        with storage.local_input(gone):
+            pass
 
 
 def small_build(root: Path, threshold_words: int = 3) -> Path:
@@ -148,11 +174,13 @@ def test_publish_to_a_shared_filesystem_path_creates_its_folders(tmp_path):
 def test_unusable_urls_give_one_clear_error(s3_bucket, tmp_path):
     fs, bucket = s3_bucket
     with pytest.raises(StageError, match=r"nosuch://b/x: Protocol not known"):
-        fetch_inputs(["nosuch://b/x"], tmp_path)
+        list_remote("nosuch://b/x")
     with pytest.raises(StageError, match=r"gs://b/x: .*gcsfs"):  # gcsfs is not installed here
-        fetch_inputs(["gs://b/x"], tmp_path)
+        list_remote("gs://b/x")
     with pytest.raises(StageError, match=r"s3://no-such-bucket-here/raw/\*\.json\.gz"):
-        fetch_inputs(["s3://no-such-bucket-here/raw/*.json.gz"], tmp_path)
+        list_remote("s3://no-such-bucket-here/raw/*.json.gz")
+    with pytest.raises(StageError, match=r"s3://no-such-bucket-here/raw/\*\.json\.gz"):  # as a stage's input
+        run_stage(C4Ingest(), ["s3://no-such-bucket-here/raw/*.json.gz"], tmp_path / "c4_ingest")
     with pytest.raises(StageError, match="gcsfs"):
         publish(small_build(tmp_path), "gs://b/builds")
 

@@ -153,11 +153,12 @@ class CCWikiRef(Stage):
         urls: set[str] = set()
         for path in self.extra_inputs():
             reader = CCIngest() if ".wet" in path.name else CCWarcIngest()
-            for doc in reader.read(path):
-                if not doc.rejected:
-                    if len(doc.text) >= self.config.min_positive_chars:
-                        texts.append(classifier_text(doc.text))
-                    urls.add(normalize_url(doc.meta.get("url") or ""))  # never a negative either way
+            with self.local_input(path) as local:  # a URL: copied here, then read
+                for doc in reader.read(local):
+                    if not doc.rejected:
+                        if len(doc.text) >= self.config.min_positive_chars:
+                            texts.append(classifier_text(doc.text))
+                        urls.add(normalize_url(doc.meta.get("url") or ""))  # never a negative either way
         return texts, urls
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:

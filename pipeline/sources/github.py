@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from pipeline.documents import Document, PartWriter, StageError, arrow_schema, read_documents, wrong_type
+from pipeline.documents import Document, PartWriter, RemoteFile, StageError, arrow_schema, as_input, read_documents, wrong_type
 from pipeline.exact_dedup import FirstCopyDedup
 from pipeline.exchange import ORDINAL_BITS, ExchangeStage, ordinal_range
 from pipeline.sources.c4 import read_json_lines
@@ -107,12 +107,13 @@ class GithubIngest(ExchangeStage):
     def _scratch_part(self, part: int) -> int:
         writer = PartWriter(self._path("docs", part, suffix=".parquet"), arrow_schema({}, rejected=True), stage=self.name)
         records, replaced = [], 0
-        for row, doc in enumerate(self._documents(self._inputs[part], sequential_ids=False)):
-            replaced += checked_record(self, doc)  # before the scratch file: a lone surrogate cannot be written
-            writer.write(doc)
-            # Only a readable file's copies take "@<blob id>" (a rejected row's id is file@line).
-            blob = (doc.meta.get("blob_id") or "") if doc.reason is None else ""
-            records.append((*_key_words(doc.id), (part << ORDINAL_BITS) | row, *_key_words(str(blob))))
+        with self.local_input(self._inputs[part]) as local:  # a remote file: copied here, removed after
+            for row, doc in enumerate(self._documents(local, sequential_ids=False)):
+                replaced += checked_record(self, doc)  # before the scratch file: a lone surrogate cannot be written
+                writer.write(doc)
+                # Only a readable file's copies take "@<blob id>" (a rejected row's id is file@line).
+                blob = (doc.meta.get("blob_id") or "") if doc.reason is None else ""
+                records.append((*_key_words(doc.id), (part << ORDINAL_BITS) | row, *_key_words(str(blob))))
         writer.close()
         records = np.array(records, dtype=np.uint64).reshape(-1, 5)
         partition = records[:, 0] % np.uint64(self.partitions)
@@ -143,8 +144,14 @@ class GithubIngest(ExchangeStage):
         return len(found)
 
     # -- pass 3 (the parts): the scratch documents with their final ids
-    def read(self, path: Path) -> Iterator[Document]:
-        path = Path(path)
+    def read_input(self, path: Path | RemoteFile) -> Iterator[Document]:
+        if self._root is None:  # read directly (tests): the raw file, wherever it lies
+            yield from super().read_input(path)
+        else:  # prepared: pass 1's scratch copy, not the raw file again
+            yield from self.read(path)
+
+    def read(self, path: Path | RemoteFile) -> Iterator[Document]:
+        path = as_input(path)
         if self._root is None:  # read directly (tests): ids unique within this reader
             yield from self._documents(path, sequential_ids=True)
             return
