@@ -186,6 +186,12 @@ def test_books_dedup_end_to_end(tmp_path):
     overlaps = {(p["a"], p["b"]): p["overlap"] for p in cluster["pairs"]}
     assert overlaps[("books/books3/x/1", "books/gutenberg/1")] == 1.0
     assert 0.9 < overlaps[("books/gutenberg/1", "books/gutenberg/2")] < 0.97
+    # Forked workers and one group of pairs instead of one per pair: the same bytes.
+    other = BooksDedup()
+    other.partitions = 1
+    again = run_stage(other, [tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"], tmp_path / "dedup-2", workers=2)
+    assert again["outputs"] == manifest["outputs"] and again["stats"] == manifest["stats"]
+    assert not (tmp_path / "dedup-2" / "artifacts").exists()  # the exchange files are gone
 
 
 def normalized(text: str) -> str:
@@ -235,3 +241,37 @@ def test_real_books_near_copy_is_clustered(tmp_path):
     (cluster,) = manifest["stats"]["clusters"]
     assert cluster["kept"] == "books/gutenberg/1013" and cluster["removed"] == ["books/books3/books3-00/1"]
     assert cluster["pairs"][0]["overlap"] > 0.99  # the copy lies inside the book
+
+
+def test_lsh_partition_jobs_find_what_one_whole_datasketch_ensemble_finds(tmp_path):
+    """Pass 2 builds and queries each set-size partition of the LSH Ensemble in its own job; the
+    union of their candidate pairs is exactly what one datasketch MinHashLSHEnsemble over all the
+    books returns (books of many lengths, so that all 8 partitions are used)."""
+    from datasketch import MinHashLSHEnsemble
+
+    rng = random.Random(7)
+    base = random_words(rng, 6000)
+    texts = {}
+    for i in range(60):
+        length = rng.choice([30, 80, 200, 500, 1200, 3000, 6000])
+        start = rng.randrange(0, 6000 - length + 1)
+        words = base[start:start + length] if i % 3 else random_words(rng, length)  # excerpts and unrelated books
+        texts[f"books/b{i:02d}"] = " ".join(words[: max(1, length - rng.randrange(0, 5))])
+    docs = [Document(id=k, text=v, source="books") for k, v in texts.items()]
+    write_documents(tmp_path / "p0.parquet", docs[:25])
+    write_documents(tmp_path / "p1.parquet", docs[25:])
+    stage = BooksDedup()
+    stage.artifacts = tmp_path / "artifacts"
+    size_counts = stage.sketch([tmp_path / "p0.parquet", tmp_path / "p1.parquet"])
+    assert len(size_counts) > 8  # enough distinct sizes for 8 real partitions
+    ours = stage.candidate_pairs(size_counts)
+
+    cfg = stage.config
+    whole = MinHashLSHEnsemble(threshold=cfg.candidate_threshold, num_perm=cfg.num_perm, num_part=cfg.lsh_partitions)
+    sketches = {}
+    for doc in docs:
+        shingles = shingle_array(doc.text, cfg.shingle_words)
+        sketches[doc.id] = (MinHash(seed=1, hashvalues=minhash_signature(shingles, stage.permutations), scheme="affine32"), len(shingles))
+    whole.index([(book_id, m, size) for book_id, (m, size) in sorted(sketches.items())])
+    expected = {(min(a, b), max(a, b)) for a, (m, size) in sketches.items() for b in whole.query(m, size) if a != b}
+    assert len(expected) > 20 and ours == expected

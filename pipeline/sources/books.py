@@ -17,14 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import zstandard
 from datasketch import MinHash, MinHashLSHEnsemble
+from datasketch.lshensemble_partition import optimal_partitions
 
 from pipeline.documents import Document, StageError, read_documents
+from pipeline.exchange import ExchangeStage
 from pipeline.stage import ReaderConfig, Stage, StageConfig
 
 SOURCE = "books"
@@ -458,6 +461,10 @@ class BooksDedupConfig(StageConfig):
     # this, well below overlap_threshold so estimation error does not lose true pairs; each
     # candidate is then checked exactly.
     candidate_threshold: float = 0.7
+    # The LSH Ensemble's set-size partitions (datasketch's num_part). Each partition's index is built
+    # and queried by its own job, holding only the signatures of its books; more partitions mean less
+    # memory per job and slightly better accuracy (datasketch), and more query work.
+    lsh_partitions: int = 8
 
 
 class _UnionFind:
@@ -477,97 +484,166 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-class BooksDedup(Stage):
+class BooksDedup(ExchangeStage):
     """Removes books that overlap another book by more than 90% (one kept per cluster).
 
-    prepare() makes two passes over the books, holding at most one book's text at a time:
-      1. every book -> its MinHash signature (numpy, see minhash_signature) and shingle count;
-         a datasketch MinHashLSHEnsemble (containment, not Jaccard: plain MinHashLSH would miss a
-         short book contained in a long one) gives the candidate pairs;
-      2. the books of candidate pairs only -> their exact shingle sets; each pair's overlap
-         |A ∩ B| / min(|A|, |B|) is computed exactly and pairs above the threshold are joined into
-         clusters (union-find: a chain of near-duplicates is one cluster).
-    Memory: one signature per book (num_perm x 4 bytes) plus the shingle sets of candidate books.
-    Each cluster keeps its longest book (ties: smallest id); the others are rejected as
-    near_duplicate_book:<kept id>, and the clusters with their verified pair overlaps go to the
-    manifest's stats."""
+    prepare() runs four passes, each a job per part, per LSH partition or per group of pairs (on a
+    cluster with --dask/--ray), exchanging files in the artifacts folder (pipeline/exchange.py):
+      1. per part: every book -> its MinHash signature (numpy, see minhash_signature), shingle count
+         and length, spilled to a file; the driver gets the ids (to refuse duplicates) and a
+         histogram of shingle counts;
+      2. per set-size partition of datasketch's MinHashLSHEnsemble (containment, not Jaccard: plain
+         MinHashLSH would miss a short book contained in a long one), with the partition bounds the
+         ensemble would compute from that histogram: the partition's books indexed, every book
+         queried -> candidate pairs. The union over partitions is what one whole ensemble returns
+         (tests/test_books.py checks it against datasketch's own);
+      3. per part: the exact shingle sets of the books of candidate pairs, spilled to a file;
+      4. per group of candidate pairs: each pair's overlap |A ∩ B| / min(|A|, |B|), computed exactly
+         from the spilled sets (memory-mapped), and the pairs above the threshold returned.
+    The driver joins those pairs into clusters (union-find: a chain of near-duplicates is one
+    cluster). Memory: a part's books one at a time; a partition's signatures (num_perm x 4 bytes a
+    book, 1/lsh_partitions of the books or so); one pair's shingle sets; in the driver, the book ids
+    and the candidate pairs. Each cluster keeps its longest book (ties: smallest id); the others are
+    rejected as near_duplicate_book:<kept id>, and the clusters with their verified pair overlaps go
+    to the manifest's stats."""
 
     name = "books_dedup"
     source = SOURCE
     reads = "documents"
     Config = BooksDedupConfig
     description = "Book-level near-dedup: MinHash LSH candidates, exact overlap > 0.9, one book per cluster."
-    parallel_parts = True  # process() only reads duplicate_of, which prepare() fills
-    # The sketch pass and the parts are cluster jobs; duplicate_of (one entry per removed book)
-    # travels with them. The LSH index itself is built in one process: 4 x num_perm bytes per book,
-    # ~140 MB for the 270k books of Gutenberg + Books3 (docs/SCALING.md).
-    remote_parts = True
 
     def __init__(self, config=None, refs=None):
         super().__init__(config, refs)
         self.duplicate_of: dict[str, str] = {}  # removed book id -> kept book id
-        self._wanted: list[str] = []  # the books of candidate pairs, while their shingles are read
+        self._wanted: list[str] = []  # the books of candidate pairs, while their shingles are spilled
         self.permutations = MinHash(num_perm=self.config.num_perm, seed=1, scheme="affine32").permutations
 
-    def sketch_part(self, path: Path) -> list[tuple[str, int, int, np.ndarray]]:
-        """(id, distinct shingles, characters, signature) for every book of one part."""
-        out = []
-        for doc in read_documents(path, columns=["id", "text"]):
+    # -- pass 1 (the parts): signatures, shingle counts and lengths
+    def _sketch_part(self, part: int) -> tuple[list[str], dict[int, int]]:
+        ids, signatures, sizes = [], [], []
+        for doc in read_documents(self._inputs[part], columns=["id", "text"]):
             shingles = shingle_array(doc.text, self.config.shingle_words)
-            out.append((doc.id, len(shingles), len(doc.text), minhash_signature(shingles, self.permutations)))
-        return out
+            ids.append(doc.id)
+            signatures.append(minhash_signature(shingles, self.permutations))
+            sizes.append((len(shingles), len(doc.text)))
+        np.save(self._path("signatures", part), np.array(signatures, dtype=np.uint32).reshape(-1, self.config.num_perm))
+        np.save(self._path("sizes", part), np.array(sizes, dtype=np.int64).reshape(-1, 2))
+        self._path("ids", part, suffix=".json").write_text(json.dumps(ids))
+        return ids, dict(Counter(size for size, _ in sizes))
 
-    def candidate_shingles(self, path: Path) -> dict[str, np.ndarray]:
-        """The shingle sets of the candidate books (`_wanted`) in one part."""
+    def _sketches(self, part: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, signatures, shingle counts) of one part, as pass 1 spilled them."""
+        ids = json.loads(self._path("ids", part, suffix=".json").read_text())
+        return ids, np.load(self._path("signatures", part), mmap_mode="r"), np.load(self._path("sizes", part))[:, 0]
+
+    def _minhash(self, signature: np.ndarray) -> MinHash:
+        return MinHash(seed=1, hashvalues=np.array(signature), scheme="affine32")
+
+    # -- pass 2 (the LSH partitions): one size range's index, queried with every book
+    def _query_size_range(self, bounds: tuple[int, int]) -> list[tuple[str, str]]:
+        lower, upper = bounds
+        members = []
+        for part in range(len(self._inputs)):
+            ids, signatures, sizes = self._sketches(part)
+            for row in np.flatnonzero((sizes >= lower) & (sizes <= upper)).tolist():
+                members.append((ids[row], self._minhash(signatures[row]), int(sizes[row])))
+        # One partition of the whole ensemble: built alone, its upper bound is its largest book's
+        # shingle count, as in the whole ensemble, so a query probes it with the same (b, r).
+        index = MinHashLSHEnsemble(threshold=self.config.candidate_threshold, num_perm=self.config.num_perm, num_part=1)
+        index.index(members)
+        del members
+        pairs: set[tuple[str, str]] = set()
+        for part in range(len(self._inputs)):
+            ids, signatures, sizes = self._sketches(part)
+            for row, book_id in enumerate(ids):
+                for other in index.query(self._minhash(signatures[row]), int(sizes[row])):
+                    if other != book_id:
+                        pairs.add((min(book_id, other), max(book_id, other)))
+        return sorted(pairs)
+
+    # -- pass 3 (the parts): the shingle sets of the candidate books
+    def _spill_candidate_shingles(self, part: int) -> list[tuple[str, int, int, int]]:
+        """Write the part's candidate books' shingles end to end; (id, start, end, characters) each."""
         wanted = set(self._wanted)
-        return {doc.id: shingle_array(doc.text, self.config.shingle_words)
-                for doc in read_documents(path, columns=["id", "text"]) if doc.id in wanted}
+        found, arrays, start = [], [], 0
+        for doc in read_documents(self._inputs[part], columns=["id", "text"]):
+            if doc.id in wanted:
+                shingles = shingle_array(doc.text, self.config.shingle_words)
+                found.append((doc.id, start, start + len(shingles), len(doc.text)))
+                arrays.append(shingles)
+                start += len(shingles)
+        np.save(self._path("shingles", part), np.concatenate(arrays) if arrays else np.zeros(0, np.uint64))
+        return found
+
+    # -- pass 4 (groups of pairs): exact overlaps
+    def _check_pairs(self, pairs: list[tuple[str, str, list[int], list[int]]]) -> list[tuple[str, str, float]]:
+        def shingles(where: list[int]) -> np.ndarray:
+            part, start, end = where
+            return np.asarray(np.load(self._path("shingles", part), mmap_mode="r")[start:end])
+
+        above = []
+        for a, b, where_a, where_b in pairs:
+            overlap = content_overlap(shingles(where_a), shingles(where_b))
+            if overlap > self.config.overlap_threshold:
+                above.append((a, b, overlap))
+        return above
+
+    def sketch(self, inputs: list[Path]) -> Counter[int]:
+        """Pass 1 over `inputs` (in the exchange): the histogram of the books' shingle counts."""
+        self.open_exchange(inputs)
+        seen: set[str] = set()
+        size_counts: Counter[int] = Counter()
+        for ids, counts in self.map_parts("_sketch_part", list(range(len(inputs)))):
+            for book_id in ids:
+                if book_id in seen:
+                    raise StageError(f"books_dedup: book id {book_id!r} appears twice in the input")
+                seen.add(book_id)
+            size_counts.update({int(size): count for size, count in counts.items()})
+        return size_counts
+
+    def candidate_pairs(self, size_counts: Counter[int]) -> set[tuple[str, str]]:
+        """Pass 2: the LSH Ensemble's candidate pairs (a < b), one job per size partition."""
+        sizes = np.array(sorted(size_counts))
+        bounds = [(int(lower), int(upper)) for lower, upper in
+                  optimal_partitions(sizes, np.array([size_counts[s] for s in sizes]), self.config.lsh_partitions)]
+        candidates: set[tuple[str, str]] = set()
+        for found in self.map_parts("_query_size_range", bounds):
+            candidates.update(tuple(pair) for pair in found)
+        return candidates
 
     def prepare(self, inputs: list[Path]) -> dict[str, Any]:
-        cfg = self.config
         self.duplicate_of = {}
-        sizes: dict[str, int] = {}
-        lengths: dict[str, int] = {}
-        sketches: dict[str, MinHash] = {}
-        for part in self.map_parts("sketch_part", [str(path) for path in inputs]):
-            for book_id, size, length, signature in part:
-                if book_id in sizes:
-                    raise StageError(f"books_dedup: book id {book_id!r} appears twice in the input")
-                sizes[book_id], lengths[book_id] = size, length
-                sketches[book_id] = MinHash(seed=1, hashvalues=signature, scheme="affine32")
-        if len(sizes) < 2:
-            return {"books": len(sizes), "candidate_pairs": 0, "duplicate_pairs": 0, "books_removed": 0, "clusters": []}
+        size_counts = self.sketch(inputs)
+        parts = list(range(len(inputs)))
+        if sum(size_counts.values()) < 2:
+            return {"books": sum(size_counts.values()), "candidate_pairs": 0, "duplicate_pairs": 0, "books_removed": 0, "clusters": []}
+        candidates = self.candidate_pairs(size_counts)
 
-        index = MinHashLSHEnsemble(threshold=cfg.candidate_threshold, num_perm=cfg.num_perm, num_part=8)
-        index.index([(book_id, sketches[book_id], sizes[book_id]) for book_id in sorted(sizes)])
-        candidates: set[tuple[str, str]] = set()
-        for book_id in sorted(sizes):
-            for other in index.query(sketches[book_id], sizes[book_id]):
-                if other != book_id:
-                    candidates.add((min(book_id, other), max(book_id, other)))
-
-        # Pass 2: exact overlap of the candidate pairs, on the shingle sets of their books only.
+        located: dict[str, tuple[list[int], int]] = {}  # candidate book -> ([part, start, end], characters)
         self._wanted = sorted({book_id for pair in candidates for book_id in pair})
-        shingles: dict[str, np.ndarray] = {}
         if self._wanted:
-            for found in self.map_parts("candidate_shingles", [str(path) for path in inputs]):
-                shingles.update(found)
+            for part, found in zip(parts, self.map_parts("_spill_candidate_shingles", parts)):
+                for book_id, start, end, characters in found:
+                    located[book_id] = ([part, start, end], characters)
         self._wanted = []
-        clusters = _UnionFind()
+        pairs = [(a, b, located[a][0], located[b][0]) for a, b in sorted(candidates)]
+        groups = max(1, min(self.partitions, len(pairs)))
         overlaps: list[tuple[str, str, float]] = []
-        for a, b in sorted(candidates):
-            overlap = content_overlap(shingles[a], shingles[b])
-            if overlap > cfg.overlap_threshold:
-                overlaps.append((a, b, overlap))
-                clusters.union(a, b)
+        for found in self.map_parts("_check_pairs", [pairs[g::groups] for g in range(groups)] if pairs else []):
+            overlaps += [tuple(row) for row in found]
+        overlaps.sort()
 
+        clusters = _UnionFind()
+        for a, b, _ in overlaps:
+            clusters.union(a, b)
         members: dict[str, list[str]] = {}
         for book_id in sorted({x for a, b, _ in overlaps for x in (a, b)}):
             members.setdefault(clusters.find(book_id), []).append(book_id)
         report = []
         for root, ids in sorted(members.items()):
             # The longest book carries the most text; ties go to the smallest id (deterministic).
-            kept = min(ids, key=lambda i: (-lengths[i], i))
+            kept = min(ids, key=lambda i: (-located[i][1], i))
             for book_id in ids:
                 if book_id != kept:
                     self.duplicate_of[book_id] = kept
@@ -581,7 +657,7 @@ class BooksDedup(Stage):
                 }
             )
         return {
-            "books": len(sizes),
+            "books": int(sum(size_counts.values())),
             "candidate_pairs": len(candidates),
             "candidate_pairs_rejected_on_exact_overlap": len(candidates) - len(overlaps),
             "duplicate_pairs": len(overlaps),
@@ -591,9 +667,10 @@ class BooksDedup(Stage):
         }
 
     def worker_state(self) -> dict[str, Any]:
-        return {"duplicate_of": self.duplicate_of, "wanted": self._wanted}
+        return super().worker_state() | {"duplicate_of": self.duplicate_of, "wanted": self._wanted}
 
     def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
         self.duplicate_of, self._wanted = dict(state["duplicate_of"]), list(state["wanted"])
 
     def process(self, docs: Iterator[Document], part: int = 0) -> Iterator[Document]:
