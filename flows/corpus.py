@@ -186,10 +186,11 @@ def _reused(step: str, manifest: dict[str, Any], output: str, started: float) ->
 
 @task(task_run_name="tokenizer", cache_policy=NO_CACHE)
 def tokenizer_task(final_outputs: dict[str, str], output: str, config: dict[str, Any], shares: dict[str, float],
-                   force: bool = False) -> str:
+                   force: bool = False, workers: int = 1, cluster: str | None = None) -> str:
     started = time.time()
     manifest = train_tokenizer({s: Path(p) for s, p in final_outputs.items()}, Path(output), TokenizerConfig(**config),
-                               shares, reuse=not force)
+                               shares, reuse=not force, workers=workers,
+                               executor=_CLUSTERS.get(cluster) if cluster else None)
     reused = _reused("tokenizer", manifest, output, started)
     create_markdown_artifact(key="tokenizer", markdown=_tokenizer_markdown(manifest) + ("\n(reused: up to date)\n" if reused else ""),
                              description="tokenizer")
@@ -329,8 +330,8 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
         # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
         shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}
         tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),
-                                         shares, "tokenizer" in forced)
-        # The mixture's and the token shards' passes run on the cluster's workers as well.
+                                         shares, "tokenizer" in forced, workers, cluster)
+        # The tokenizer's sample, the mixture's and the token shards' passes run on the cluster's workers as well.
         mixture_dir = str(build / "mixture")
         mixture_task(final_outputs, tokenizer_model, mixture_dir, spec.mixture.model_dump(mode="json"), "mixture" in forced,
                      workers, cluster)

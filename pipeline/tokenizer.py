@@ -30,16 +30,15 @@ import hashlib
 import itertools
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict
 
@@ -93,15 +92,6 @@ def _unit_interval(seed: int, doc_id: str) -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
-def _text_bytes(parts: list[Path]) -> int:
-    """UTF-8 bytes of all documents of some Parquet parts."""
-    total = 0
-    for part in parts:
-        lengths = pc.binary_length(pc.cast(pq.read_table(part, columns=["text"]).column("text"), pa.binary()))
-        total += pc.sum(lengths).as_py() or 0
-    return int(total)
-
-
 def _sentences(text: str, max_bytes: int) -> Iterator[str]:
     """SentencePiece trains on lines; a line over max_bytes is cut (4 bytes per char at most)."""
     step = max(1, max_bytes // 4)
@@ -115,16 +105,50 @@ def _sentences(text: str, max_bytes: int) -> Iterator[str]:
                 yield line[start : start + step]
 
 
+@dataclass(frozen=True)
+class _SampleJob:
+    """Draw one part's share of the training sample into its own file."""
+
+    source: str
+    part: str
+    out: str
+    rate: float
+    seed: int
+    max_sentence_length: int
+
+
+def _sample_part(job: _SampleJob) -> tuple[int, int, int, int]:
+    """(documents seen, sampled, lines, bytes) of one part's sample file."""
+    docs_seen = docs_sampled = lines = size = 0
+    with open(job.out, "w", encoding="utf-8") as sample:
+        for doc in read_documents(Path(job.part), columns=["id", "text", "source"]):
+            docs_seen += 1
+            if _unit_interval(job.seed, doc.id) >= job.rate:
+                continue
+            docs_sampled += 1
+            for sentence in _sentences(doc.text, job.max_sentence_length):
+                sample.write(sentence + "\n")
+                lines += 1
+                size += len(sentence.encode("utf-8"))
+    return docs_seen, docs_sampled, lines, size
+
+
 def draw_training_sample(
-    source_dirs: dict[str, Path], shares: dict[str, float], sample_path: Path, config: TokenizerConfig
+    source_dirs: dict[str, Path], shares: dict[str, float], sample_path: Path, config: TokenizerConfig,
+    workers: int = 1, executor: Any = None,
 ) -> dict[str, Any]:
     """Write the training sample (one sentence per line) drawn from the sources' final stage
-    folders at `shares`; return its statistics."""
+    folders at `shares`; return its statistics. The sources' sizes come from their manifests
+    (bytes_kept); each part's sample is drawn by a job (`executor`: a cluster, else `workers`
+    processes here) into a file beside `sample_path` (a folder the workers see), and the files are
+    joined in part order: the same bytes whoever drew them."""
+    from pipeline.executor import LocalExecutor
+
     missing = sorted(set(shares) - set(source_dirs))
     if missing:
         raise StageError(f"tokenizer: no source folder for {', '.join(missing)}")
     parts = {name: kept_parts(source_dirs[name]) for name in shares}
-    source_bytes = {name: _text_bytes(parts[name]) for name in shares}
+    source_bytes = {name: int(read_manifest(source_dirs[name])["bytes_kept"]) for name in shares}
     empty = sorted(name for name, size in source_bytes.items() if size == 0)
     if empty:
         raise StageError(f"tokenizer: source(s) {', '.join(empty)} have no text to train on")
@@ -133,20 +157,24 @@ def draw_training_sample(
     # The largest sample at these shares in which no document is taken twice.
     sample_target = min(config.train_sample_bytes, min(source_bytes[s] / w for s, w in weights.items() if w > 0))
     rates = {name: min(1.0, weights[name] * sample_target / source_bytes[name]) for name in shares}
+    scratch = sample_path.parent / f"{sample_path.name}.parts"
+    scratch.mkdir(parents=True, exist_ok=True)
+    jobs = [_SampleJob(name, str(part), "", rates[name], config.seed, config.max_sentence_length)
+            for name in shares for part in parts[name]]
+    jobs = [replace(job, out=str(scratch / f"{index:06d}.txt")) for index, job in enumerate(jobs)]
+    runner = executor if executor is not None else LocalExecutor(workers, label=STAGE_NAME)
     docs_seen = docs_sampled = lines = 0
     bytes_by_source: Counter[str] = Counter()
-    with open(sample_path, "w", encoding="utf-8") as sample:
-        for name in shares:
-            for part in parts[name]:
-                for doc in read_documents(part, columns=["id", "text", "source"]):
-                    docs_seen += 1
-                    if _unit_interval(config.seed, doc.id) >= rates[name]:
-                        continue
-                    docs_sampled += 1
-                    for sentence in _sentences(doc.text, config.max_sentence_length):
-                        sample.write(sentence + "\n")
-                        lines += 1
-                        bytes_by_source[name] += len(sentence.encode("utf-8"))
+    try:
+        with open(sample_path, "wb") as sample:
+            for job, (seen, sampled, part_lines, size) in zip(jobs, runner.map(_sample_part, jobs)):
+                docs_seen, docs_sampled, lines = docs_seen + seen, docs_sampled + sampled, lines + part_lines
+                bytes_by_source[job.source] += size
+                with open(job.out, "rb") as part_sample:
+                    shutil.copyfileobj(part_sample, sample)
+                Path(job.out).unlink()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     sample_bytes = sum(bytes_by_source.values())
     if sample_bytes == 0:
         raise StageError("tokenizer: the training sample came out empty")
@@ -187,10 +215,14 @@ def train_tokenizer(
     config: TokenizerConfig | None = None,
     shares: dict[str, float] | None = None,
     reuse: bool = True,
+    workers: int = 1,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Train the SentencePiece model on a sample of the sources' final stage folders drawn at
     `shares` (default: equal); write the tokenizer stage folder at `output`. With `reuse`, a
-    folder already trained on the same inputs with the same config is kept."""
+    folder already trained on the same inputs with the same config is kept. The sample is drawn by
+    jobs over the parts (`executor`, else `workers` processes here); SentencePiece then trains in
+    this process (config.num_threads threads), on at most input_sentence_size sentences."""
     config = config or TokenizerConfig()
     output = Path(output)
     source_dirs = {name: Path(path) for name, path in source_dirs.items()}
@@ -211,7 +243,7 @@ def train_tokenizer(
         return manifest
     with folder, tempfile.TemporaryDirectory(prefix="tokenizer-sample-", dir=output.parent) as scratch:
         sample_path = Path(scratch) / "sample.txt"
-        sample_stats = draw_training_sample(source_dirs, shares, sample_path, config)
+        sample_stats = draw_training_sample(source_dirs, shares, sample_path, config, workers, executor)
         model_prefix = folder.artifacts_dir / Path(MODEL_FILE).stem
         started = time.time()
         spm.set_random_generator_seed(config.seed)

@@ -8,7 +8,7 @@ import numpy as np
 import pydoc_data.topics
 import pytest
 
-from pipeline.documents import Document, StageError, StageFolder, read_manifest, read_timing
+from pipeline.documents import Document, StageError, StageFolder, kept_parts, read_documents, read_manifest, read_timing
 from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.tokenizer import TokenizerConfig, draw_training_sample, load_tokenizer, train_tokenizer
 
@@ -163,3 +163,26 @@ def test_hf_llama_tokenizer_loads_the_model_and_gives_the_same_ids(tokenizer_dir
         assert hf.encode(text, add_special_tokens=False) == ids, repr(text)
         assert hf.decode(ids) == text, repr(text)
     assert hf("2023 🦙").input_ids == [sp.bos_id()] + sp.encode("2023 🦙")  # LLaMA: BOS, no EOS
+
+
+def test_the_sample_is_drawn_per_part_the_same_bytes_whatever_the_worker_count(tmp_path):
+    """Each part's share of the sample is a job (forked workers here, a cluster's workers in a build);
+    the files are joined in part order, so the sample does not depend on who drew it. The sources'
+    sizes come from their manifests, not from reading every part's text in this process."""
+    rng = np.random.default_rng(1)
+    sources = {}
+    for name in ("wikipedia", "c4"):
+        with StageFolder(tmp_path / name, f"{name}_final", {}, source=name) as folder:
+            for part in range(3):
+                with folder.part(part) as writer:
+                    for i in range(200):
+                        writer.write(Document(id=f"{name}/{part}/{i}", text=" ".join(rng.choice(["alpha", "beta", "gamma", "delta"], size=30)), source=name))
+        sources[name] = tmp_path / name
+    shares = {"wikipedia": 0.5, "c4": 0.5}
+    config = TokenizerConfig(train_sample_bytes=30_000)
+    one = draw_training_sample(sources, shares, tmp_path / "one.txt", config, workers=1)
+    two = draw_training_sample(sources, shares, tmp_path / "two.txt", config, workers=2)
+    assert one == two and (tmp_path / "one.txt").read_bytes() == (tmp_path / "two.txt").read_bytes()
+    texts = {name: sum(len(d.text.encode()) for p in kept_parts(sources[name]) for d in read_documents(p)) for name in sources}
+    assert one["source_bytes"] == texts and one["docs_seen"] == 1200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c4", "one.txt", "two.txt", "wikipedia"]  # no part files left
