@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -40,6 +41,8 @@ MANIFEST = "manifest.json"
 TIMING = "timing.json"
 BUILD_RECORD = "BUILD.json"  # at a build's root: the spec and inputs of its last build (`rerun`, `publish`)
 INPUTS_READ = ".inputs-read"  # in a stage's temporary folder: what the workers read of remote inputs
+PARTS_DONE = ".parts-done"  # in a stage's temporary folder: one marker per part written, with its counts
+TMP_IDENTITY = ".identity"  # in a stage's temporary folder: the identity it is being built for
 CONTRACT_VERSION = 1
 PARQUET_COMPRESSION = "zstd"
 ROWS_PER_BATCH = 1024
@@ -488,6 +491,22 @@ class PartFolder:
     def part(self, index: int, annotation_types: dict[str, pa.DataType] | None = None) -> "PartPair":
         return PartPair(self, *self.part_paths(index), annotation_types or {})
 
+    def mark_done(self, index: int, counts: DocumentCounts, counters: dict[str, Any]) -> None:
+        """Record that part `index` is completely written, with what its writer returns: a rerun of
+        the stage after a crash adopts this folder and does not write the part again."""
+        done = self.tmp / PARTS_DONE
+        done.mkdir(exist_ok=True)
+        partial = done / f".{index:05d}.{os.getpid()}"
+        partial.write_bytes(pickle.dumps((counts, counters)))
+        partial.replace(done / f"{index:05d}.pkl")
+
+    def done_parts(self) -> dict[int, tuple[DocumentCounts, dict[str, Any]]]:
+        """The parts marked done in this folder (an adopted one), with their counts and counters."""
+        found = {}
+        for marker in sorted((self.tmp / PARTS_DONE).glob("*.pkl")):
+            found[int(marker.stem)] = pickle.loads(marker.read_bytes())
+        return found
+
     def count_input(self, doc: Document) -> None:
         """Measure the text a documents stage reads, before the stage edits it (line dedup and the
         cleaners shorten texts); without this, bytes_in is measured on what comes out."""
@@ -527,8 +546,11 @@ class StageFolder(PartFolder):
         code_version: str = "",
         kind: str = "documents",
         source: str | None = None,
+        resume: bool = False,
     ):
         self.output = Path(output)
+        self.resume = resume  # adopt a crashed run's temporary folder of the same identity (run_stage)
+        self.resumed_from: str | None = None  # the adopted folder's name
         # The owner in the name, "<pid>@<host>": on a shared filesystem only the host that made a
         # leftover can tell whether its process is gone.
         super().__init__(stage, self.output.parent / f".{self.output.name}.tmp-{_owner()}")
@@ -548,13 +570,51 @@ class StageFolder(PartFolder):
     # -- lifecycle
     def __enter__(self) -> "StageFolder":
         try:
+            identity = self.identity()
+            if not (self.resume and self._adopt_leftover(identity)):
+                if self.tmp.exists():
+                    shutil.rmtree(self.tmp)
+                self.tmp.mkdir(parents=True)
             self._remove_leftovers()
-            if self.tmp.exists():
-                shutil.rmtree(self.tmp)
-            self.tmp.mkdir(parents=True)
+            (self.tmp / TMP_IDENTITY).write_text(identity + "\n")
         except OSError as exc:
             raise self._write_error(exc) from exc
         return self
+
+    def _adopt_leftover(self, identity: str) -> bool:
+        """Take over the temporary folder of a run of the same identity whose process is gone (this
+        host's only, as in _remove_leftovers): its parts marked done are kept, everything else in it
+        (parts being written, prepare()'s artifacts and exchange files) is deleted, and run_stage
+        writes only the missing parts. True when one was adopted."""
+        prefix = f".{self.output.name}.tmp-"
+        for leftover in sorted(self.output.parent.glob(f"{prefix}*")):
+            pid, _, host = leftover.name[len(prefix):].partition("@")
+            if not (pid.isdigit() and host in ("", socket.gethostname()) and not _process_alive(int(pid))):
+                continue
+            try:
+                if (leftover / TMP_IDENTITY).read_text().strip() != identity:
+                    continue
+                if self.tmp.exists():
+                    shutil.rmtree(self.tmp)
+                leftover.rename(self.tmp)
+            except OSError:  # no identity (an older run), or another run took it first
+                continue
+            done = {f"part-{int(marker.stem):05d}.parquet" for marker in (self.tmp / PARTS_DONE).glob("*.pkl")}
+            for entry in self.tmp.iterdir():
+                if entry.name in ("kept", "rejected") and entry.is_dir():
+                    for part in entry.iterdir():
+                        if part.name not in done:
+                            part.unlink()
+                elif entry.name in (PARTS_DONE, INPUTS_READ):
+                    for stray in entry.glob(".*"):  # a marker or record being written
+                        stray.unlink()
+                elif entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            self.resumed_from = leftover.name
+            return True
+        return False
 
     def _remove_leftovers(self) -> None:
         """Delete what a killed run of this stage left beside its folder (`.<name>.tmp-<pid>@<host>`
@@ -685,6 +745,8 @@ class StageFolder(PartFolder):
         if self.pass_workers:
             timing["pass_workers"] = dict(sorted(self.pass_workers.items()))
         shutil.rmtree(self.tmp / INPUTS_READ, ignore_errors=True)  # now in the manifest
+        shutil.rmtree(self.tmp / PARTS_DONE, ignore_errors=True)
+        (self.tmp / TMP_IDENTITY).unlink(missing_ok=True)
         (self.tmp / TIMING).write_text(json.dumps(timing, indent=2) + "\n")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Replace any previous version: move it aside first so the final name is never half-written.

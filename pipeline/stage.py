@@ -410,6 +410,7 @@ class _PartRunner:
             raise
         except Exception as exc:
             raise StageError(f"{stage.name}: {path}: record {self.record}: {type(exc).__name__}: {exc}") from exc
+        folder.mark_done(index, folder.counts, stage.counters)
         return folder.counts, stage.counters
 
     def _counted(self, docs: Iterator[Document]) -> Iterator[Document]:
@@ -571,6 +572,7 @@ def run_stage(
         inputs=dependencies(stage, files),
         code_version=stage.code_version(),
         source=stage.source,
+        resume=True,
     ) as folder:
         stage.artifacts = folder.artifacts_dir
         stage.workers = workers
@@ -580,20 +582,27 @@ def run_stage(
         if stats:  # a stage with a first pass (hashing, model training): its share of the wall time
             folder.timings["prepare_wall_time_s"] = time.perf_counter() - started
         total_counts, total_counters = DocumentCounts(), dict(stage.counters)
+        # Parts a crashed run of this identity finished (an adopted folder) are not written again;
+        # prepare() above did run again: its files are not kept across runs.
+        done = folder.done_parts()
+        todo = [index for index in range(len(files)) if index not in done]
+        if done:
+            folder.timings["parts_resumed"] = len(done)
         if executor is not None and stage.parallel_parts and stage.remote_parts:
             jobs = [PartJob(*stage._job_fields(), tmp=str(folder.tmp), files=tuple(f if isinstance(f, RemoteFile) else str(f) for f in files), index=index)
-                    for index in range(len(files))]
-            results = ((counts, counters, who) for counts, counters, who in executor.map(run_part_job, jobs))
+                    for index in todo]
+            written = ((counts, counters, who) for counts, counters, who in executor.map(run_part_job, jobs))
         else:
             runner = _PartRunner(stage, folder, files)
             part_workers = workers if stage.parallel_parts else 1
-            forked = part_workers > 1 and len(files) > 1
-            results = ((counts, counters, "forked" if forked else "local")
-                       for counts, counters in _map_forked(runner, "write_part", list(range(len(files))), part_workers))
+            forked = part_workers > 1 and len(todo) > 1
+            written = ((counts, counters, "forked" if forked else "local")
+                       for counts, counters in _map_forked(runner, "write_part", todo, part_workers))
+        results = (done[index] + ("resumed",) if index in done else next(written) for index in range(len(files)))
         for index, (counts, counters, who) in enumerate(results):
             if who != "local":
-                folder.register_part(index)  # written by another process: record it here
-            if who not in ("local", "forked"):
+                folder.register_part(index)  # written by another process (or a crashed run): record it here
+            if who not in ("local", "forked", "resumed"):
                 folder.part_workers[who] = folder.part_workers.get(who, 0) + 1
             total_counts.add(counts)
             _add_counters(total_counters, counters)

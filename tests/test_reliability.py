@@ -108,3 +108,81 @@ def test_kill_and_rerun_gives_the_same_bytes(tmp_path):
         assert row["bytes_differ"] == [], f"manifests differ (wall times?): {row['bytes_differ']}"
         assert row["verify"] == "ok", row
     assert any(not row["finished_before_kill"] for row in result["rows"]), "no kill landed inside the build"
+
+
+# ---- a stage killed in the middle resumes: its finished parts are adopted, not written again -----
+
+from pipeline.documents import Document  # noqa: E402
+from pipeline.stage import Stage, StageConfig  # noqa: E402
+
+
+class SlowParts(Stage):
+    """A test stage: keeps every document, leaving a marker "<part>-<pid>" per part it writes and
+    sleeping $SLOW_PARTS_SECONDS (not in the identity: the killed run and its rerun are the same)."""
+
+    name = "test_slow_parts"
+    source = "cc"
+    parallel_parts = True
+    remote_parts = True
+
+    class Config(StageConfig):
+        markers: str
+
+    def process(self, docs, part: int = 0):
+        import os
+        import time
+
+        Path(self.config.markers, f"{part}-{os.getpid()}").touch()
+        time.sleep(float(os.environ.get("SLOW_PARTS_SECONDS", "0")))
+        yield from docs
+
+
+def run_slow_parts(inputs: list[str], output: str, markers: str) -> None:
+    from pipeline.stage import run_stage
+
+    run_stage(SlowParts({"markers": markers}), inputs, output, workers=2)
+
+
+def test_a_stage_killed_mid_way_resumes_with_only_its_missing_parts(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from pipeline.documents import read_timing, write_documents
+    from pipeline.stage import run_stage
+
+    inputs = []
+    for part in range(8):
+        path = tmp_path / "in" / f"part-{part}.parquet"
+        path.parent.mkdir(exist_ok=True)
+        write_documents(path, [Document(id=f"d{part}-{i}", text=f"text {part} {i}", source="cc") for i in range(5)])
+        inputs.append(str(path))
+    markers, output = tmp_path / "markers", tmp_path / "out"
+    markers.mkdir()
+    code = f"from tests.test_reliability import run_slow_parts; run_slow_parts({inputs!r}, {str(output)!r}, {str(markers)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"SLOW_PARTS_SECONDS": "1.5"},
+                            start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(tmp_path.glob(".out.tmp-*/.parts-done/*.pkl"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the stage's process and its forked workers
+    proc.wait()
+    done = {int(p.stem) for p in tmp_path.glob(".out.tmp-*/.parts-done/*.pkl")}
+    assert 3 <= len(done) < 8 and not output.exists()
+
+    manifest = run_stage(SlowParts({"markers": str(markers)}), inputs, output, workers=2)
+    # The parts marked done before the kill were written once (by the killed run); the others again.
+    written: dict[int, int] = {}
+    for marker in markers.iterdir():
+        part = int(marker.name.split("-")[0])
+        written[part] = written.get(part, 0) + 1
+    assert set(written) == set(range(8)) and all(written[part] == 1 for part in done), (written, done)
+    assert read_timing(output)["parts_resumed"] == len(done)
+    assert manifest["docs_in"] == 40 == manifest["docs_kept"]
+    assert not list(tmp_path.glob(".out.*"))  # the adopted folder became the output
+    assert not (output / ".parts-done").exists() and not (output / ".identity").exists()
+    (tmp_path / "markers-2").mkdir()
+    fresh = run_stage(SlowParts({"markers": str(tmp_path / "markers-2")}), inputs, tmp_path / "fresh")
+    parts = lambda folder: {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))}
+    assert parts(output) == parts(tmp_path / "fresh") and manifest["outputs"] == fresh["outputs"]
