@@ -239,6 +239,36 @@ def verify(build: Path = typer.Argument(..., help="A build folder (stages/, toke
 
 
 @app.command()
+def inspect(
+    build: Path = typer.Argument(..., help="A build folder, or a stage folder itself."),
+    stage: Optional[str] = typer.Argument(None, help="The stage (cc_line_dedup, c4_quality, ...); omit for a stage folder."),
+    reason: Optional[str] = typer.Option(None, help="Only this rejection reason (its name before ':', or the whole reason)."),
+    kept: bool = typer.Option(False, "--kept", help="Also sample kept documents."),
+    n: int = typer.Option(3, "-n", help="Documents per reason (and kept, and edited)."),
+    seed: int = typer.Option(0, help="Which documents: the same seed gives the same samples."),
+    parts: int = typer.Option(8, help="Parts read at most (a seeded choice); 0 reads every part."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a static HTML page here."),
+) -> None:
+    """What a stage removed and changed: sampled rejected documents per reason, and before/after diffs
+    of documents whose text it edited."""
+    from pipeline.documents import StageError
+    from pipeline.inspection import print_terminal, stage_folder, stage_samples, to_html
+
+    try:
+        samples = stage_samples(stage_folder(build, stage), n=n, seed=seed, reason=reason, kept=kept, max_parts=parts)
+    except StageError as exc:
+        _fail(str(exc))
+    if reason is not None and not samples.rejected:
+        known = ", ".join(samples.manifest.get("rejected_by_reason", {})) or "none"
+        _fail(f"{samples.stage}: no document rejected as {reason!r} in the parts read (reasons: {known})")
+    print_terminal(samples)
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(to_html(samples), encoding="utf-8")
+        typer.echo(f"wrote {html}")
+
+
+@app.command()
 def pretrain(
     tokens: str = typer.Option(..., help="Token-shard folder (a build's tokens/), or the URL of a published one."),
     out: Path = typer.Option(..., help="Run folder for metrics, checkpoints and summary."),

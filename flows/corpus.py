@@ -39,6 +39,7 @@ from pipeline.mixture import MixtureConfig, sample_mixture
 from pipeline.spec import BUILD_STEPS, load_spec
 from pipeline.executor import Executor, executor_for
 from pipeline.stage import get_stage, is_up_to_date, run_stage, run_stage_job
+from pipeline.inspection import stage_samples, to_markdown
 from pipeline.storage import absolute, join, publish
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
 from pipeline.tokenizer import TokenizerConfig, train_tokenizer
@@ -134,8 +135,21 @@ def stage_task(
         manifest = run_stage(stage, inputs, output, progress=StageProgress(stage_name), workers=workers,
                              executor=executor, partitions=partitions)
         publish_stage(manifest, read_timing(output))
+    publish_samples(output)
     _log_counts(manifest)
     return stage_summary(manifest)
+
+
+def publish_samples(output: str) -> None:
+    """The stage's `<stage>-samples` artifact: a few rejected documents per reason and before/after
+    diffs of edited ones (pipeline/inspection.py; `llama-recipe inspect` prints the same)."""
+    try:
+        samples = stage_samples(Path(output))
+    except Exception as exc:  # a view of the folder, never a reason to fail the stage
+        get_run_logger().warning("%s: no samples artifact (%s: %s)", output, type(exc).__name__, exc)
+        return
+    create_markdown_artifact(key=f"{samples.stage.replace('_', '-')}-samples", markdown=to_markdown(samples),
+                             description=f"{samples.stage}: what it removed and changed (samples)")
 
 
 @flow(name="source", flow_run_name="source-{source}")

@@ -144,6 +144,8 @@ def test_stages_publish_tables_progress_and_charts(recipe_run):
     assert {"cc-langid", "cc-perplexity", "c4-quality", "mixture"} <= kinds["table"]
     assert {"cc-langid-progress", "books-dedup-progress", "mixture-progress", "token-shards-progress"} <= kinds["progress"]
     assert {"cc-langid-chart", "cc-perplexity-chart", "mixture-chart"} <= kinds["markdown"]
+    # What each stage removed and changed (issue 16): a samples artifact per stage task run.
+    assert {"cc-line-dedup-samples", "c4-quality-samples", "books-dedup-samples", "github-filter-samples"} <= kinds["markdown"]
 
 
 # The tests below rebuild parts of the recipe's build: keep them last in this module.
