@@ -73,8 +73,9 @@ def test_the_ui_shows_every_stage_task_run_and_its_table(finished_build):
             for stage in source_spec.stages:  # every stage's task run, by its name
                 page.get_by_text(stage, exact=True).first.wait_for(timeout=20_000)
             page.get_by_text("Artifacts", exact=True).first.click()
-            for stage in source_spec.stages:  # and its table artifact
+            for stage in source_spec.stages:  # and its table and samples artifacts
                 page.get_by_text(stage.replace("_", "-"), exact=True).first.wait_for(timeout=20_000)
+                page.get_by_text(stage.replace("_", "-") + "-samples", exact=True).first.wait_for(timeout=20_000)
         browser.close()
     outside = sorted({u for u in requests if not u.startswith((ui, "blob:", "data:"))})  # blob/data: in the page
     assert not outside, f"the UI sent requests outside the local server: {outside[:5]}"
