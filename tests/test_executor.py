@@ -196,13 +196,14 @@ def test_a_worker_killed_mid_part_is_retried_on_another_and_the_bytes_are_the_sa
 
 
 def test_a_ray_worker_killed_mid_part_is_retried_and_the_bytes_are_the_same(cc_inputs, tmp_path, monkeypatch):
-    """The same on a Ray cluster (`ray start --head` on 127.0.0.1): Ray resubmits the task of a dead
-    worker (max_retries), and the dedup passes run there as on Dask."""
+    """The same on a Ray cluster of 3 workers (`ray start --head --num-cpus 3` on 127.0.0.1; the build
+    test in test_flows.py uses 2): Ray resubmits the task of a dead worker (max_retries), and the dedup
+    passes run there as on Dask, with the local bytes."""
     from pipeline.executor import RayExecutor
     from tests.clusters import ray_head
 
     run_stage(get_stage("cc_ingest")(), cc_inputs, tmp_path / "ingest")
-    with ray_head(tmp_path / "ray-head.log", monkeypatch) as address, RayExecutor(address) as executor:
+    with ray_head(tmp_path / "ray-head.log", monkeypatch, cpus=3) as address, RayExecutor(address) as executor:
         _killed_mid_part_and_retried(executor, tmp_path / "ingest", tmp_path, len(cc_inputs))
         on_ray = get_stage("cc_line_dedup")()
         on_ray.partitions = 3
