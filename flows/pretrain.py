@@ -189,15 +189,17 @@ def set_aside_stale_run(tokens_dir: str, run_dir: str, train: TrainSpec) -> str 
     if ckpt is None:
         return None
     from model.presets import get_preset
+    from model.train import parse_args
 
     meta = read_meta(ckpt)
     digest = TokenShards(tokens_dir).manifest_digest
-    # The context the run will use: the spec's when it sets one, else the preset's (the trainer's default).
-    seq_len = train.seq_len if "seq_len" in train.model_fields_set else get_preset(train.preset).max_seq_len
+    # The preset and context the run will use, from the arguments the trainer will get.
+    cfg = parse_args(trainer_args(tokens_dir, run_dir, train))
+    seq_len = cfg.seq_len or get_preset(cfg.preset).max_seq_len
     reasons = []
     if not str(meta.get("data_loader", {}).get("data", "")).endswith(digest):
         reasons.append("the token shards changed")
-    if meta.get("config", {}).get("preset") != train.preset or meta.get("run", {}).get("seq_len") != seq_len:
+    if meta.get("config", {}).get("preset") != cfg.preset or meta.get("run", {}).get("seq_len") != seq_len:
         reasons.append("the preset or sequence length changed")
     if not reasons:
         return None

@@ -191,9 +191,9 @@ def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Mo
 
 @torch.no_grad()
 def materialize(model: Transformer, device: torch.device, seed: int) -> Transformer:
-    """Allocate a meta-device model (sharded by apply_fsdp or not) on `device` and initialize it:
-    the same weights a single process gets from `torch.manual_seed(seed); Transformer(args)`, on
-    any world size. A sharded parameter is drawn whole (one at a time, so a rank briefly holds one
+    """Allocate a meta-device model (sharded by apply_fsdp or not) on `device` and initialize it
+    (Transformer.init_weights's distributions, drawn after torch.manual_seed(seed)): the same
+    weights on any world size. A sharded parameter is drawn whole (one at a time, so a rank briefly holds one
     full parameter) and this rank keeps its slice: DTensor's own random ops are not
     sharding-invariant on CPU."""
     model.to_empty(device=device)
