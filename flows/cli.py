@@ -245,6 +245,7 @@ def pretrain(
     spec: Optional[Path] = typer.Option(None, help="Take the training settings from this spec's `train` section."),
     preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, 7B, ...)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's training tokens)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Micro-batch: sequences per process (default 8); accumulation follows."),
     nproc: Optional[int] = typer.Option(None, min=1, help="Processes per node for torchrun (GPUs per node)."),
     nnodes: int = typer.Option(1, min=1, help="Nodes; run this command on each, with its --node-rank."),
     node_rank: int = typer.Option(0, min=0, help="This node's rank, 0 to nnodes - 1."),
@@ -266,7 +267,7 @@ def pretrain(
                "--keep-last": keep_last, "--keep-every": keep_every}
     extra = [*train.extra_args, *(a for k, v in options.items() if v is not None for a in (k, str(v))),
              *(["--compile"] if compile else [])]
-    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "nproc": nproc}.items() if v is not None}
+    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "batch_size": batch_size, "nproc": nproc}.items() if v is not None}
     # model_copy(update=) marks the updated fields as set; extra_args only when it has something.
     train = train.model_copy(update=overrides | ({"extra_args": extra} if extra else {}))
     launch = {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}

@@ -251,7 +251,7 @@ def free_port() -> int:
 def spec_with_train(path: Path, train: dict) -> Path:
     """The demo spec with another `train` section."""
     raw = yaml.safe_load((REPO / "data_specs" / "demo.yaml").read_text())
-    path.write_text(yaml.safe_dump(raw | {"train": train}))
+    path.write_text(yaml.safe_dump(raw | {"train": train}, sort_keys=False))
     return path
 
 
