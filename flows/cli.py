@@ -274,25 +274,46 @@ def pretrain(
     out: Path = typer.Option(..., help="Run folder for metrics, checkpoints and summary."),
     spec: Optional[Path] = typer.Option(None, help="Take the training settings from this spec's `train` section."),
     preset: Optional[str] = typer.Option(None, help="Model preset (tiny, small, 7B, ...)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
-    nproc: Optional[int] = typer.Option(None, help="Processes per node for torchrun."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's training tokens)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Micro-batch: sequences per process (default 8); accumulation follows."),
+    nproc: Optional[int] = typer.Option(None, min=1, help="Processes per node for torchrun (GPUs per node)."),
+    nnodes: int = typer.Option(1, min=1, help="Nodes; run this command on each, with its --node-rank."),
+    node_rank: int = typer.Option(0, min=0, help="This node's rank, 0 to nnodes - 1."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, help="HOST:PORT of node 0 for torchrun's c10d rendezvous (nnodes > 1)."),
     precision: Optional[str] = typer.Option(None, help="auto (bf16 where the hardware has it), fp32 or bf16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each transformer block."),
     activation_checkpointing: Optional[str] = typer.Option(None, help="none, selective or full."),
+    keep_last: Optional[int] = typer.Option(None, min=0, help="Checkpoints kept: the newest N (trainer default 3; 0: all)."),
+    keep_every: Optional[int] = typer.Option(None, min=0, help="Also keep checkpoints of steps that are multiples of N."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and the torchrun line; launch nothing."),
     ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
 ) -> None:
-    """Launch the pretraining flow (torchrun) on token shards; resumes from OUT's newest checkpoint."""
+    """Launch the pretraining flow (torchrun) on token shards; resumes from OUT's newest checkpoint.
+    Only the settings given here or in the spec reach the trainer; the others come from the preset."""
     from pipeline.spec import TrainSpec, load_spec
 
     train = load_spec(spec).train if spec else TrainSpec()
-    options = {"--precision": precision, "--activation-checkpointing": activation_checkpointing}
-    extra = [*train.extra_args, *(a for k, v in options.items() if v for a in (k, v)), *(["--compile"] if compile else [])]
-    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "nproc": nproc, "extra_args": extra}.items() if v is not None}
-    train = train.model_copy(update=overrides)
+    options = {"--precision": precision, "--activation-checkpointing": activation_checkpointing,
+               "--keep-last": keep_last, "--keep-every": keep_every}
+    extra = [*train.extra_args, *(a for k, v in options.items() if v is not None for a in (k, str(v))),
+             *(["--compile"] if compile else [])]
+    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "batch_size": batch_size, "nproc": nproc}.items() if v is not None}
+    # model_copy(update=) marks the updated fields as set; extra_args only when it has something.
+    train = train.model_copy(update=overrides | ({"extra_args": extra} if extra else {}))
+    launch = {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}
+    from flows.pretrain import Launch, plan_text
+
+    try:
+        text = plan_text(tokens, str(out), train, Launch(**launch))
+    except ValueError as exc:
+        _fail(str(exc))
+    if dry_run:
+        typer.echo(text)
+        return
     _use_server(ephemeral)
     from flows.pretrain import pretrain as pretrain_flow
 
-    summary = pretrain_flow(tokens, str(out), train.model_dump(mode="json"))
+    summary = pretrain_flow(tokens, str(out), train.model_dump(mode="json", exclude_unset=True), **launch)
     typer.echo(json.dumps(summary, indent=2))
 
 

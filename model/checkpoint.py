@@ -12,6 +12,13 @@ step-000100/ once every rank's shards and meta.json are in it. So a folder named
 meta.json is complete, and a crash at any moment leaves at most a .partial folder, which the next
 start removes. (On several nodes the run folder must be on a shared filesystem, as for any DCP save.)
 
+Retention (`prune_checkpoints`, rank 0 after each commit): the newest `keep_last` complete
+checkpoints stay, and every one whose step is a multiple of `keep_every`; other complete ones are
+deleted, oldest first. A deletion first renames step-000100/ to .step-000100.deleting/ (atomic: from
+then on it is no checkpoint) and only then removes its files, so a crash in the middle leaves a
+.deleting folder that no resume takes and the next start removes, never a half checkpoint under a
+valid name. Folders named step-* without meta.json are not touched.
+
 Only tensors go through DCP: its loader unpickles non-tensor entries with
 torch.load(weights_only=False), so the param groups (floats and names) and everything else that is
 not a tensor are JSON. Nothing in this project calls torch.load without weights_only=True.
@@ -45,6 +52,7 @@ from model.llama import ModelArgs, Transformer
 META_FILE = "meta.json"
 DCP_METADATA = ".metadata"
 PARTIAL_SUFFIX = ".partial"
+DELETING_SUFFIX = ".deleting"
 
 
 class CheckpointError(ValueError):
@@ -62,16 +70,52 @@ def is_complete(path: Path | str) -> bool:
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
     """The newest complete checkpoint of a run folder (by step number), or None."""
-    found = [p for p in (Path(run_dir) / "checkpoints").glob("step-*") if is_complete(p)]
-    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def complete_checkpoints(run_dir: Path | str) -> list[Path]:
+    """The complete checkpoints of a run folder, oldest first."""
+    return sorted((p for p in (Path(run_dir) / "checkpoints").glob("step-*") if is_complete(p)), key=step_of)
 
 
 def remove_partial(run_dir: Path | str) -> list[Path]:
-    """Delete what crashed saves left behind (rank 0, before anyone saves). Returns what it removed."""
-    partial = sorted((Path(run_dir) / "checkpoints").glob(f".step-*{PARTIAL_SUFFIX}"))
-    for path in partial:
+    """Delete what crashed saves and crashed deletions left behind (rank 0, before anyone saves).
+    Returns what it removed."""
+    folder = Path(run_dir) / "checkpoints"
+    leftovers = sorted([*folder.glob(f".step-*{PARTIAL_SUFFIX}"), *folder.glob(f".step-*{DELETING_SUFFIX}")])
+    for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
-    return partial
+    return leftovers
+
+
+def retained(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
+    """The steps that stay: the newest keep_last (0: all of them) and the multiples of keep_every."""
+    keep = set(steps if keep_last <= 0 else sorted(steps)[-keep_last:])
+    return keep | {s for s in steps if keep_every > 0 and s % keep_every == 0}
+
+
+def prune_checkpoints(run_dir: Path | str, keep_last: int, keep_every: int, step: int = 0) -> list[Path]:
+    """Delete the complete checkpoints that `retained` does not keep, oldest first (rank 0 only,
+    after a commit; `step` is the step just saved, for the "delete" kill point). Returns them."""
+    found = complete_checkpoints(run_dir)
+    keep = retained([step_of(p) for p in found], keep_last, keep_every)
+    removed = []
+    for path in found:
+        if step_of(path) in keep:
+            continue
+        doomed = path.with_name(f".{path.name}{DELETING_SUFFIX}")
+        os.rename(path, doomed)  # atomic: no longer a checkpoint before any byte of it goes
+        for file in sorted(f for f in doomed.rglob("*") if f.is_file()):
+            file.unlink()
+            kill_point("delete", step, 0)
+        shutil.rmtree(doomed)
+        removed.append(path)
+    return removed
 
 
 def _tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, list]:

@@ -14,6 +14,13 @@ comes back as a DTensor, identical on every rank) and saves/loads sharded DCP ch
 CPU uses FSDP2 as well — no DDP fallback is needed.
 
 Order of wrapping, as in torchtitan: activation checkpointing, then torch.compile, then FSDP2.
+
+Construction, as in torchtitan: the model is built on the meta device (shapes only, no memory),
+wrapped and sharded, and only then materialized (`materialize`: `to_empty` on the device, then the
+model's own initialization), so a rank never holds more than its shard plus one full parameter —
+65B's 261 GB of fp32 weights are never on one rank. The weights do not depend on the world size:
+each parameter is drawn whole, in the same order from the same seed as a single process draws it,
+and a rank keeps its slice.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from model.llama import Transformer, init_parameter
 from model.loss import compile_loss_kernel
 
 
@@ -150,7 +159,7 @@ def compile_blocks(model: nn.Module) -> nn.Module:
 
 
 def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Module:
-    """Shard `model` (a model.llama.Transformer, already on env.device) with FSDP2 over a 1-D
+    """Shard `model` (a model.llama.Transformer, on the meta device or on env.device) with FSDP2 over a 1-D
     device mesh of all ranks (all nodes: torchrun gives every process its global rank). A no-op
     for a single process.
 
@@ -177,6 +186,29 @@ def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Mo
     for block, following in zip(blocks, blocks[1:]):
         block.set_modules_to_forward_prefetch([following])
         following.set_modules_to_backward_prefetch([block])
+    return model
+
+
+@torch.no_grad()
+def materialize(model: Transformer, device: torch.device, seed: int) -> Transformer:
+    """Allocate a meta-device model (sharded by apply_fsdp or not) on `device` and initialize it
+    (Transformer.init_weights's distributions, drawn after torch.manual_seed(seed)): the same
+    weights on any world size. A sharded parameter is drawn whole (one at a time, so a rank briefly holds one
+    full parameter) and this rank keeps its slice: DTensor's own random ops are not
+    sharding-invariant on CPU."""
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    for name, param in model.named_parameters():
+        if isinstance(param, DTensor):
+            full = torch.empty(param.shape, dtype=param.dtype, device=device)
+            init_parameter(name, full)
+            # src_data_rank=None: every rank slices its own copy, no communication.
+            shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(shard.to_local())
+            del full, shard
+        else:
+            init_parameter(name, param)
+    model.init_rope()
     return model
 
 

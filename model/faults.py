@@ -4,6 +4,8 @@
                                        (after its backward pass, before the weights change)
     LLAMA_RECIPE_KILL_AT=ckpt:8        SIGKILL while writing the step-8 checkpoint (after the
                                        sharded tensors are on disk, before it is committed)
+    LLAMA_RECIPE_KILL_AT=delete:12       SIGKILL rank 0 while it deletes an old checkpoint after
+                                       committing step 12's (after the first file is gone)
     LLAMA_RECIPE_KILL_AT=step:7@1      only on global rank 1 (default: every rank)
 
 SIGKILL, not an exception: nothing runs after it (no finally, no atexit), exactly like `kill -9`

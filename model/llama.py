@@ -166,13 +166,15 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Normal(0, 0.02) for every matrix and the embedding, ones for the norms. Callable again after
-        building on the meta device and `to_empty()`."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+        """Every parameter by init_parameter, in named_parameters() order from the global torch RNG,
+        and the RoPE tables. Callable again after building on the meta device and `to_empty()`
+        (model/distributed.py materialize does that, also for a sharded model)."""
+        for name, param in self.named_parameters():
+            init_parameter(name, param)
+        self.init_rope()
+
+    @torch.no_grad()
+    def init_rope(self) -> None:
         if self.rope_cos.device.type != "meta":
             cos, sin = precompute_rope(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta)
             self.rope_cos.copy_(cos)
@@ -193,6 +195,15 @@ class Transformer(nn.Module):
         if targets is None:
             return self.output(h).float()
         return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.output.weight, targets.reshape(-1), self.loss_kernel)
+
+
+@torch.no_grad()
+def init_parameter(name: str, tensor: torch.Tensor) -> None:
+    """Ones for the RMSNorm gains, Normal(0, 0.02) for every matrix and the embedding."""
+    if name.endswith("norm.weight"):
+        nn.init.ones_(tensor)
+    else:
+        nn.init.normal_(tensor, mean=0.0, std=INIT_STD)
 
 
 def num_parameters(model: nn.Module) -> int:

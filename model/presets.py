@@ -60,8 +60,11 @@ PRESETS: dict[str, Preset] = {
         Preset("1B", dim=2048, n_layers=16, n_heads=16, lr=3.0e-4, batch_tokens=1 * M),
         # CPU presets for the demo and tests: same architecture, sized to train in minutes. Their lr is
         # higher because small models tolerate it (cf. GPT-3 Table 2.1: lr grows as models shrink).
-        Preset("tiny", dim=128, n_layers=4, n_heads=4, lr=1e-3, batch_tokens=8 * 256, max_seq_len=256, vocab_size=None),
-        Preset("small", dim=256, n_layers=4, n_heads=8, lr=6e-4, batch_tokens=16 * 512, max_seq_len=512, vocab_size=None),
+        # Their token budget is 200 steps, a demo's length.
+        Preset("tiny", dim=128, n_layers=4, n_heads=4, lr=1e-3, batch_tokens=8 * 256, max_seq_len=256, vocab_size=None,
+               train_tokens=200 * 8 * 256),
+        Preset("small", dim=256, n_layers=4, n_heads=8, lr=6e-4, batch_tokens=16 * 512, max_seq_len=512, vocab_size=None,
+               train_tokens=200 * 16 * 512),
     )
 }
 

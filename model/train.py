@@ -14,7 +14,14 @@ The recipe:
 - Gradient clipping at 1.0 (§2.2).
 - Gradient accumulation to reach the global batch: Table 2's 4M tokens per step for the paper
   presets, derived from the preset unless --grad-accum is given.
-- Distribution, activation checkpointing and torch.compile: model/distributed.py.
+- Length: Table 2's tokens (1.0T for 7B and 13B, 1.4T for 33B and 65B) at that batch, unless --steps.
+- Distribution, activation checkpointing and torch.compile: model/distributed.py. The model is built
+  on the meta device, sharded, then materialized and initialized (model/distributed.py materialize).
+
+The plan: `resolve` fills every setting not given from the preset — context, micro-batch,
+accumulation, tokens per step, warmup, peak lr, steps, tokens — and `plan_lines` prints it; the
+launcher (flows/pretrain.py) calls the same two functions to show the plan before torchrun starts,
+and passes on only what the user set.
 
 Writes to RUN_DIR: metrics.jsonl (one JSON line per logged step), checkpoints/step-NNNNNN/
 (model/checkpoint.py: torch.distributed.checkpoint, atomic) and summary.json at the end. Only rank 0
@@ -22,7 +29,13 @@ writes the logs; every rank writes its checkpoint shards.
 
 Resume: by default a run continues from the newest complete checkpoint in RUN_DIR — model,
 optimizer, lr scheduler, RNG states and the data loader's position — on any world size, and
-metrics.jsonl is cut back to that step. On CPU with the same world size and threads, the resumed
+metrics.jsonl is cut back to that step. The global batch (tokens per step) stays the checkpoint's:
+on another world size the micro-batch and accumulation are derived again to give it (the largest
+micro-batch not above the checkpointed run's), and a world size or a --batch-size/--grad-accum that
+cannot give it is refused before any process group forms, with values that would.
+
+Retention: after each checkpoint, the newest --keep-last (default 3) and every --keep-every'th stay,
+older complete ones are deleted crash-safely (model/checkpoint.py prune_checkpoints). On CPU with the same world size and threads, the resumed
 loss curve is bit for bit the uninterrupted one (tests/test_train_resume.py, also after SIGKILL in
 the middle of a step or of a checkpoint write: model/faults.py).
 
@@ -30,7 +43,9 @@ Precision: bf16 autocast (or FSDP2's bf16 parameters on CUDA) with fp32 master w
 optimizer state where the hardware has bf16, fp32 elsewhere (--precision).
 
 Metrics per logged step: loss, lr, gradient norm (before clipping), tokens/s, MFU (model/flops.py),
-peak memory, and the validation loss on the held-out val shards every --eval-every steps.
+peak memory, and the validation loss on the held-out val shards every --eval-every steps. tokens/s
+and MFU count training time only: the time spent evaluating and checkpointing is left out. On CUDA,
+fp32 matmuls run as TF32 (and MFU counts the TF32 peak).
 """
 
 from __future__ import annotations
@@ -47,7 +62,16 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint
+from model.checkpoint import (
+    PARTIAL_SUFFIX,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_meta,
+    remove_partial,
+    save_checkpoint,
+)
 from model.data import TokenDataError, TokenShards, TokenStream, eval_batches
 from model.distributed import (
     DistEnv,
@@ -62,12 +86,13 @@ from model.distributed import (
     destroy_distributed,
     full_value,
     init_distributed,
+    materialize,
     resolve_precision,
 )
 from model.faults import kill_point
 from model.flops import flops_per_token, mfu, peak_flops
-from model.llama import Transformer, num_parameters
-from model.presets import PRESETS, get_preset
+from model.llama import ModelArgs, Transformer, num_parameters
+from model.presets import PRESETS, count_parameters, get_preset
 
 ADAM_BETAS = (0.9, 0.95)  # §2.2
 ADAM_EPS = 1e-5  # LLaMA-2 §2.2 (LLaMA-1 does not state it)
@@ -75,6 +100,7 @@ WEIGHT_DECAY = 0.1  # §2.2
 GRAD_CLIP = 1.0  # §2.2
 MIN_LR_RATIO = 0.1  # §2.2: "the final learning rate is equal to 10% of the maximal learning rate"
 PAPER_WARMUP_STEPS = 2000  # §2.2
+DEFAULT_MICRO_BATCH = 8  # sequences per process per micro-batch when --batch-size is not given
 
 
 @dataclass
@@ -82,9 +108,9 @@ class TrainConfig:
     data: Path
     out: Path
     preset: str = "tiny"
-    steps: int = 100
+    steps: int | None = None  # default: the preset's training tokens (Table 2) at its batch
     seq_len: int | None = None  # default: the preset's context length
-    batch_size: int = 8  # sequences per micro-batch per process
+    batch_size: int | None = None  # sequences per micro-batch per process; default 8 (or kept on resume)
     grad_accum: int | None = None  # default: reach the preset's batch_tokens
     lr: float | None = None  # default: the preset's peak lr (Table 2)
     warmup: int | None = None  # default: min(2000, steps // 10)
@@ -93,9 +119,11 @@ class TrainConfig:
     min_lr_ratio: float = MIN_LR_RATIO
     seed: int = 0
     log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end
+    eval_every: int = 1000  # 0: evaluate only at the end
     eval_batches: int = 4
-    ckpt_every: int = 0  # 0: checkpoint only at the end
+    ckpt_every: int = 1000  # 0: checkpoint only at the end
+    keep_last: int = 3  # checkpoints kept: the newest keep_last (0: all) ...
+    keep_every: int = 0  # ... and every step that is a multiple of keep_every (0: none)
     resume: str = "auto"  # auto: newest complete checkpoint of --out, if any; none; or a checkpoint folder
     precision: str = "auto"  # auto: bf16 where the hardware has it; fp32; bf16
     activation_checkpointing: str = "none"  # none, selective (keep matmul outputs), full
@@ -129,21 +157,123 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve(cfg: TrainConfig, vocab_size: int, world_size: int) -> dict:
-    """Fill the config's defaults from the preset; returns the settings actually used."""
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def keep_global_batch(
+    tokens_per_step: int, seq_len: int, world_size: int, batch_size: int | None, grad_accum: int | None, saved_batch_size: int
+) -> tuple[int, int]:
+    """(micro-batch, accumulation) that give a resumed run's `tokens_per_step` on `world_size`
+    processes, keeping whichever of batch_size / grad_accum the user gave (None: free); with the
+    micro-batch free, the largest one not above the checkpointed run's (that one fit in memory).
+    Raises ValueError naming values that would work when there are none."""
+    sequences = tokens_per_step // seq_len
+    what = f"the checkpoint's global batch of {tokens_per_step:,} tokens per step ({sequences} sequences of {seq_len})"
+    if tokens_per_step % seq_len or sequences % world_size:
+        worlds = [w for w in _divisors(sequences) if w <= 4 * world_size][-8:]
+        raise ValueError(
+            f"{what} does not split over {world_size} processes; world sizes that keep it: "
+            f"{', '.join(map(str, worlds))}, ... (any divisor of {sequences})"
+        )
+    per_process = sequences // world_size
+    options = [(b, per_process // b) for b in _divisors(per_process)]
+    fits = [(b, a) for b, a in options if batch_size in (None, b) and grad_accum in (None, a)]
+    if not fits:
+        near = [o for o in options if o[0] <= max(batch_size or 1, saved_batch_size)][-3:] or options[:3]
+        given = " ".join(f"--{k} {v}" for k, v in (("batch-size", batch_size), ("grad-accum", grad_accum)) if v is not None)
+        raise ValueError(
+            f"{given} on {world_size} processes cannot give {what}: use "
+            + " or ".join(f"--batch-size {b} --grad-accum {a}" for b, a in near)
+            + " (or leave them out to have them derived)"
+        )
+    cap = batch_size or saved_batch_size
+    below = [f for f in fits if f[0] <= cap]
+    return max(below) if below else min(fits)
+
+
+def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: dict | None = None) -> dict:
+    """The run's plan: every setting the config leaves None, from the preset; `resumed` is the
+    checkpoint's plan (its meta["run"]) when resuming, whose global batch is kept. Called by the
+    launcher to print it and by every rank to run it. vocab_size: the tokenizer's (the paper
+    presets fix their own)."""
     preset = get_preset(cfg.preset)
     seq_len = cfg.seq_len or preset.max_seq_len
     if seq_len > preset.max_seq_len:
         raise ValueError(f"--seq-len {seq_len} exceeds preset {preset.name} context {preset.max_seq_len}")
-    grad_accum = cfg.grad_accum or max(1, round(preset.batch_tokens / (cfg.batch_size * seq_len * world_size)))
+    if resumed and resumed.get("seq_len") == seq_len and resumed.get("tokens_per_step"):
+        batch_size, grad_accum = keep_global_batch(
+            resumed["tokens_per_step"], seq_len, world_size, cfg.batch_size, cfg.grad_accum,
+            resumed.get("batch_size") or DEFAULT_MICRO_BATCH,
+        )
+    else:
+        batch_size = cfg.batch_size or DEFAULT_MICRO_BATCH
+        grad_accum = cfg.grad_accum or max(1, round(preset.batch_tokens / (batch_size * seq_len * world_size)))
+    tokens_per_step = batch_size * seq_len * grad_accum * world_size
+    if cfg.steps:
+        steps = cfg.steps
+    elif preset.train_tokens:
+        steps = math.ceil(preset.train_tokens / tokens_per_step)
+    else:
+        raise ValueError(f"preset {preset.name} has no training-token budget: pass --steps")
+    vocab = preset.vocab_size or vocab_size
+    lr = cfg.lr if cfg.lr is not None else preset.lr
     return {
+        "preset": preset.name,
+        "parameters": count_parameters(preset.name, vocab) if vocab else None,
+        "vocab_size": vocab,
         "seq_len": seq_len,
+        "batch_size": batch_size,
         "grad_accum": grad_accum,
-        "lr": cfg.lr if cfg.lr is not None else preset.lr,
-        "warmup": cfg.warmup if cfg.warmup is not None else min(PAPER_WARMUP_STEPS, cfg.steps // 10),
-        "vocab_size": preset.vocab_size or vocab_size,
-        "tokens_per_step": cfg.batch_size * seq_len * grad_accum * world_size,
+        "world_size": world_size,
+        "tokens_per_step": tokens_per_step,
+        "preset_tokens_per_step": preset.batch_tokens,
+        "lr": lr,
+        "min_lr": lr * cfg.min_lr_ratio,
+        "warmup": cfg.warmup if cfg.warmup is not None else min(PAPER_WARMUP_STEPS, steps // 10),
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "preset_tokens": preset.train_tokens,
     }
+
+
+def plan_lines(run: dict) -> list[str]:
+    """The plan as printed before a run starts (by the launcher and by the trainer's rank 0)."""
+    params = f"{run['parameters']:,} parameters" if run["parameters"] else "parameters: vocab from the tokenizer"
+    budget = f" (preset: {run['preset_tokens']:,})" if run["preset_tokens"] else ""
+    return [
+        f"preset {run['preset']}: {params}, context {run['seq_len']}",
+        f"batch: micro-batch {run['batch_size']} x accumulation {run['grad_accum']} x {run['world_size']} processes x "
+        f"{run['seq_len']} tokens = {run['tokens_per_step']:,} tokens per step (preset: {run['preset_tokens_per_step']:,})",
+        f"schedule: peak lr {run['lr']:g}, warmup {run['warmup']:,} steps, cosine to {run['min_lr']:g}",
+        f"length: {run['steps']:,} steps, {run['tokens']:,} tokens{budget}",
+    ]
+
+
+def build_model(args: ModelArgs, env: DistEnv, precision: str, cfg: TrainConfig) -> torch.nn.Module:
+    """The model on env.device, ready to train: built on the meta device (no memory), wrapped
+    (activation checkpointing, torch.compile), sharded (FSDP2), then materialized and initialized,
+    so a rank holds its shard and one full parameter at most, never the whole model."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = apply_activation_checkpointing(model, cfg.activation_checkpointing)
+    if cfg.compile:
+        model = compile_blocks(model)
+    model = apply_fsdp(model, env, precision)
+    return materialize(model, env.device, cfg.seed)
+
+
+def checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint this run continues from (--resume), or None."""
+    if cfg.resume == "none":
+        if latest_checkpoint(cfg.out) is not None:
+            raise CheckpointError(f"{cfg.out} already holds checkpoints; --resume none needs a run folder without them")
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(cfg.out)
+    if not Path(cfg.resume).is_dir():
+        raise CheckpointError(f"--resume {cfg.resume}: no such checkpoint folder")
+    return Path(cfg.resume)
 
 
 @torch.no_grad()
@@ -177,19 +307,19 @@ def train(cfg: TrainConfig) -> dict:
     # bad --data fails fast on every rank instead of hanging the others.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     shards = TokenShards(cfg.data)
-    run = resolve(cfg, shards.vocab_size, world)
+    ckpt_from = checkpoint_to_resume(cfg)
+    resumed = read_meta(ckpt_from) if ckpt_from is not None else None
+    run = resolve(cfg, shards.vocab_size, world, resumed.get("run") if resumed else None)
     if shards.vocab_size > run["vocab_size"]:
         raise TokenDataError(
             f"{cfg.data}: tokenizer vocab {shards.vocab_size} exceeds preset {cfg.preset} vocab {run['vocab_size']}"
         )
-    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).is_dir():
-        raise CheckpointError(f"--resume {cfg.resume}: no such checkpoint folder")
     windows = TokenStream(shards, run["seq_len"], rank, world, cfg.seed)
-    val = eval_batches(shards.rank_segments("val", rank, world), run["seq_len"], cfg.batch_size, cfg.eval_batches)
+    val = eval_batches(shards.rank_segments("val", rank, world), run["seq_len"], run["batch_size"], cfg.eval_batches)
 
     env = init_distributed()
     try:
-        return _train(cfg, run, env, windows, val)
+        return _train(cfg, run, env, windows, val, ckpt_from, resumed)
     finally:
         destroy_distributed()
 
@@ -201,35 +331,31 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
     return [r for r in records if r["step"] <= upto]
 
 
-def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val: list) -> dict:
+def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val: list,
+           ckpt_from: Path | None, resumed: dict | None) -> dict:
     preset = get_preset(cfg.preset)
     args = preset.model_args(run["vocab_size"], run["seq_len"])
     precision = resolve_precision(cfg.precision, env.device)
+    if env.device.type == "cuda" and precision == "fp32":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores (model/flops.py counts their peak)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    torch.manual_seed(cfg.seed)  # same init on every rank before sharding
-    model = Transformer(args).to(env.device)
+    model = build_model(args, env, precision, cfg)
     parameters = num_parameters(model)
-    model = apply_activation_checkpointing(model, cfg.activation_checkpointing)
-    if cfg.compile:
-        model = compile_blocks(model)
-    model = apply_fsdp(model, env, precision)
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
-    scheduler = lr_scheduler(optimizer, run["warmup"], cfg.steps, cfg.min_lr_ratio)
+    scheduler = lr_scheduler(optimizer, run["warmup"], run["steps"], cfg.min_lr_ratio)
     have_val = all_reduce_min(len(val), env) > 0  # every rank must run the same evaluation collectives
 
     out = Path(cfg.out)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in remove_partial(out):
-            print(f"[model.train] removed the incomplete checkpoint {stale.name} of a crashed save", flush=True)
+            what = "save" if stale.name.endswith(PARTIAL_SUFFIX) else "deletion"
+            print(f"[model.train] removed the incomplete checkpoint {stale.name} of a crashed {what}", flush=True)
     barrier(env)
 
-    # Resume: model, optimizer, scheduler, RNG states and the loader position of the newest complete
-    # checkpoint (or the one named), on whatever world size this run has.
-    ckpt_from = latest_checkpoint(out) if cfg.resume == "auto" else None if cfg.resume == "none" else Path(cfg.resume)
-    if cfg.resume == "none" and latest_checkpoint(out) is not None:
-        raise CheckpointError(f"{out} already holds checkpoints; --resume none needs a run folder without them")
+    # Resume: model, optimizer, scheduler, RNG states and the loader position of the checkpoint
+    # chosen before the process group formed (checkpoint_to_resume), on whatever world size this run has.
     start_step, tokens_seen = 0, 0
     if ckpt_from is not None:
         meta = load_checkpoint(ckpt_from, model, optimizer, scheduler, args, env)
@@ -246,9 +372,16 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         metrics = open(metrics_path, "w")
         metrics.writelines(json.dumps(r) + "\n" for r in history)
         metrics.flush()
+        for line in plan_lines(run):
+            print(f"[model.train] plan: {line}", flush=True)
+        before = (resumed or {}).get("run", {})
+        if before.get("world_size", env.world_size) != env.world_size:
+            print(f"[model.train] global batch kept across world sizes: micro-batch {before.get('batch_size')} x accumulation "
+                  f"{before.get('grad_accum')} x {before['world_size']} before, {run['batch_size']} x {run['grad_accum']} x "
+                  f"{env.world_size} now, {run['tokens_per_step']:,} tokens per step", flush=True)
         print(
             f"[model.train] preset {preset.name}: {parameters:,} parameters, world {env.world_size} on "
-            f"{env.device.type} ({precision}), {run['tokens_per_step']:,} tokens/step (batch {cfg.batch_size} x seq "
+            f"{env.device.type} ({precision}), {run['tokens_per_step']:,} tokens/step (batch {run['batch_size']} x seq "
             f"{run['seq_len']} x accum {run['grad_accum']} x {env.world_size}), lr {run['lr']:g}, warmup {run['warmup']}"
             + (f"; resumed from {ckpt_from} at step {start_step}" if ckpt_from is not None else ""),
             flush=True,
@@ -260,14 +393,16 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     }
     started = last_log_time = time.perf_counter()
     trained_tokens = last_log_tokens = 0  # in this process, for throughput
+    paused = last_log_paused = 0.0  # seconds spent evaluating and checkpointing: not in tokens/s and MFU
     losses = [r["loss"] for r in history]
     val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
     ckpt = ckpt_from
-    for step in range(start_step + 1, cfg.steps + 1):
+    steps = run["steps"]
+    for step in range(start_step + 1, steps + 1):
         lr = scheduler.get_last_lr()[0]
         loss_sum = torch.zeros((), device=env.device)
         for _ in range(run["grad_accum"]):
-            x, y = windows.batch(cfg.batch_size)
+            x, y = windows.batch(run["batch_size"])
             with autocast(env.device, precision, env.distributed):
                 loss = model(x.to(env.device), y.to(env.device))
             (loss / run["grad_accum"]).backward()
@@ -280,14 +415,14 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         tokens_seen += run["tokens_per_step"]
         trained_tokens += run["tokens_per_step"]
 
-        last_step = step == cfg.steps
+        last_step = step == steps
         evaluate_now = have_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
         log_now = step == start_step + 1 or last_step or step % cfg.log_every == 0 or evaluate_now
         if log_now:
             loss_value = all_reduce_mean(loss_sum.item() / run["grad_accum"], env)
             losses.append(loss_value)
             now = time.perf_counter()
-            tokens_per_s = (trained_tokens - last_log_tokens) / max(now - last_log_time, 1e-9)
+            tokens_per_s = (trained_tokens - last_log_tokens) / max(now - last_log_time - (paused - last_log_paused), 1e-9)
             record = {
                 "step": step,
                 "loss": loss_value,
@@ -299,39 +434,46 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 "peak_mem_gib": all_reduce_max(peak_memory_bytes(env.device), env) / 2**30,
                 "elapsed_s": now - started,
             }
-            last_log_time, last_log_tokens = now, trained_tokens
+            last_log_time, last_log_tokens, last_log_paused = now, trained_tokens, paused
             if evaluate_now:
                 val_loss = record["val_loss"] = evaluate(model, val, env, precision)
+                paused += time.perf_counter() - now
             if metrics is not None:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 mfu_text = f" mfu {100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
                 print(
-                    f"step {step}/{cfg.steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {record['grad_norm']:.3f} "
+                    f"step {step}/{steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {record['grad_norm']:.3f} "
                     f"tok/s {tokens_per_s:,.0f}{mfu_text}" + (f" val_loss {val_loss:.4f}" if evaluate_now else ""),
                     flush=True,
                 )
         if last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0):
+            saving = time.perf_counter()
             ckpt = save_checkpoint(
                 out, step, model, optimizer, scheduler, args, env,
                 # The loader's global position (model/data.py TokenStream), the same on every rank.
                 extra={"tokens_seen": tokens_seen, "data_loader": windows.state_dict()} | settings,
             )
+            if env.is_main:
+                for old in prune_checkpoints(out, cfg.keep_last, cfg.keep_every, step):
+                    print(f"[model.train] deleted checkpoint {old.name} (keep last {cfg.keep_last}, every {cfg.keep_every})", flush=True)
+            paused += time.perf_counter() - saving
 
     elapsed = time.perf_counter() - started
-    tokens_per_s = trained_tokens / max(elapsed, 1e-9)
+    tokens_per_s = trained_tokens / max(elapsed - paused, 1e-9)
     summary = {
         "preset": preset.name,
         "parameters": parameters,
         "world_size": env.world_size,
         "device": env.device.type,
         "precision": precision,
-        "steps": cfg.steps,
+        "steps": steps,
         "tokens": tokens_seen,
         "tokens_per_s": tokens_per_s,
         "mfu": mfu(tokens_per_s, flops_token, peak, env.world_size),
         "peak_mem_gib": all_reduce_max(peak_memory_bytes(env.device), env) / 2**30,
         "elapsed_s": elapsed,
+        "eval_and_checkpoint_s": paused,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "val_loss": val_loss,
@@ -353,9 +495,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--data", type=Path, required=True, help="token shards folder (pipeline/token_shards.py)")
     p.add_argument("--out", type=Path, required=True, help="run folder: metrics.jsonl, checkpoints/, summary.json")
     p.add_argument("--preset", default="tiny", choices=list(PRESETS))
-    p.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's training tokens, Table 2)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: preset context)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per process")
+    p.add_argument("--batch-size", type=int,
+                   help=f"sequences per micro-batch per process (default {DEFAULT_MICRO_BATCH}; on resume: what keeps the global batch)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (default: reach the preset's batch tokens)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: preset, Table 2)")
     p.add_argument("--warmup", type=int, help="warmup steps (default: min(2000, steps // 10))")
@@ -363,9 +506,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--grad-clip", type=float, default=GRAD_CLIP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
+    p.add_argument("--eval-every", type=int, default=1000, help="0: evaluate only at the end")
     p.add_argument("--eval-batches", type=int, default=4)
-    p.add_argument("--ckpt-every", type=int, default=0, help="0: checkpoint only at the end")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="0: checkpoint only at the end")
+    p.add_argument("--keep-last", type=int, default=3, help="checkpoints kept: the newest N (0: all) ...")
+    p.add_argument("--keep-every", type=int, default=0, help="... and those of steps that are multiples of N (0: none)")
     p.add_argument("--resume", default="auto",
                    help="auto: the newest complete checkpoint in --out (default); none: start afresh; or a checkpoint folder")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
@@ -376,8 +521,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: datasheet / CPU estimate)")
     ns = p.parse_args(argv)
-    if ns.steps < 1 or ns.batch_size < 1 or ns.log_every < 1:
-        p.error("--steps, --batch-size and --log-every must be >= 1")
+    if any(v is not None and v < 1 for v in (ns.steps, ns.batch_size, ns.grad_accum, ns.log_every)):
+        p.error("--steps, --batch-size, --grad-accum and --log-every must be >= 1")
+    if ns.keep_last < 0 or ns.keep_every < 0:
+        p.error("--keep-last and --keep-every must be >= 0")
     return TrainConfig(**{k: v for k, v in vars(ns).items()})
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -28,7 +29,7 @@ from model.checkpoint import (
 )
 from model.distributed import DistEnv, apply_activation_checkpointing
 from model.llama import ModelArgs, Transformer
-from model.train import lr_scheduler, param_groups
+from model.train import keep_global_batch, lr_scheduler, param_groups
 from tests.test_train import REPO, counting_docs, run_subprocess, torchrun, write_token_shards
 
 ENV1 = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -181,18 +182,31 @@ def test_killed_while_writing_a_checkpoint_resumes_bit_for_bit(data, reference, 
     assert_same_weights(out, reference)
 
 
+def without_batch_options(args: list[str]) -> list[str]:
+    drop = {i + d for i, a in enumerate(args) if a in ("--batch-size", "--grad-accum") for d in (0, 1)}
+    return [a for i, a in enumerate(args) if i not in drop]
+
+
+def continued_from_step_4(reference: Path, run: Path) -> Path:
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(reference / "checkpoints" / "step-000004", run / "checkpoints" / "step-000004")
+    shutil.copy(reference / "metrics.jsonl", run / "metrics.jsonl")  # cut back to step 4 on resume
+    return run
+
+
 @pytest.mark.slow
 def test_resume_on_another_world_size(data, reference, tmp_path):
-    """DCP reshards: the 2-rank step-4 checkpoint continues in one process (twice the per-process
-    batch, so the same global batches), and a 1-process checkpoint continues on 2 ranks. Only the
-    order of floating-point sums differs, so the curve matches to float32 rounding."""
-    two_to_one = tmp_path / "two_to_one"
-    (two_to_one / "checkpoints").mkdir(parents=True)
-    shutil.copytree(reference / "checkpoints" / "step-000004", two_to_one / "checkpoints" / "step-000004")
-    shutil.copy(reference / "metrics.jsonl", two_to_one / "metrics.jsonl")  # cut back to step 4 on resume
-    done = run_subprocess(train_cmd(data, two_to_one, "--batch-size", "8", nproc=None))
+    """DCP reshards: the 2-rank step-4 checkpoint continues in one process, its micro-batch and
+    accumulation derived again to keep the global batch (4 x 2 x 2 ranks -> 4 x 4 x 1), and a
+    1-process checkpoint continues on 2 ranks. Only the order of floating-point sums differs, so
+    the curve matches to float32 rounding."""
+    two_to_one = continued_from_step_4(reference, tmp_path / "two_to_one")
+    launcher = [sys.executable, "-m", "model.train", "--data", str(data), "--out", str(two_to_one)]
+    done = run_subprocess(launcher + without_batch_options(TRAIN_ARGS))
     assert done.returncode == 0, explain(done)
     assert "world 1" in done.stdout and "at step 4" in done.stdout
+    assert ("global batch kept across world sizes: micro-batch 4 x accumulation 2 x 2 before, 4 x 4 x 1 now, "
+            "1,024 tokens per step") in done.stdout
 
     one_to_two = tmp_path / "one_to_two"
     first = run_subprocess(train_cmd(data, one_to_two, "--batch-size", "8", "--ckpt-every", "6", nproc=None),
@@ -211,35 +225,62 @@ def test_resume_on_another_world_size(data, reference, tmp_path):
         assert [r["lr"] for r in got] == pytest.approx([r["lr"] for r in want], rel=1e-12)
 
 
+def test_resume_refuses_a_batch_that_changes_the_global_batch(data, reference, tmp_path):
+    """A --batch-size that cannot give the checkpoint's 1,024 tokens per step on this world size is
+    refused before training, naming values that would; so is a world size that cannot."""
+    run = continued_from_step_4(reference, tmp_path / "run")
+    refused = run_subprocess([sys.executable, "-m", "model.train", "--data", str(data), "--out", str(run),
+                              *without_batch_options(TRAIN_ARGS), "--batch-size", "3"])
+    assert refused.returncode == 2
+    assert ("--batch-size 3 on 1 processes cannot give the checkpoint's global batch of 1,024 tokens per step "
+            "(16 sequences of 64): use --batch-size 1 --grad-accum 16 or --batch-size 2 --grad-accum 8 or "
+            "--batch-size 4 --grad-accum 4") in refused.stderr
+    assert records(run)[-1]["step"] > 4  # nothing trained, nothing cut
+    with pytest.raises(ValueError, match="does not split over 3 processes; world sizes that keep it: 1, 2, 4, 8"):
+        keep_global_batch(1024, 64, 3, None, None, 4)
+    assert keep_global_batch(1024, 64, 4, None, None, 4) == (4, 1)
+    assert keep_global_batch(1024, 64, 1, None, 2, 4) == (8, 2)  # accumulation given: the micro-batch follows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def spec_with_train(path: Path, train: dict) -> Path:
+    """The demo spec with another `train` section."""
+    raw = yaml.safe_load((REPO / "data_specs" / "demo.yaml").read_text())
+    path.write_text(yaml.safe_dump(raw | {"train": train}, sort_keys=False))
+    return path
+
+
 @pytest.mark.slow
-def test_two_node_rendezvous_on_localhost(data, reference, tmp_path):
-    """Two torchrun invocations, one process each, meeting at a c10d rendezvous endpoint as two
-    nodes would: the same 2-rank run, so the same loss curve as the single-node reference."""
-    out = tmp_path / "run"
-    port = free_port()
-    launchers = []
-    for node_rank in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "model.train", "--data", str(data), "--out", str(out), *TRAIN_ARGS]
-        launchers.append(subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True, start_new_session=True))
+def test_two_node_rendezvous_through_the_cli(prefect_server, data, reference, tmp_path):
+    """Two `llama-recipe pretrain` commands, one process each, meeting at a c10d rendezvous endpoint
+    as two nodes would (--nnodes 2 --node-rank N --rdzv-endpoint): the same 2-rank run as the
+    single-node reference, so the same loss curve."""
+    extra = [a for a in TRAIN_ARGS if a not in ("--preset", "tiny")]
+    spec = spec_with_train(tmp_path / "spec.yaml", {"preset": "tiny", "nproc": 1, "extra_args": extra})
+    out, port = tmp_path / "run", free_port()
+    cli = str(Path(sys.executable).parent / "llama-recipe")
+    launchers = [
+        subprocess.Popen([cli, "pretrain", "--tokens", str(data), "--out", str(out), "--spec", str(spec), "--nnodes", "2",
+                          "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}"],
+                         cwd=REPO, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        for rank in (0, 1)
+    ]
     outputs = []
     for proc in launchers:
         try:
-            outputs.append(proc.communicate(timeout=180)[0])
+            outputs.append(proc.communicate(timeout=240)[0])
         except subprocess.TimeoutExpired:
             for p in launchers:
-                p.kill()
+                os.killpg(p.pid, 9)
             pytest.fail("two-node rendezvous timed out")
-    assert all(p.returncode == 0 for p in launchers), "\n".join(o[-2000:] for o in outputs)
-    assert sum("world 2" in o for o in outputs) == 1  # one global rank 0 across the two "nodes"
+    assert all(p.returncode == 0 for p in launchers), "\n".join(o[-3000:] for o in outputs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["run"]["world_size"] == 2
     assert curve(out) == curve(reference)
 
 
