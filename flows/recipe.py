@@ -20,5 +20,5 @@ def recipe(spec_path: str, inputs_dir: str, out_dir: str, force: bool = False, t
     build = build_corpus(spec_path, inputs_dir, str(out / "build"), force, workers)
     result: dict[str, Any] = {"build": build}
     if train:
-        result["train"] = pretrain(build["tokens"], str(out / "train"), spec.train.model_dump(mode="json"))
+        result["train"] = pretrain(build["tokens"], str(out / "train"), spec.train.model_dump(mode="json", exclude_unset=True))  # only what the spec sets: the rest is the preset's
     return result
