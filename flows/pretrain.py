@@ -217,16 +217,24 @@ def loss_curve_png(run_dir: Path) -> bytes:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in worker threads
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    figure = Figure(figsize=(6, 3.5), dpi=100)
+    figure = Figure(figsize=(7, 4), dpi=100)
     axes = figure.add_subplot()
-    axes.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss")
+    axes.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss", color="black", alpha=0.6)
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     if val:
-        axes.plot(*zip(*val), "o-", label="validation loss")
+        axes.plot(*zip(*val), "o-", label="validation loss", color="black")
+    # One curve per source's held-out documents, and the fixed reference set (model/train.py).
+    sources = sorted({s for r in records for s in r.get("val_loss_by_source", {})})
+    for source in sources:
+        points = [(r["step"], r["val_loss_by_source"][source]) for r in records if source in r.get("val_loss_by_source", {})]
+        axes.plot(*zip(*points), ".--", label=f"val: {source}")
+    reference = [(r["step"], r["val_loss_reference"]) for r in records if "val_loss_reference" in r]
+    if reference:
+        axes.plot(*zip(*reference), "s-", label="reference set")
     axes.set_xlabel("step")
     axes.set_ylabel("cross-entropy (nats/token)")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -238,6 +246,8 @@ def report_markdown(summary: dict[str, Any], png: bytes) -> str:
     rows = [
         ("loss", f"{summary['first_loss']:.3f} → {summary['last_loss']:.3f}" if summary.get("first_loss") is not None else "-"),
         ("validation loss", f"{summary['val_loss']:.3f}" if summary.get("val_loss") is not None else "-"),
+        *((f"validation loss: {source}", f"{loss:.3f}") for source, loss in (summary.get("val_loss_by_source") or {}).items()),
+        *([("reference set loss", f"{summary['val_loss_reference']:.3f}")] if summary.get("val_loss_reference") is not None else []),
         ("steps / tokens", f"{summary['steps']} / {summary['tokens']:,}"),
         ("tokens/s", f"{summary['tokens_per_s']:,.0f} ({summary['world_size']} × {summary['device']}, {summary.get('precision')})"),
         ("MFU", f"{100 * mfu:.1f}% ({summary['run'].get('peak_flops_source')})" if mfu is not None else "-"),

@@ -1,11 +1,12 @@
 """Reads the token shards written by pipeline/token_shards.py and cuts training windows from them.
 
     <tokens dir>/manifest.json          StageFolder manifest; its "stats" describe the shards:
-                                        format "llama-recipe-tokens", version 1, dtype "uint16",
+                                        format "llama-recipe-tokens", version 1 or 2, dtype "uint16",
                                         vocab_size, bos_id, eos_id, shards: [{split, path, idx_path, tokens, docs, sha256}]
     <tokens dir>/train/shard-NNNNN.bin  flat little-endian uint16 ids: BOS doc EOS BOS doc EOS ...
     <tokens dir>/train/shard-NNNNN.idx  little-endian int64 document start offsets (docs + 1 of them)
-    <tokens dir>/val/...                the same for held-out documents
+    <tokens dir>/val/...                the same for held-out documents, plus (version 2) shard-NNNNN.src:
+                                        uint8 per document, its source (an index into stats["sources"])
 
 Shards are memory-mapped, never loaded. Training sequences are contiguous runs of seq_len + 1 tokens
 that may span document boundaries: LLaMA packs documents into 2048-token sequences without masking
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 FORMAT = "llama-recipe-tokens"
-VERSION = 1
+VERSIONS = (1, 2)  # 2 adds the val documents' sources
 DTYPE = np.dtype("<u2")
 
 
@@ -46,7 +47,7 @@ class Segment:
 
 
 class TokenShards:
-    def __init__(self, tokens_dir: Path | str):
+    def __init__(self, tokens_dir: Path | str, require_train: bool = True):
         self.dir = Path(tokens_dir)
         manifest_path = self.dir / "manifest.json"
         if not self.dir.is_dir():
@@ -58,10 +59,10 @@ class TokenShards:
             stats = json.loads(manifest_bytes)["stats"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise TokenDataError(f"{manifest_path}: not a stage manifest with a 'stats' object ({exc})") from exc
-        if stats.get("format") != FORMAT or stats.get("version") != VERSION:
+        if stats.get("format") != FORMAT or stats.get("version") not in VERSIONS:
             raise TokenDataError(
                 f"{manifest_path}: format {stats.get('format')!r} version {stats.get('version')!r}, "
-                f"expected {FORMAT!r} version {VERSION}"
+                f"expected {FORMAT!r} version {' or '.join(map(str, VERSIONS))}"
             )
         if stats.get("dtype") != "uint16":
             raise TokenDataError(f"{manifest_path}: dtype {stats.get('dtype')!r}, only 'uint16' is supported")
@@ -69,7 +70,10 @@ class TokenShards:
         self.vocab_size: int = int(stats["vocab_size"])
         self.bos_id: int = int(stats.get("bos_id", 1))
         self.eos_id: int = int(stats.get("eos_id", 2))
+        self.tokenizer_sha256: str | None = stats.get("tokenizer_sha256")
+        self.source_names: list[str] = list(stats.get("sources", []))
         self.splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+        self._val_documents: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (tokens, offsets, sources) per val shard
         for shard in stats.get("shards", []):
             path = self.dir / shard["path"]
             if not path.is_file():
@@ -79,11 +83,33 @@ class TokenShards:
                 raise TokenDataError(f"{path}: {size} bytes, manifest says {shard['tokens']} uint16 tokens")
             tokens = np.memmap(path, dtype=DTYPE, mode="r") if size else np.zeros(0, dtype=DTYPE)
             self.splits.setdefault(shard["split"], []).append(tokens)
-        if self.num_tokens("train") == 0:
+            if shard["split"] == "val" and "src_path" in shard:
+                offsets = np.fromfile(self.dir / shard["idx_path"], dtype="<i8")
+                sources = np.fromfile(self.dir / shard["src_path"], dtype=np.uint8)
+                if len(offsets) != len(sources) + 1 or int(offsets[-1]) != len(tokens):
+                    raise TokenDataError(f"{self.dir / shard['src_path']}: does not match {shard['idx_path']}")
+                self._val_documents.append((tokens, offsets, sources))
+        if require_train and self.num_tokens("train") == 0:
             raise TokenDataError(f"{manifest_path}: no train tokens")
 
     def num_tokens(self, split: str) -> int:
         return sum(len(t) for t in self.splits.get(split, []))
+
+    def val_sources(self) -> list[str]:
+        """The sources that have held-out documents (version 2 folders; none for version 1)."""
+        present = {int(code) for _, _, sources in self._val_documents for code in np.unique(sources)}
+        return [name for code, name in enumerate(self.source_names) if code in present]
+
+    def source_segments(self, source: str, rank: int, world_size: int) -> list[Segment]:
+        """This rank's share of one source's held-out documents: that source's val documents, in
+        their val order, concatenated (a small copy: val is a sliver of the corpus) and cut into
+        world_size contiguous equal ranges, as rank_segments cuts a split."""
+        code = self.source_names.index(source)
+        pieces = [tokens[offsets[d]:offsets[d + 1]] for tokens, offsets, sources in self._val_documents
+                  for d in np.flatnonzero(sources == code)]
+        joined = np.concatenate(pieces) if pieces else np.zeros(0, dtype=DTYPE)
+        lo, hi = len(joined) * rank // world_size, len(joined) * (rank + 1) // world_size
+        return [Segment(joined, lo, hi)] if hi > lo else []
 
     def rank_segments(self, split: str, rank: int, world_size: int) -> list[Segment]:
         """This rank's disjoint share of a split: the concatenated shards cut into world_size

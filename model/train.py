@@ -120,7 +120,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 1000  # 0: evaluate only at the end
-    eval_batches: int = 4
+    eval_batches: int = 4  # batches per evaluation set (the val split, each source's val documents, --eval-ref)
+    eval_ref: Path | None = None  # a fixed reference set: a token shards folder of the same tokenizer (its val split)
     ckpt_every: int = 1000  # 0: checkpoint only at the end
     keep_last: int = 3  # checkpoints kept: the newest keep_last (0: all) ...
     keep_every: int = 0  # ... and every step that is a multiple of keep_every (0: none)
@@ -315,13 +316,31 @@ def train(cfg: TrainConfig) -> dict:
             f"{cfg.data}: tokenizer vocab {shards.vocab_size} exceeds preset {cfg.preset} vocab {run['vocab_size']}"
         )
     windows = TokenStream(shards, run["seq_len"], rank, world, cfg.seed)
-    val = eval_batches(shards.rank_segments("val", rank, world), run["seq_len"], run["batch_size"], cfg.eval_batches)
+    val = evaluation_sets(cfg, shards, run, rank, world)
 
     env = init_distributed()
     try:
         return _train(cfg, run, env, windows, val, ckpt_from, resumed)
     finally:
         destroy_distributed()
+
+
+def evaluation_sets(cfg: TrainConfig, shards: TokenShards, run: dict, rank: int, world: int) -> dict[str, list]:
+    """The fixed validation batches of this rank, by set: "val" (the held-out split as the mixture
+    made it), "val/<source>" (each source's held-out documents: the per-domain losses of the paper's
+    and OLMo's evaluations) and "reference" (--eval-ref: the same documents whatever the corpus, so
+    that runs on different builds, e.g. ablation variants, are compared on one yardstick)."""
+    batches = lambda segments: eval_batches(segments, run["seq_len"], run["batch_size"], cfg.eval_batches)
+    sets = {"val": batches(shards.rank_segments("val", rank, world))}
+    for source in shards.val_sources():
+        sets[f"val/{source}"] = batches(shards.source_segments(source, rank, world))
+    if cfg.eval_ref is not None:
+        reference = TokenShards(cfg.eval_ref, require_train=False)
+        if reference.tokenizer_sha256 != shards.tokenizer_sha256 or reference.vocab_size != shards.vocab_size:
+            raise TokenDataError(f"--eval-ref {cfg.eval_ref}: tokenized with another tokenizer than --data {cfg.data}")
+        split = "val" if reference.num_tokens("val") else "train"
+        sets["reference"] = batches(reference.rank_segments(split, rank, world))
+    return sets
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict]:
@@ -344,7 +363,10 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     parameters = num_parameters(model)
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
     scheduler = lr_scheduler(optimizer, run["warmup"], run["steps"], cfg.min_lr_ratio)
-    have_val = all_reduce_min(len(val), env) > 0  # every rank must run the same evaluation collectives
+    # Every rank must run the same evaluation collectives: a set is evaluated only where every rank
+    # has a batch of it (a source with too few held-out tokens for a window on each rank is left out).
+    val = {name: batches for name, batches in val.items() if all_reduce_min(len(batches), env) > 0}
+    have_val = bool(val)
 
     out = Path(cfg.out)
     if env.is_main:
@@ -396,6 +418,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     paused = last_log_paused = 0.0  # seconds spent evaluating and checkpointing: not in tokens/s and MFU
     losses = [r["loss"] for r in history]
     val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
+    last_eval = {key: r[key] for r in history for key in ("val_loss_by_source", "val_loss_reference") if key in r}
     ckpt = ckpt_from
     steps = run["steps"]
     for step in range(start_step + 1, steps + 1):
@@ -436,7 +459,15 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
             }
             last_log_time, last_log_tokens, last_log_paused = now, trained_tokens, paused
             if evaluate_now:
-                val_loss = record["val_loss"] = evaluate(model, val, env, precision)
+                losses_now = {name: evaluate(model, batches, env, precision) for name, batches in val.items()}
+                if "val" in losses_now:
+                    val_loss = record["val_loss"] = losses_now["val"]
+                by_source = {name.split("/", 1)[1]: loss for name, loss in losses_now.items() if name.startswith("val/")}
+                if by_source:
+                    record["val_loss_by_source"] = by_source
+                if "reference" in losses_now:
+                    record["val_loss_reference"] = losses_now["reference"]
+                last_eval |= {k: record[k] for k in ("val_loss_by_source", "val_loss_reference") if k in record}
                 paused += time.perf_counter() - now
             if metrics is not None:
                 metrics.write(json.dumps(record) + "\n")
@@ -444,7 +475,8 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 mfu_text = f" mfu {100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
                 print(
                     f"step {step}/{steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {record['grad_norm']:.3f} "
-                    f"tok/s {tokens_per_s:,.0f}{mfu_text}" + (f" val_loss {val_loss:.4f}" if evaluate_now else ""),
+                    f"tok/s {tokens_per_s:,.0f}{mfu_text}" + (f" val_loss {val_loss:.4f}" if "val_loss" in record else "")
+                    + (f" ref_loss {record['val_loss_reference']:.4f}" if "val_loss_reference" in record else ""),
                     flush=True,
                 )
         if last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0):
@@ -477,6 +509,9 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "val_loss": val_loss,
+        # The last evaluation's per-source and reference losses (as in metrics.jsonl).
+        "val_loss_by_source": last_eval.get("val_loss_by_source"),
+        "val_loss_reference": last_eval.get("val_loss_reference"),
         "resumed_from": str(ckpt_from) if ckpt_from is not None else None,
         "checkpoint": str(ckpt.relative_to(out)) if ckpt is not None and ckpt.is_relative_to(out) else (str(ckpt) if ckpt else None),
     } | settings
@@ -507,7 +542,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=1000, help="0: evaluate only at the end")
-    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--eval-batches", type=int, default=4, help="batches per evaluation set")
+    p.add_argument("--eval-ref", type=Path, default=None,
+                   help="a reference set evaluated with the others: a token shards folder of the same tokenizer (its val split)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="0: checkpoint only at the end")
     p.add_argument("--keep-last", type=int, default=3, help="checkpoints kept: the newest N (0: all) ...")
     p.add_argument("--keep-every", type=int, default=0, help="... and those of steps that are multiples of N (0: none)")

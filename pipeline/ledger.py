@@ -102,6 +102,8 @@ def listed_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             entries.append({"path": shard["path"], "sha256": shard["sha256"]})
             if "idx_path" in shard and "idx_sha256" in shard:
                 entries.append({"path": shard["idx_path"], "sha256": shard["idx_sha256"]})
+            if "src_path" in shard and "src_sha256" in shard:
+                entries.append({"path": shard["src_path"], "sha256": shard["src_sha256"]})
     return entries
 
 

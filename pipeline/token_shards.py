@@ -9,6 +9,8 @@ On-disk format (model/data.py depends on it exactly; bump FORMAT_VERSION on any 
       train/shard-00000.idx    little-endian int64 start offset of each copy in the .bin,
                                copies + 1 entries (the last one = tokens in the shard)
       val/shard-00000.bin/.idx the same format, for the held-out documents
+      val/shard-00000.src      (version 2) uint8 per document of a val shard: its source, as an
+                               index into the manifest's "sources" list (per-source val loss)
       ...                      more shards of each split, numbered from 00000
 
 Shard i of a split holds the copies whose shuffle key lies in the i-th of n equal ranges of the
@@ -64,7 +66,8 @@ from pipeline.tokenizer import TOKEN_DTYPE, load_tokenizer, pack_documents, toke
 
 STAGE_NAME = "token_shards"
 FORMAT = "llama-recipe-tokens"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: val shards carry a .src file (each document's source)
+SOURCE_DTYPE = np.dtype("u1")
 OFFSET_DTYPE = np.dtype("<i8")
 SPLITS = ("train", "val")
 CODE_VERSION = code_version_of(__file__)
@@ -163,7 +166,8 @@ def _spill_copies(job: _SpillJob) -> dict[str, Any]:
         keys = copy_keys(hashes[row_of], copy, split)
         order = np.lexsort((copy, row_of, keys))  # equal keys (astronomically rare): by row, copy
         np.save(job.path(split, "keys"), keys[order])
-        np.save(job.path(split, "copies"), np.stack([offsets[row_of], take, np.full(len(row_of), job.index)], axis=1)[order])
+        np.save(job.path(split, "copies"), np.stack([offsets[row_of], take, np.full(len(row_of), job.index),
+                                                     source_index[row_of]], axis=1)[order])
         result[split] = {
             "tokens": np.bincount(source_index[row_of], weights=take, minlength=len(SOURCES)).astype(np.int64),
             "copies": len(row_of),
@@ -207,13 +211,13 @@ def _write_shards(job: _ShardJob) -> tuple[list[dict[str, Any]], str]:
         name = f"{job.split}/shard-{shard:05d}"
         (Path(job.work) / job.split).mkdir(exist_ok=True)
         with open(Path(job.work) / f"{name}.bin", "wb") as out:
-            for offset, take, part in copies.tolist():
+            for offset, take, part, _ in copies.tolist():
                 if part not in token_files:
                     token_files[part] = np.memmap(job.parts[part].tokens, dtype=TOKEN_DTYPE, mode="r")
                 out.write(token_files[part][offset : offset + take].tobytes())
         ends = np.cumsum(copies[:, 1])
         np.concatenate([[0], ends]).astype(OFFSET_DTYPE).tofile(Path(job.work) / f"{name}.idx")
-        written.append({
+        entry = {
             "split": job.split,
             "path": f"{name}.bin",
             "idx_path": f"{name}.idx",
@@ -221,7 +225,11 @@ def _write_shards(job: _ShardJob) -> tuple[list[dict[str, Any]], str]:
             "docs": len(copies),
             "sha256": sha256_file(Path(job.work) / f"{name}.bin"),
             "idx_sha256": sha256_file(Path(job.work) / f"{name}.idx"),
-        })
+        }
+        if job.split == "val":  # each held-out document's source: the trainer's per-source val loss
+            copies[:, 3].astype(SOURCE_DTYPE).tofile(Path(job.work) / f"{name}.src")
+            entry |= {"src_path": f"{name}.src", "src_sha256": sha256_file(Path(job.work) / f"{name}.src")}
+        written.append(entry)
     return written, worker_id()
 
 
@@ -328,6 +336,7 @@ def write_token_shards(
                 "bos_id": bos,
                 "eos_id": eos,
                 "tokenizer_sha256": model_sha,
+                "sources": list(SOURCES),  # what a .src file's numbers name
                 "shards": shards,
                 "total_tokens": total_train + sum(val_tokens.values()),
                 "split_tokens": {"train": total_train, "val": sum(val_tokens.values())},
@@ -385,9 +394,9 @@ class TokenShards:
         self.path = Path(path)
         manifest = read_manifest(self.path)
         stats = manifest.get("stats", {})
-        if stats.get("format") != FORMAT or stats.get("version") != FORMAT_VERSION:
+        if stats.get("format") != FORMAT or stats.get("version") not in (1, FORMAT_VERSION):
             raise StageError(
-                f"{self.path}: not a {FORMAT} v{FORMAT_VERSION} folder "
+                f"{self.path}: not a {FORMAT} v1-v{FORMAT_VERSION} folder "
                 f"(format {stats.get('format')!r}, version {stats.get('version')!r})"
             )
         self.split = split

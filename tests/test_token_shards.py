@@ -105,7 +105,7 @@ def test_tokens_per_source_equal_the_targets(built):
     stats = manifest["stats"]
     mixture = read_manifest(built["mixture"])["stats"]["sources"]
     assert manifest["kind"] == "token_shards"
-    assert (stats["format"], stats["version"], stats["dtype"]) == ("llama-recipe-tokens", 1, "uint16")
+    assert (stats["format"], stats["version"], stats["dtype"]) == ("llama-recipe-tokens", 2, "uint16")
     assert stats["vocab_size"] == load_tokenizer(built["tokenizer"]).get_piece_size()
     assert stats["tokenizer_sha256"] == sha256_file(built["tokenizer"] / "artifacts" / "tokenizer.model")
     assert len([s for s in stats["shards"] if s["split"] == "train"]) > 1  # shard_tokens forced a split
@@ -196,3 +196,27 @@ def test_two_workers_write_the_same_shards_from_one_tokenization(built, tmp_path
     mixture_tokens = sorted((built["mixture"] / "artifacts" / "tokens").glob("part-*.bin"))
     assert mixture_tokens and [p["path"] for p in read_manifest(built["mixture"])["artifacts"]] == [
         str(p.relative_to(built["mixture"])) for p in mixture_tokens]
+
+
+def test_val_shards_name_each_documents_source_for_the_per_source_loss(built):
+    """Version 2: every val shard has a .src file (one source number per document, checksummed in
+    the manifest); the trainer's reader cuts each source's held-out tokens out of the val split."""
+    from model.data import TokenShards as TrainerShards
+
+    shards = built["shards"]
+    stats = read_manifest(shards)["stats"]
+    assert stats["version"] == 2 and stats["sources"][:1] == ["cc"]
+    tokens_by_source: Counter[str] = Counter()
+    for entry in (e for e in stats["shards"] if e["split"] == "val"):
+        assert sha256_file(shards / entry["src_path"]) == entry["src_sha256"]
+        idx = np.fromfile(shards / entry["idx_path"], dtype="<i8")
+        codes = np.fromfile(shards / entry["src_path"], dtype="u1")
+        assert len(codes) == entry["docs"] == len(idx) - 1
+        for code, start, stop in zip(codes, idx[:-1], idx[1:]):
+            tokens_by_source[stats["sources"][code]] += int(stop - start)
+    assert {s: n for s, n in tokens_by_source.items()} == {s: n for s, n in stats["val_tokens_per_source"].items() if n}
+    reader = TrainerShards(shards)
+    assert reader.val_sources() == [s for s in stats["sources"] if tokens_by_source[s]]
+    for source in reader.val_sources():
+        shares = [reader.source_segments(source, rank, 2) for rank in range(2)]
+        assert sum(len(seg) for share in shares for seg in share) == tokens_by_source[source]

@@ -29,9 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 BOS, EOS = 1, 2
 
 
-def write_token_shards(root: Path, docs: dict[str, list[list[int]]], vocab_size: int = 64) -> Path:
-    """Token shards in pipeline/token_shards.py's format: one shard per split."""
+def write_token_shards(root: Path, docs: dict[str, list[list[int]]], vocab_size: int = 64,
+                       val_sources: list[str] | None = None, tokenizer_sha256: str | None = None) -> Path:
+    """Token shards in pipeline/token_shards.py's format: one shard per split; with `val_sources`
+    (a source name per val document) version 2, whose val shard names each document's source."""
     shards = []
+    names = sorted(set(val_sources or []))
     for split, split_docs in docs.items():
         seqs = [np.array([BOS, *doc, EOS], dtype="<u2") for doc in split_docs]
         flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype="<u2")
@@ -49,15 +52,18 @@ def write_token_shards(root: Path, docs: dict[str, list[list[int]]], vocab_size:
                 "sha256": "",
             }
         )
+        if split == "val" and val_sources is not None:
+            np.array([names.index(v) for v in val_sources], dtype="u1").tofile(root / split / "shard-00000.src")
+            shards[-1]["src_path"] = f"{split}/shard-00000.src"
     stats = {
         "format": "llama-recipe-tokens",
-        "version": 1,
+        "version": 1 if val_sources is None else 2,
         "dtype": "uint16",
         "vocab_size": vocab_size,
         "bos_id": BOS,
         "eos_id": EOS,
         "shards": shards,
-    }
+    } | ({"sources": names} if val_sources is not None else {}) | ({"tokenizer_sha256": tokenizer_sha256} if tokenizer_sha256 else {})
     (root / "manifest.json").write_text(json.dumps({"stage": "token_shards", "stats": stats}))
     return root
 
@@ -258,6 +264,14 @@ def run_cli(args: list[str], nproc: int | None = None) -> subprocess.CompletedPr
     return run_subprocess(launcher + ["-m", "model.train", *args])
 
 
+def test_a_reference_set_of_another_tokenizer_is_refused(tmp_path):
+    data = write_token_shards(tmp_path / "tokens", {"train": counting_docs(20, 40), "val": counting_docs(4, 40)}, tokenizer_sha256="a" * 64)
+    other = write_token_shards(tmp_path / "other", {"train": [], "val": counting_docs(4, 40)}, tokenizer_sha256="b" * 64)
+    result = run_cli(["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2", "--eval-ref", str(other)])
+    assert result.returncode != 0 and "tokenized with another tokenizer" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_exits_nonzero_on_missing_data(tmp_path):
     result = run_cli(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--steps", "2"])
     assert result.returncode != 0
@@ -269,14 +283,26 @@ def test_cli_exits_nonzero_on_missing_data(tmp_path):
 # End to end: torchrun, 2 processes, FSDP2 over gloo
 
 
+def random_docs(n: int, length: int, vocab_size: int = 64, seed: int = 0) -> list[list[int]]:
+    """Documents of uniformly random tokens: nothing to learn, loss stays near log(vocab)."""
+    rng = np.random.default_rng(seed)
+    return [[int(t) for t in rng.integers(3, vocab_size, size=length)] for _ in range(n)]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_trains_and_checkpoints(tmp_path):
-    data = write_token_shards(tmp_path / "tokens", {"train": counting_docs(200, 40), "val": counting_docs(20, 40, seed=1)})
+    # Held-out documents of two sources: "wikipedia" counts upward like the training data (learnable),
+    # "github" is random tokens (not): their losses must come apart. A reference set of counting
+    # documents is evaluated beside them (--eval-ref).
+    val = counting_docs(20, 40, seed=1) + random_docs(20, 40, seed=2)
+    data = write_token_shards(tmp_path / "tokens", {"train": counting_docs(200, 40), "val": val},
+                              val_sources=["wikipedia"] * 20 + ["github"] * 20)
+    reference = write_token_shards(tmp_path / "reference", {"train": counting_docs(1, 40, seed=3), "val": counting_docs(20, 40, seed=4)})
     out = tmp_path / "run"
     result = run_cli(
         ["--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "25", "--seq-len", "64",
          "--batch-size", "4", "--grad-accum", "2", "--lr", "2e-3", "--warmup", "3", "--log-every", "5",
-         "--eval-every", "10", "--ckpt-every", "10", "--precision", "fp32"],
+         "--eval-every", "10", "--ckpt-every", "10", "--precision", "fp32", "--eval-ref", str(reference)],
         nproc=2,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -292,7 +318,14 @@ def test_torchrun_two_processes_trains_and_checkpoints(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 25
     assert summary["last_loss"] < 0.7 * summary["first_loss"]
-    assert summary["val_loss"] < 0.7 * summary["first_loss"]
+    # Per source and on the reference set, at every evaluation (issue 16).
+    assert all(set(r["val_loss_by_source"]) == {"wikipedia", "github"} and "val_loss_reference" in r
+               for r in records if "val_loss" in r)
+    by_source = summary["val_loss_by_source"]
+    assert by_source == records[-1]["val_loss_by_source"] and summary["val_loss_reference"] == records[-1]["val_loss_reference"]
+    assert by_source["wikipedia"] < 0.7 * summary["first_loss"] < by_source["github"]  # learnable vs random
+    assert by_source["wikipedia"] < summary["val_loss"] < by_source["github"]  # the mixed split lies between
+    assert summary["val_loss_reference"] < 0.7 * summary["first_loss"]
 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000010", "step-000020", "step-000025"]
     ckpt = latest_checkpoint(out)
