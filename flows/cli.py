@@ -239,6 +239,44 @@ def verify(build: Path = typer.Argument(..., help="A build folder (stages/, toke
 
 
 @app.command()
+def ablate(
+    spec: str = typer.Option(..., help="The base spec (YAML, or a name in data_specs/ such as `demo`)."),
+    inputs: str = typer.Option(".", help="Folder (or URL) the specs' input patterns are relative to."),
+    out: Path = typer.Option(..., help="Ablation folder: specs/, builds/, reference/, runs/, ablation.md."),
+    variant: list[str] = typer.Option([], help="NAME=SPEC_FILE: a variant given as a whole spec (repeatable)."),
+    vary: list[str] = typer.Option([], help="NAME:STAGE.KEY=VALUE (VALUE as YAML) or NAME:-STAGE (drop the stage): "
+                                            "a variant of the base spec (repeatable; several per NAME)."),
+    seeds: int = typer.Option(3, min=1, help="Training seeds per variant (0..seeds-1)."),
+    proxy: str = typer.Option("cpu", help="Proxy model: cpu (tiny preset, minutes per run here) or gpu (150M, ~3B tokens)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Training steps per run (default: the proxy's)."),
+    eval_source: list[str] = typer.Option(["wikipedia"], help="Sources whose held-out documents of the base build "
+                                                              "form the reference set (repeatable)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes per stage (default: each spec's)."),
+    ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
+) -> None:
+    """Did the filter help? Build the base spec and each variant (unchanged stages reused), train one
+    proxy model per variant and seed, and compare their losses on the same held-out documents."""
+    from pipeline.documents import StageError
+
+    from flows.ablate import parse_variants
+
+    try:
+        variants = parse_variants(variant, vary)
+    except StageError as exc:
+        _fail(str(exc))
+    _use_server(ephemeral)
+    from flows.ablate import ablate as ablate_flow
+
+    try:
+        report = ablate_flow(spec, inputs, str(out), variants, list(range(seeds)), proxy,
+                             {"steps": steps} if steps else None, eval_source, workers, name=out.name)
+    except StageError as exc:
+        _fail(str(exc))
+    typer.echo((out / "ablation.md").read_text())
+    typer.echo(f"report: {out / 'ablation.md'} ({len(report['variants'])} variants)")
+
+
+@app.command()
 def inspect(
     build: Path = typer.Argument(..., help="A build folder, or a stage folder itself."),
     stage: Optional[str] = typer.Argument(None, help="The stage (cc_line_dedup, c4_quality, ...); omit for a stage folder."),

@@ -42,7 +42,7 @@ from pipeline.stage import get_stage, is_up_to_date, run_stage, run_stage_job
 from pipeline.inspection import stage_samples, to_markdown
 from pipeline.storage import absolute, join, publish
 from pipeline.token_shards import TokenShardsConfig, write_token_shards
-from pipeline.tokenizer import TokenizerConfig, train_tokenizer
+from pipeline.tokenizer import TokenizerConfig, tokenizer_model_path, train_tokenizer
 
 
 
@@ -318,13 +318,15 @@ def _run_sources(spec, inputs_dir: str, build: Path, forced: set[str], workers: 
 def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = False,
                  workers: int | None = None, rerun: list[str] | None = None,
                  dask_address: str | None = None, ray_address: str | None = None,
-                 publish_url: str | None = None) -> dict[str, Any]:
+                 publish_url: str | None = None, tokenizer: str | None = None) -> dict[str, Any]:
     """The whole corpus build of a spec: sources, tokenizer, mixture, token shards. Steps whose
     config, code and inputs are unchanged are reused. `force` recomputes everything; `rerun`
     recomputes the named stages and everything downstream of them (upstream stays untouched);
     `workers` overrides the spec's processes per stage; `dask_address` (or `ray_address`) runs the
     stages on a Dask (or Ray) cluster. `inputs_dir` may be a URL (fetched, pipeline/storage.py);
-    `publish_url` uploads the finished build's folders to an object store."""
+    `publish_url` uploads the finished build's folders to an object store. `tokenizer` (a tokenizer
+    folder of another build) is used instead of training one: an ablation's variants share one
+    tokenizer, so that their losses are comparable token for token (flows/ablate.py)."""
     spec = load_spec(spec_path)
     workers = workers or spec.worker_count()
     build = Path(build_dir)
@@ -343,8 +345,12 @@ def build_corpus(spec_path: str, inputs_dir: str, build_dir: str, force: bool = 
         final_outputs = {source: stage_outputs[list(source_spec.stages)[-1]] for source, source_spec in spec.sources.items()}
         # The tokenizer comes first: the mixture counts real tokens with it to meet exact targets.
         shares = {source: spec_share.share for source, spec_share in spec.mixture.sources.items()}
-        tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),
-                                         shares, "tokenizer" in forced, workers, cluster)
+        if tokenizer is not None:
+            tokenizer_model = str(tokenizer_model_path(tokenizer))
+            get_run_logger().info("tokenizer: using %s (not trained on this build)", tokenizer_model)
+        else:
+            tokenizer_model = tokenizer_task(final_outputs, str(build / "tokenizer"), spec.tokenizer.model_dump(mode="json"),
+                                             shares, "tokenizer" in forced, workers, cluster)
         # The tokenizer's sample, the mixture's and the token shards' passes run on the cluster's workers as well.
         mixture_dir = str(build / "mixture")
         mixture_task(final_outputs, tokenizer_model, mixture_dir, spec.mixture.model_dump(mode="json"), "mixture" in forced,

@@ -58,6 +58,11 @@ PRESETS: dict[str, Preset] = {
         # Not in the paper: a ~1B model (GPT-3 XL-like width) for single-GPU throughput and MFU
         # measurements (bench/gpu_bench.py); lr between Table 2's 7B value and GPT-3 XL's 2e-4.
         Preset("1B", dim=2048, n_layers=16, n_heads=16, lr=3.0e-4, batch_tokens=1 * M),
+        # Not in the paper: the GPU proxy model of data ablations (`llama-recipe ablate --proxy gpu`),
+        # ~134M parameters with a 32k vocabulary (GPT-3 Small's shape and lr) trained on ~3B tokens,
+        # the size FineWeb's and DCLM's filter ablations use; context 1024 to keep a run to hours.
+        Preset("150M", dim=768, n_layers=12, n_heads=12, lr=6.0e-4, batch_tokens=M // 2, max_seq_len=1024,
+               train_tokens=3_000_000_000),
         # CPU presets for the demo and tests: same architecture, sized to train in minutes. Their lr is
         # higher because small models tolerate it (cf. GPT-3 Table 2.1: lr grows as models shrink).
         # Their token budget is 200 steps, a demo's length.

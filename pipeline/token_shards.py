@@ -450,3 +450,51 @@ class TokenShards:
         windows = np.stack([self.tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
         return windows[:, :-1], windows[:, 1:]
 
+
+
+def write_reference_tokens(tokens_dir: Path, output: Path, sources: list[str]) -> dict[str, Any]:
+    """A fixed evaluation set cut out of a token shards folder: the held-out (val) documents of
+    `sources`, token for token, as a folder of this format with a val split only (the trainer's
+    --eval-ref). An ablation evaluates every variant on the base build's held-out Wikipedia, say:
+    the same documents and tokenizer whatever each variant's filters kept, and held out of every
+    variant's training (the mixture's val split is a hash of seed and document id)."""
+    tokens_dir, output = Path(tokens_dir), Path(output)
+    manifest = read_manifest(tokens_dir)
+    stats = manifest["stats"]
+    if stats.get("version", 1) < 2:
+        raise StageError(f"{tokens_dir}: format version {stats.get('version')} has no per-document sources; rebuild its token shards")
+    unknown = sorted(set(sources) - set(stats["sources"]))
+    if unknown:
+        raise StageError(f"{tokens_dir}: unknown source(s) {', '.join(unknown)}")
+    codes = [stats["sources"].index(s) for s in sources]
+    folder = StageFolder(output, "reference_tokens", {"sources": sorted(sources)}, inputs=[tokens_dir / "manifest.json"],
+                         code_version=CODE_VERSION, kind="token_shards")
+    if (existing := folder.current()) is not None:
+        return existing
+    with folder:
+        pieces, lengths = [], []
+        for entry in (e for e in stats["shards"] if e["split"] == "val"):
+            tokens = np.memmap(tokens_dir / entry["path"], dtype=TOKEN_DTYPE, mode="r")
+            offsets = np.fromfile(tokens_dir / entry["idx_path"], dtype=OFFSET_DTYPE)
+            source_of = np.fromfile(tokens_dir / entry["src_path"], dtype=SOURCE_DTYPE)
+            for doc in np.flatnonzero(np.isin(source_of, codes)):
+                pieces.append((np.asarray(tokens[offsets[doc]:offsets[doc + 1]]), source_of[doc]))
+                lengths.append(int(offsets[doc + 1] - offsets[doc]))
+        if not pieces:
+            raise StageError(f"{tokens_dir}: no held-out documents of {', '.join(sources)}")
+        (folder.tmp / "val").mkdir()
+        name = "val/shard-00000"
+        np.concatenate([p for p, _ in pieces]).astype(TOKEN_DTYPE).tofile(folder.tmp / f"{name}.bin")
+        np.concatenate([[0], np.cumsum(lengths)]).astype(OFFSET_DTYPE).tofile(folder.tmp / f"{name}.idx")
+        np.array([c for _, c in pieces], dtype=SOURCE_DTYPE).tofile(folder.tmp / f"{name}.src")
+        folder.counts.docs_in = folder.counts.docs_kept = len(pieces)
+        folder.stats.update({key: stats[key] for key in ("format", "version", "dtype", "byte_order", "vocab_size", "bos_id",
+                                                         "eos_id", "tokenizer_sha256", "sources") if key in stats})
+        folder.stats["shards"] = [{
+            "split": "val", "path": f"{name}.bin", "idx_path": f"{name}.idx", "src_path": f"{name}.src",
+            "tokens": int(sum(lengths)), "docs": len(pieces),
+            "sha256": sha256_file(folder.tmp / f"{name}.bin"), "idx_sha256": sha256_file(folder.tmp / f"{name}.idx"),
+            "src_sha256": sha256_file(folder.tmp / f"{name}.src"),
+        }]
+        folder.stats["reference_of"] = {"tokens": str(tokens_dir), "sources": sorted(sources)}
+    return read_manifest(output)

@@ -148,6 +148,49 @@ def test_stages_publish_tables_progress_and_charts(recipe_run):
     assert {"cc-line-dedup-samples", "c4-quality-samples", "books-dedup-samples", "github-filter-samples"} <= kinds["markdown"]
 
 
+def test_ablate_reports_every_variant_and_identical_variants_train_identically(recipe_run, tiny_spec, tmp_path):
+    """`ablate` at a tiny size: the base spec and a variant that changes nothing (a config key set to
+    its value), 2 seeds each, a few steps. The variant's build reuses every stage of the base's
+    (the same files), both train with one tokenizer on one reference set, so the same seed gives the
+    same losses; the report has every variant, seed and metric, in markdown and in the UI."""
+    from prefect.client.orchestration import get_client
+
+    from flows.ablate import BASE, ablate, seed_build
+
+    out, _ = recipe_run
+    work = tmp_path / "ablation"
+    seed_build(out / "build", work / "builds" / BASE)  # the recipe's build is the base build, reused
+    variants = {"same": {"set": {"cc_langid": {"threshold": 0.5}}, "drop": []}}
+    train = {"steps": 4, "log_every": 2, "eval_every": 2, "ckpt_every": 4, "seq_len": 64, "batch_size": 4, "warmup_steps": 1}
+    sources = list(load_spec(tiny_spec).mixture.sources)  # a tiny build holds few held-out documents: all sources'
+    report = ablate(str(tiny_spec), str(out / "samples"), str(work), variants, [0, 1], "cpu", train, sources)
+
+    assert list(report["variants"]) == [BASE, "same"]
+    for variant in report["variants"].values():
+        assert variant["seeds"] == [0, 1] and set(variant["runs"]) == {"0", "1"}
+        reference = variant["metrics"]["val_loss_reference"]
+        assert reference["n"] == 2 and reference["std"] > 0  # two seeds, two different models
+    base, same = report["variants"][BASE], report["variants"]["same"]
+    assert same["runs"] == base["runs"] and same["metrics"] == base["metrics"]  # bit for bit, seed by seed
+    # The variant's build is the base's: every stage folder reused (hard links to the same files).
+    base_stages = work / "builds" / BASE / "stages"
+    for folder in base_stages.iterdir():
+        if not folder.name.startswith("."):
+            same_manifest = work / "builds" / "same" / "stages" / folder.name / "manifest.json"
+            assert same_manifest.stat().st_ino == (folder / "manifest.json").stat().st_ino, folder.name
+    markdown = (work / "ablation.md").read_text()
+    assert "| base | 2 |" in markdown and "| same | 2 |" in markdown and "no measurable difference" in markdown
+    assert json.loads((work / "ablation.json").read_text())["variants"] == report["variants"]
+    reference_stats = read_manifest(work / "reference")["stats"]
+    assert reference_stats["shards"][0]["split"] == "val" and reference_stats["shards"][0]["docs"] > 0
+
+    async def keys() -> set[str]:
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts(limit=200)}
+
+    assert {"ablation", "ablation-report"} <= asyncio.run(keys())
+
+
 # The tests below rebuild parts of the recipe's build: keep them last in this module.
 
 
