@@ -13,7 +13,7 @@ demo: setup
 	$(CLI) demo --out runs/demo
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not slow"
