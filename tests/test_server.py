@@ -110,7 +110,7 @@ def test_without_configuration_the_local_server_on_its_port_is_used(monkeypatch,
     assert find_server(9) is None  # none answers: the caller starts one
 
 
-def test_pointing_prefect_at_a_server_after_prefect_was_imported(monkeypatch):
+def test_pointing_prefect_at_a_server_after_prefect_was_imported():
     """Issue 15's rerun: flows.corpus (and so Prefect's settings) was imported before the server was
     chosen, so its flows went to a temporary ephemeral server."""
     import prefect.context  # noqa: F401  (imported, settings read)
@@ -121,10 +121,12 @@ def test_pointing_prefect_at_a_server_after_prefect_was_imported(monkeypatch):
         point_prefect_at("http://127.0.0.1:4999/api")
         assert PREFECT_API_URL.value() == "http://127.0.0.1:4999/api"
     finally:
+        # Directly, not with monkeypatch: its undo would put back the value point_prefect_at set
+        # (monkeypatch restores what it saw), and later tests' subprocesses would report there.
         if previous is None:
-            monkeypatch.delenv("PREFECT_API_URL", raising=False)
+            os.environ.pop("PREFECT_API_URL", None)
         else:
-            monkeypatch.setenv("PREFECT_API_URL", previous)
+            os.environ["PREFECT_API_URL"] = previous
         prefect.context.refresh_global_settings_context()
 
 

@@ -267,7 +267,8 @@ def test_two_node_rendezvous_through_the_cli(prefect_server, data, reference, tm
     launchers = [
         subprocess.Popen([cli, "pretrain", "--tokens", str(data), "--out", str(out), "--spec", str(spec), "--nnodes", "2",
                           "--node-rank", str(rank), "--rdzv-endpoint", f"127.0.0.1:{port}"],
-                         cwd=REPO, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                         cwd=REPO, env=run_env() | {"PREFECT_API_URL": prefect_server}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
         for rank in (0, 1)
     ]
     outputs = []
