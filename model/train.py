@@ -90,6 +90,7 @@ from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import ModelArgs, Transformer, ffn_hidden_dim, num_parameters
 from model.parallelize import MeshDims, check_tensor_parallel, mesh_dims, parallelize
 from model.presets import PRESETS, count_parameters, get_preset
+from model.profiling import StepProfiler, parse_steps
 from model.stability import SpikeDetector, TrainingStopped, clip_gradients
 
 ADAM_BETAS = (0.9, 0.95)  # §2.2
@@ -137,6 +138,7 @@ class TrainConfig:
     spike_zscore: float = 6.0  # ... a spike is a loss this many standard deviations above their mean
     spike_rollback: bool = False  # on a spike, reload the newest checkpoint (its data is not replayed)
     max_rollbacks: int = 3  # stop at the next spike after this many rollbacks
+    profile_steps: str | None = None  # "A-B": torch.profiler trace of steps A to B (RUN_DIR/profile/)
 
 
 def lr_at(step: int, peak_lr: float, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
@@ -463,9 +465,11 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     # Stability (model/stability.py): skipped steps, loss spikes, rollbacks.
     skipped = history[-1].get("skipped_steps", 0) if history else 0
     consecutive_skips, spikes, rollbacks, rolled_back_from = 0, SpikeDetector(cfg.spike_window, cfg.spike_zscore), [], None
+    profiler = StepProfiler(cfg.profile_steps, out, env.rank)
     step = start_step
     while step < steps:
         step += 1
+        profiler.begin(step)
         lr = scheduler.get_last_lr()[0]
         inject_weight_fault(model, step, env.rank)
         loss_sum = torch.zeros((), device=env.device)
@@ -518,6 +522,9 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         scheduler.step()
         tokens_seen += run["tokens_per_step"]
         trained_tokens += run["tokens_per_step"]
+        trace = profiler.end(step)
+        if trace is not None and env.is_main:
+            print(f"[model.train] profile of steps {cfg.profile_steps}: {trace} (one per rank)", flush=True)
 
         last_step = step == steps
         evaluate_now = have_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
@@ -611,6 +618,26 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = build_parser()
+    ns = p.parse_args(argv)
+    if any(v is not None and v < 1 for v in (ns.steps, ns.batch_size, ns.grad_accum, ns.log_every, ns.batch_tokens,
+                                             ns.dp_replicate, ns.dp_shard, ns.tp, ns.max_skipped_steps)):
+        p.error("--steps, --batch-size, --grad-accum, --log-every, --batch-tokens, --dp-replicate, --dp-shard, --tp "
+                "and --max-skipped-steps must be >= 1")
+    if ns.spike_window < 0 or ns.max_rollbacks < 0:
+        p.error("--spike-window and --max-rollbacks must be >= 0")
+    if ns.keep_last < 0 or ns.keep_every < 0:
+        p.error("--keep-last and --keep-every must be >= 0")
+    if ns.profile_steps:
+        try:
+            parse_steps(ns.profile_steps)
+        except ValueError as exc:
+            p.error(str(exc))
+    return TrainConfig(**{k: v for k, v in vars(ns).items()})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's options (also how `llama-recipe pretrain --train KEY=VALUE` checks its keys)."""
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="token shards folder (pipeline/token_shards.py)")
     p.add_argument("--out", type=Path, required=True, help="run folder: metrics.jsonl, checkpoints/, summary.json")
@@ -654,16 +681,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     stab.add_argument("--spike-rollback", action="store_true",
                       help="on a spike, reload the newest checkpoint and go on with the batches after the spike")
     stab.add_argument("--max-rollbacks", type=int, default=3, help="stop at a spike after this many rollbacks")
-    ns = p.parse_args(argv)
-    if any(v is not None and v < 1 for v in (ns.steps, ns.batch_size, ns.grad_accum, ns.log_every, ns.batch_tokens,
-                                             ns.dp_replicate, ns.dp_shard, ns.tp, ns.max_skipped_steps)):
-        p.error("--steps, --batch-size, --grad-accum, --log-every, --batch-tokens, --dp-replicate, --dp-shard, --tp "
-                "and --max-skipped-steps must be >= 1")
-    if ns.spike_window < 0 or ns.max_rollbacks < 0:
-        p.error("--spike-window and --max-rollbacks must be >= 0")
-    if ns.keep_last < 0 or ns.keep_every < 0:
-        p.error("--keep-last and --keep-every must be >= 0")
-    return TrainConfig(**{k: v for k, v in vars(ns).items()})
+    p.add_argument("--profile-steps", type=str,
+                   help="A-B: record steps A to B with torch.profiler, a Chrome trace per rank in RUN_DIR/profile/")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

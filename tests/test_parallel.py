@@ -87,3 +87,28 @@ def test_tensor_parallel_and_hsdp_train_the_single_process_curve_and_resume_acro
         done = train(data, run, *mesh, nproc=4)
         assert "at step 3" in done.stdout and "micro-batch 2 x accumulation 1 x 4 processes" in done.stdout
         assert_same_curve(run, one, list(range(1, 7)))
+
+
+def test_pretrain_cli_passes_mesh_dims_intervals_and_any_trainer_option(tmp_path):
+    """`llama-recipe pretrain` passes the mesh, the checkpoint and eval intervals, and any trainer
+    option as --train KEY=VALUE (checked against the trainer's parser); the plan shows the mesh."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    base = ["pretrain", "--tokens", str(tmp_path / "tokens"), "--out", str(tmp_path / "run"), "--dry-run"]
+    result = CliRunner().invoke(app, [*base, "--preset", "65B", "--nproc", "8", "--nnodes", "8", "--rdzv-endpoint", "h:1",
+                                      "--tp", "8", "--batch-size", "1", "--ckpt-every", "500", "--eval-every", "250",
+                                      "--train", "spike_rollback=true", "--train", "max-skipped-steps=10", "--train", "compile=false"])
+    assert result.exit_code == 0, result.output
+    assert "plan: parallel: mesh 1 x 8 x 8 (dp-replicate 1, dp-shard 8, tp 8)" in result.output
+    assert "micro-batch 1 x accumulation 256 x 8 data-parallel ranks x 2048 tokens = 4,194,304 tokens per step" in result.output
+    command = next(line for line in result.output.splitlines() if line.startswith("torchrun: ")).split()
+    trainer = command[command.index("model.train") + 1:]
+    assert trainer[trainer.index("--tp") + 1] == "8" and trainer[trainer.index("--ckpt-every") + 1] == "500"
+    assert trainer[trainer.index("--eval-every") + 1] == "250" and trainer[trainer.index("--max-skipped-steps") + 1] == "10"
+    assert "--spike-rollback" in trainer and "--compile" not in trainer
+    for bad, message in ((["--train", "nope=1"], "KEY a trainer option"), (["--train", "compile=maybe"], "is a flag"),
+                         (["--preset", "7B", "--nproc", "3"], "does not split over 3 processes")):
+        refused = CliRunner().invoke(app, [*base, *bad])
+        assert refused.exit_code != 0 and message in refused.output, refused.output

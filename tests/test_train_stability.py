@@ -51,8 +51,15 @@ def test_an_inf_or_nan_gradient_skips_the_step_on_every_rank(data, tmp_path):
     steps are skipped on both ranks — the weights and AdamW's state after step 4 are those after
     step 2, bit for bit — counted in metrics.jsonl, and training goes on."""
     out = tmp_path / "run"
-    done = train(data, out, "--steps", "6", "--ckpt-every", "1", "--keep-last", "0", fault="grad-inf:3@1,grad-nan:4", nproc=2)
+    done = train(data, out, "--steps", "6", "--ckpt-every", "1", "--keep-last", "0", "--profile-steps", "3-4",
+                 fault="grad-inf:3@1,grad-nan:4", nproc=2)
     assert done.returncode == 0, explain(done)
+    # --profile-steps: a torch.profiler Chrome trace per rank, with the profiled steps as ranges.
+    traces = sorted((out / "profile").iterdir())
+    assert [t.name for t in traces] == ["steps-3-4-rank-00000.json", "steps-3-4-rank-00001.json"]
+    events = json.loads(traces[1].read_text())["traceEvents"]
+    assert {e["name"] for e in events if e.get("name", "").startswith("train step")} == {"train step 3", "train step 4"}
+    assert any(e.get("name", "").startswith("Optimizer.zero_grad") for e in events)
     assert "step 3 skipped" in done.stdout and "step 4 skipped" in done.stdout
     got = {r["step"]: r for r in records(out)}
     assert [s for s, r in got.items() if r.get("skipped")] == [3, 4]
