@@ -12,10 +12,14 @@ The recipe:
 - Cosine schedule down to 10% of the peak lr (§2.2), after a linear warmup (2000 steps in §2.2; capped
   at 10% of --steps here so a short run still decays). Peak lr per size: Table 2 (model/presets.py).
 - Gradient clipping at 1.0 (§2.2).
-- Gradient accumulation to reach the global batch: Table 2's 4M tokens per step for the paper
-  presets, derived from the preset unless --grad-accum is given.
+- The global batch exactly: Table 2's 4M tokens per step for the paper presets (or --batch-tokens),
+  split over the data-parallel ranks into micro-batch x accumulation (`resolve`), or an error
+  naming values that would give it.
 - Length: Table 2's tokens (1.0T for 7B and 13B, 1.4T for 33B and 65B) at that batch, unless --steps.
-- Distribution, activation checkpointing and torch.compile: model/distributed.py. The model is built
+- Distribution, activation checkpointing and torch.compile: model/distributed.py; the device mesh
+  (--dp-replicate x --dp-shard x --tp: FSDP2, HSDP, tensor + sequence parallel): model/parallelize.py.
+- Stability: a step with a non-finite loss or gradient norm is skipped, loss spikes are logged and
+  optionally rolled back (model/stability.py). The model is built
   on the meta device, sharded, then materialized and initialized (model/distributed.py materialize).
 
 The plan: `resolve` fills every setting not given from the preset — context, micro-batch,
