@@ -306,6 +306,28 @@ def inspect(
         typer.echo(f"wrote {html}")
 
 
+def trainer_options(pairs: list[str]) -> list[str]:
+    """`--train KEY=VALUE` pairs as the trainer's own arguments, each KEY checked against its parser
+    (dashes or underscores; flags take true/false)."""
+    from model.train import build_parser
+
+    known = build_parser()._option_string_actions
+    args = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        option = "--" + key.strip().lstrip("-").replace("_", "-")
+        if not sep or option not in known or option in ("--data", "--out", "-h", "--help"):
+            raise ValueError(f"--train {pair}: expected KEY=VALUE with KEY a trainer option (python -m model.train --help; "
+                             "--data and --out are --tokens and --out here)")
+        if known[option].nargs == 0:  # a flag
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"--train {pair}: {option} is a flag, give true or false")
+            args += [option] if value.lower() in ("true", "1", "yes") else []
+        else:
+            args += [option, value]
+    return args
+
+
 @app.command()
 def pretrain(
     tokens: str = typer.Option(..., help="Token-shard folder (a build's tokens/), or the URL of a published one."),
@@ -323,6 +345,15 @@ def pretrain(
     activation_checkpointing: Optional[str] = typer.Option(None, help="none, selective or full."),
     keep_last: Optional[int] = typer.Option(None, min=0, help="Checkpoints kept: the newest N (trainer default 3; 0: all)."),
     keep_every: Optional[int] = typer.Option(None, min=0, help="Also keep checkpoints of steps that are multiples of N."),
+    ckpt_every: Optional[int] = typer.Option(None, min=0, help="Checkpoint every N steps (trainer default 1000; 0: at the end)."),
+    eval_every: Optional[int] = typer.Option(None, min=0, help="Validation loss every N steps (trainer default 1000; 0: at the end)."),
+    batch_tokens: Optional[int] = typer.Option(None, min=1, help="Global batch in tokens per step (default: the preset's, hit exactly)."),
+    dp_replicate: Optional[int] = typer.Option(None, min=1, help="Mesh: HSDP replicas (default 1)."),
+    dp_shard: Optional[int] = typer.Option(None, min=1, help="Mesh: FSDP2 shard group size (default: what the others leave)."),
+    tp: Optional[int] = typer.Option(None, min=1, help="Mesh: tensor + sequence parallel degree (GPUs of one node)."),
+    train_options: Optional[list[str]] = typer.Option(
+        None, "--train", help="Any trainer option as KEY=VALUE (python -m model.train --help), repeatable: "
+        "--train spike_rollback=true --train max_skipped_steps=10."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and the torchrun line; launch nothing."),
     ephemeral: bool = typer.Option(False, help="Use Prefect's in-process ephemeral server."),
 ) -> None:
@@ -332,10 +363,16 @@ def pretrain(
 
     train = load_spec(spec).train if spec else TrainSpec()
     options = {"--precision": precision, "--activation-checkpointing": activation_checkpointing,
-               "--keep-last": keep_last, "--keep-every": keep_every}
+               "--keep-last": keep_last, "--keep-every": keep_every, "--batch-tokens": batch_tokens,
+               "--dp-replicate": dp_replicate, "--dp-shard": dp_shard, "--tp": tp}
+    try:
+        passed = trainer_options(train_options or [])
+    except ValueError as exc:
+        _fail(str(exc))
     extra = [*train.extra_args, *(a for k, v in options.items() if v is not None for a in (k, str(v))),
-             *(["--compile"] if compile else [])]
-    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "batch_size": batch_size, "nproc": nproc}.items() if v is not None}
+             *(["--compile"] if compile else []), *passed]
+    overrides = {k: v for k, v in {"preset": preset, "steps": steps, "batch_size": batch_size, "nproc": nproc,
+                                   "ckpt_every": ckpt_every, "eval_every": eval_every}.items() if v is not None}
     # model_copy(update=) marks the updated fields as set; extra_args only when it has something.
     train = train.model_copy(update=overrides | ({"extra_args": extra} if extra else {}))
     launch = {"nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}

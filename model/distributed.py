@@ -158,10 +158,11 @@ def compile_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
-def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Module:
-    """Shard `model` (a model.llama.Transformer, on the meta device or on env.device) with FSDP2 over a 1-D
-    device mesh of all ranks (all nodes: torchrun gives every process its global rank). A no-op
-    for a single process.
+def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32", mesh: DeviceMesh | None = None) -> nn.Module:
+    """Shard `model` (a model.llama.Transformer, on the meta device or on env.device) with FSDP2 over
+    `mesh`: by default a 1-D device mesh of all ranks (all nodes: torchrun gives every process its
+    global rank); model/parallelize.py passes the data-parallel part of its mesh (2-D for HSDP:
+    replicate x shard). A no-op for a single process.
 
     - Each block is one unit; the root takes the embedding, final norm and output head.
     - The last block keeps its parameters gathered after forward: backward needs them at once.
@@ -173,7 +174,7 @@ def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32") -> nn.Mo
     """
     if not env.distributed or env.world_size == 1:
         return model
-    mesh = device_mesh(env)
+    mesh = mesh if mesh is not None else device_mesh(env)
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if env.device.type == "cuda" and precision == "bf16"

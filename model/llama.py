@@ -10,7 +10,8 @@ a training loss. The architecture differs from the original transformer in three
 - Rotary positional embeddings (Su et al. 2021) instead of absolute ones.
 
 Also as in LLaMA: no biases anywhere, untied input embedding and output head.
-The file knows nothing about FSDP or devices: model/distributed.py wraps it.
+The file knows nothing about FSDP, tensor parallelism or devices: model/distributed.py and
+model/parallelize.py wrap it.
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim)
-        k = self.wk(x).view(batch, seq, self.n_heads, self.head_dim)
-        v = self.wv(x).view(batch, seq, self.n_heads, self.head_dim)
+        # -1: the n_heads heads (under tensor parallelism, model/parallelize.py: this rank's share of them).
+        q = self.wq(x).view(batch, seq, -1, self.head_dim)
+        k = self.wk(x).view(batch, seq, -1, self.head_dim)
+        v = self.wv(x).view(batch, seq, -1, self.head_dim)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         # (batch, heads, seq, head_dim); SDPA picks the flash / memory-efficient kernel (§2.4 uses
         # xformers' causal attention for the same reason: no materialized seq x seq mask).

@@ -16,7 +16,12 @@ the per-chunk softmax work into one pass (model/distributed.compile_blocks does 
 
 Numerics: the matmuls run in the autocast dtype (bf16) as the plain head's would, the softmax, loss
 and dW accumulation in fp32. Tokens whose target is IGNORE_INDEX count neither in the loss nor in
-its mean, as with F.cross_entropy(ignore_index=-100).
+its mean, as with F.cross_entropy(ignore_index=-100); a batch whose every target is ignored has no
+mean: the loss is NaN (0/0) and the gradients zero, exactly F.cross_entropy's behaviour (the trainer
+skips a step whose loss or gradient norm is not finite, model/train.py).
+
+Under tensor parallelism (model/parallelize.py) the head's weight is a DTensor replicated over the
+group and the hidden state is the whole sequence on every rank of it: the loss uses the local copy.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 IGNORE_INDEX = -100
 # 256 tokens x 32000 vocab x 4 bytes = 32 MB of fp32 logits per chunk: large enough for efficient
@@ -85,8 +91,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, kernel: Kernel, chunk: int):
         dtype = _compute_dtype(h, weight)
         h_c, w_c = h.to(dtype), weight.to(dtype)
-        n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
-        scale = 1.0 / n_valid.to(torch.float32)
+        n_valid = (targets != IGNORE_INDEX).sum()
+        scale = 1.0 / n_valid.clamp(min=1).to(torch.float32)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h_c)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
@@ -97,7 +103,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_h[start:start + chunk] = grad_logits @ w_c
             grad_w += grad_logits.T @ rows  # bf16 matmul, fp32 accumulation across chunks
         ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(weight.dtype))
-        return loss * scale
+        return torch.where(n_valid > 0, loss * scale, torch.nan)  # every target ignored: NaN, as F.cross_entropy
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
@@ -111,6 +117,8 @@ def linear_cross_entropy(
     """Mean next-token cross-entropy of logits = h @ weight.T, without materializing the logits.
     h: (tokens, dim), weight: (vocab, dim), targets: (tokens,) with IGNORE_INDEX to skip.
     Equal to F.cross_entropy(F.linear(h, weight).float(), targets, ignore_index=-100)."""
+    if isinstance(weight, DTensor):  # replicated over a tensor-parallel group: its gradient stays replicated
+        weight = weight.to_local()
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _ChunkedLinearCrossEntropy.apply(h, weight, targets, kernel, chunk)
     # Evaluation: the loss alone, still chunk by chunk.
@@ -118,4 +126,4 @@ def linear_cross_entropy(
     for start in range(0, h.shape[0], chunk):
         logits = F.linear(h[start:start + chunk], weight).float()
         total += F.cross_entropy(logits, targets[start:start + chunk], ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    return total / (targets != IGNORE_INDEX).sum()

@@ -12,10 +12,14 @@ The recipe:
 - Cosine schedule down to 10% of the peak lr (§2.2), after a linear warmup (2000 steps in §2.2; capped
   at 10% of --steps here so a short run still decays). Peak lr per size: Table 2 (model/presets.py).
 - Gradient clipping at 1.0 (§2.2).
-- Gradient accumulation to reach the global batch: Table 2's 4M tokens per step for the paper
-  presets, derived from the preset unless --grad-accum is given.
+- The global batch exactly: Table 2's 4M tokens per step for the paper presets (or --batch-tokens),
+  split over the data-parallel ranks into micro-batch x accumulation (`resolve`), or an error
+  naming values that would give it.
 - Length: Table 2's tokens (1.0T for 7B and 13B, 1.4T for 33B and 65B) at that batch, unless --steps.
-- Distribution, activation checkpointing and torch.compile: model/distributed.py. The model is built
+- Distribution, activation checkpointing and torch.compile: model/distributed.py; the device mesh
+  (--dp-replicate x --dp-shard x --tp: FSDP2, HSDP, tensor + sequence parallel): model/parallelize.py.
+- Stability: a step with a non-finite loss or gradient norm is skipped, loss spikes are logged and
+  optionally rolled back (model/stability.py). The model is built
   on the meta device, sharded, then materialized and initialized (model/distributed.py materialize).
 
 The plan: `resolve` fills every setting not given from the preset — context, micro-batch,
@@ -78,21 +82,20 @@ from model.distributed import (
     all_reduce_max,
     all_reduce_mean,
     all_reduce_min,
-    apply_activation_checkpointing,
-    apply_fsdp,
     autocast,
     barrier,
-    compile_blocks,
     destroy_distributed,
-    full_value,
     init_distributed,
     materialize,
     resolve_precision,
 )
-from model.faults import kill_point
+from model.faults import inject_gradient_fault, inject_weight_fault, kill_point
 from model.flops import flops_per_token, mfu, peak_flops
-from model.llama import ModelArgs, Transformer, num_parameters
+from model.llama import ModelArgs, Transformer, ffn_hidden_dim, num_parameters
+from model.parallelize import MeshDims, check_tensor_parallel, mesh_dims, parallelize
 from model.presets import PRESETS, count_parameters, get_preset
+from model.profiling import StepProfiler, parse_steps
+from model.stability import SpikeDetector, TrainingStopped, clip_gradients
 
 ADAM_BETAS = (0.9, 0.95)  # §2.2
 ADAM_EPS = 1e-5  # LLaMA-2 §2.2 (LLaMA-1 does not state it)
@@ -131,6 +134,16 @@ class TrainConfig:
     compile: bool = False  # torch.compile each block
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact reruns on GPU too)
     peak_flops: float | None = None  # per device, for MFU; default: datasheet (GPU) or estimate (CPU)
+    batch_tokens: int | None = None  # global batch in tokens; default: the preset's (Table 2: 4M)
+    dp_replicate: int = 1  # mesh (model/parallelize.py): HSDP replicas ...
+    dp_shard: int | None = None  # ... FSDP2 shards (default: world / (dp_replicate * tp)) ...
+    tp: int = 1  # ... tensor + sequence parallel degree
+    max_skipped_steps: int = 5  # stop after this many consecutive steps with a non-finite loss or gradient norm
+    spike_window: int = 100  # loss-spike detection: z-score of a step's loss against the last N steps (0: off)
+    spike_zscore: float = 6.0  # ... a spike is a loss this many standard deviations above their mean
+    spike_rollback: bool = False  # on a spike, reload the newest checkpoint (its data is not replayed)
+    max_rollbacks: int = 3  # stop at the next spike after this many rollbacks
+    profile_steps: str | None = None  # "A-B": torch.profiler trace of steps A to B (RUN_DIR/profile/)
 
 
 def lr_at(step: int, peak_lr: float, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
@@ -162,55 +175,100 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def keep_global_batch(
-    tokens_per_step: int, seq_len: int, world_size: int, batch_size: int | None, grad_accum: int | None, saved_batch_size: int
+def _nearest_multiples(target: int, unit: int) -> list[int]:
+    """The multiples of `unit` nearest to `target` (below and above), each at least `unit`."""
+    if target <= unit:
+        return [unit]
+    below = target // unit * unit
+    return [target] if below == target else [below, below + unit]
+
+
+def split_global_batch(
+    tokens_per_step: int, seq_len: int, dp: int, batch_size: int | None, grad_accum: int | None, cap: int,
+    what: str, unit: str = "processes", suggest_batch_tokens: bool = True,
 ) -> tuple[int, int]:
-    """(micro-batch, accumulation) that give a resumed run's `tokens_per_step` on `world_size`
-    processes, keeping whichever of batch_size / grad_accum the user gave (None: free); with the
-    micro-batch free, the largest one not above the checkpointed run's (that one fit in memory).
-    Raises ValueError naming values that would work when there are none."""
+    """(micro-batch, accumulation) that give exactly `tokens_per_step` over `dp` data-parallel ranks,
+    keeping whichever of batch_size / grad_accum the user gave (None: free); with the micro-batch
+    free, the largest one not above `cap` (or the smallest above it when none is). `what` names the
+    batch in messages. Raises ValueError naming values that would work when there are none."""
     sequences = tokens_per_step // seq_len
-    what = f"the checkpoint's global batch of {tokens_per_step:,} tokens per step ({sequences} sequences of {seq_len})"
-    if tokens_per_step % seq_len or sequences % world_size:
-        worlds = [w for w in _divisors(sequences) if w <= 4 * world_size][-8:]
-        raise ValueError(
-            f"{what} does not split over {world_size} processes; world sizes that keep it: "
-            f"{', '.join(map(str, worlds))}, ... (any divisor of {sequences})"
-        )
-    per_process = sequences // world_size
+    what = f"{what} of {tokens_per_step:,} tokens per step ({sequences} sequences of {seq_len})"
+    if tokens_per_step % seq_len:
+        raise ValueError(f"{what.split(' (')[0]} is not a whole number of sequences of {seq_len} tokens: use --batch-tokens "
+                         + " or ".join(f"{t:,}".replace(",", "") for t in _nearest_multiples(tokens_per_step, seq_len)))
+    if sequences % dp:
+        worlds = [w for w in _divisors(sequences) if w <= 4 * dp][-8:]
+        sizes = "world sizes" if unit == "processes" else "data-parallel sizes"
+        fix = f"{sizes} that keep it: {', '.join(map(str, worlds))}, ... (any divisor of {sequences})"
+        if suggest_batch_tokens:
+            fix = ("--batch-tokens " + " or ".join(str(t) for t in _nearest_multiples(tokens_per_step, dp * seq_len))
+                   + f" (whole sequences on each of the {dp}), or {fix}")
+        raise ValueError(f"{what} does not split over {dp} {unit}; {fix}")
+    per_process = sequences // dp
     options = [(b, per_process // b) for b in _divisors(per_process)]
     fits = [(b, a) for b, a in options if batch_size in (None, b) and grad_accum in (None, a)]
     if not fits:
-        near = [o for o in options if o[0] <= max(batch_size or 1, saved_batch_size)][-3:] or options[:3]
+        near = [o for o in options if o[0] <= max(batch_size or 1, cap)][-3:] or options[:3]
         given = " ".join(f"--{k} {v}" for k, v in (("batch-size", batch_size), ("grad-accum", grad_accum)) if v is not None)
-        raise ValueError(
-            f"{given} on {world_size} processes cannot give {what}: use "
-            + " or ".join(f"--batch-size {b} --grad-accum {a}" for b, a in near)
-            + " (or leave them out to have them derived)"
-        )
-    cap = batch_size or saved_batch_size
+        message = (f"{given} on {dp} {unit} cannot give {what}: use "
+                   + " or ".join(f"--batch-size {b} --grad-accum {a}" for b, a in near)
+                   + " (or leave them out to have them derived)")
+        if suggest_batch_tokens:
+            keep = (batch_size or 1) * (grad_accum or 1) * dp * seq_len
+            message += f", or --batch-tokens {max(keep, round(tokens_per_step / keep) * keep)} to keep {given}"
+        raise ValueError(message)
     below = [f for f in fits if f[0] <= cap]
     return max(below) if below else min(fits)
+
+
+def keep_global_batch(
+    tokens_per_step: int, seq_len: int, world_size: int, batch_size: int | None, grad_accum: int | None, saved_batch_size: int,
+    unit: str = "processes",
+) -> tuple[int, int]:
+    """(micro-batch, accumulation) that give a resumed run's `tokens_per_step` on `world_size`
+    data-parallel ranks, keeping whichever of batch_size / grad_accum the user gave (None: free);
+    with the micro-batch free, the largest one not above the checkpointed run's (that one fit in
+    memory). Raises ValueError naming values that would work when there are none."""
+    return split_global_batch(tokens_per_step, seq_len, world_size, batch_size, grad_accum, saved_batch_size,
+                              "the checkpoint's global batch", unit, suggest_batch_tokens=False)
 
 
 def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: dict | None = None) -> dict:
     """The run's plan: every setting the config leaves None, from the preset; `resumed` is the
     checkpoint's plan (its meta["run"]) when resuming, whose global batch is kept. Called by the
     launcher to print it and by every rank to run it. vocab_size: the tokenizer's (the paper
-    presets fix their own)."""
+    presets fix their own).
+
+    The global batch is exact: --batch-tokens, or else the preset's (Table 2: 4M tokens), split over
+    the data-parallel ranks (world / --tp) into micro-batch x accumulation (the micro-batch the
+    largest not above --batch-size or 8); a world size, --batch-size or --grad-accum that cannot give
+    it is an error naming values that would. Only --batch-size and --grad-accum both given (without
+    --batch-tokens) set the global batch to their product instead."""
     preset = get_preset(cfg.preset)
     seq_len = cfg.seq_len or preset.max_seq_len
     if seq_len > preset.max_seq_len:
         raise ValueError(f"--seq-len {seq_len} exceeds preset {preset.name} context {preset.max_seq_len}")
+    mesh = mesh_dims(world_size, cfg.dp_replicate, cfg.dp_shard, cfg.tp)
+    shape = preset.model_args(vocab_size or preset.vocab_size or 1, seq_len)
+    check_tensor_parallel(mesh, shape.n_heads, ffn_hidden_dim(shape), seq_len)
+    dp, unit = mesh.dp, "processes" if mesh.tp == 1 else "data-parallel ranks"
     if resumed and resumed.get("seq_len") == seq_len and resumed.get("tokens_per_step"):
+        if cfg.batch_tokens and cfg.batch_tokens != resumed["tokens_per_step"]:
+            raise ValueError(f"--batch-tokens {cfg.batch_tokens} would change the checkpoint's global batch of "
+                             f"{resumed['tokens_per_step']:,} tokens per step; a resumed run keeps it")
         batch_size, grad_accum = keep_global_batch(
-            resumed["tokens_per_step"], seq_len, world_size, cfg.batch_size, cfg.grad_accum,
-            resumed.get("batch_size") or DEFAULT_MICRO_BATCH,
+            resumed["tokens_per_step"], seq_len, dp, cfg.batch_size, cfg.grad_accum,
+            resumed.get("batch_size") or DEFAULT_MICRO_BATCH, unit,
         )
+    elif cfg.batch_size and cfg.grad_accum and not cfg.batch_tokens:
+        batch_size, grad_accum = cfg.batch_size, cfg.grad_accum  # the user's own global batch
     else:
-        batch_size = cfg.batch_size or DEFAULT_MICRO_BATCH
-        grad_accum = cfg.grad_accum or max(1, round(preset.batch_tokens / (batch_size * seq_len * world_size)))
-    tokens_per_step = batch_size * seq_len * grad_accum * world_size
+        target, what = ((cfg.batch_tokens, "the --batch-tokens global batch") if cfg.batch_tokens
+                        else (preset.batch_tokens, f"preset {preset.name}'s global batch"))
+        batch_size, grad_accum = split_global_batch(
+            target, seq_len, dp, cfg.batch_size, cfg.grad_accum, cfg.batch_size or DEFAULT_MICRO_BATCH, what, unit,
+        )
+    tokens_per_step = batch_size * seq_len * grad_accum * dp
     if cfg.steps:
         steps = cfg.steps
     elif preset.train_tokens:
@@ -227,6 +285,7 @@ def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: 
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "world_size": world_size,
+        "mesh": {"dp_replicate": mesh.dp_replicate, "dp_shard": mesh.dp_shard, "tp": mesh.tp},
         "tokens_per_step": tokens_per_step,
         "preset_tokens_per_step": preset.batch_tokens,
         "lr": lr,
@@ -242,25 +301,31 @@ def plan_lines(run: dict) -> list[str]:
     """The plan as printed before a run starts (by the launcher and by the trainer's rank 0)."""
     params = f"{run['parameters']:,} parameters" if run["parameters"] else "parameters: vocab from the tokenizer"
     budget = f" (preset: {run['preset_tokens']:,})" if run["preset_tokens"] else ""
-    return [
+    mesh = MeshDims(**run["mesh"]) if "mesh" in run else MeshDims(1, run["world_size"], 1)
+    ranks = f"{mesh.dp} processes" if mesh.tp == 1 else f"{mesh.dp} data-parallel ranks"
+    lines = [
         f"preset {run['preset']}: {params}, context {run['seq_len']}",
-        f"batch: micro-batch {run['batch_size']} x accumulation {run['grad_accum']} x {run['world_size']} processes x "
+        f"batch: micro-batch {run['batch_size']} x accumulation {run['grad_accum']} x {ranks} x "
         f"{run['seq_len']} tokens = {run['tokens_per_step']:,} tokens per step (preset: {run['preset_tokens_per_step']:,})",
         f"schedule: peak lr {run['lr']:g}, warmup {run['warmup']:,} steps, cosine to {run['min_lr']:g}",
         f"length: {run['steps']:,} steps, {run['tokens']:,} tokens{budget}",
     ]
+    if mesh.tp > 1 or mesh.dp_replicate > 1:
+        lines.insert(1, f"parallel: {mesh.describe()}: FSDP2 over {mesh.dp_shard}"
+                     + (f", HSDP {mesh.dp_replicate} replicas" if mesh.dp_replicate > 1 else "")
+                     + (f", tensor + sequence parallel over {mesh.tp}" if mesh.tp > 1 else ""))
+    return lines
 
 
-def build_model(args: ModelArgs, env: DistEnv, precision: str, cfg: TrainConfig) -> torch.nn.Module:
-    """The model on env.device, ready to train: built on the meta device (no memory), wrapped
-    (activation checkpointing, torch.compile), sharded (FSDP2), then materialized and initialized,
-    so a rank holds its shard and one full parameter at most, never the whole model."""
+def build_model(args: ModelArgs, env: DistEnv, precision: str, cfg: TrainConfig, mesh: MeshDims | None = None) -> torch.nn.Module:
+    """The model on env.device, ready to train: built on the meta device (no memory), parallelized
+    over the mesh (model/parallelize.py: tensor parallel, activation checkpointing, torch.compile,
+    FSDP2/HSDP; default mesh: FSDP2 over every rank), then materialized and initialized, so a rank
+    holds its shard and one full parameter at most, never the whole model."""
     with torch.device("meta"):
         model = Transformer(args)
-    model = apply_activation_checkpointing(model, cfg.activation_checkpointing)
-    if cfg.compile:
-        model = compile_blocks(model)
-    model = apply_fsdp(model, env, precision)
+    mesh = mesh or mesh_dims(env.world_size)
+    model = parallelize(model, env, mesh, precision, cfg.activation_checkpointing, cfg.compile)
     return materialize(model, env.device, cfg.seed)
 
 
@@ -315,8 +380,11 @@ def train(cfg: TrainConfig) -> dict:
         raise TokenDataError(
             f"{cfg.data}: tokenizer vocab {shards.vocab_size} exceeds preset {cfg.preset} vocab {run['vocab_size']}"
         )
-    windows = TokenStream(shards, run["seq_len"], rank, world, cfg.seed)
-    val = evaluation_sets(cfg, shards, run, rank, world)
+    # The data-parallel rank: the ranks of a tensor-parallel group read the same batches.
+    mesh = MeshDims(**run["mesh"])
+    data_rank, data_world = mesh.dp_rank(rank), mesh.dp
+    windows = TokenStream(shards, run["seq_len"], data_rank, data_world, cfg.seed)
+    val = evaluation_sets(cfg, shards, run, data_rank, data_world)
 
     env = init_distributed()
     try:
@@ -359,7 +427,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores (model/flops.py counts their peak)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    model = build_model(args, env, precision, cfg)
+    model = build_model(args, env, precision, cfg, MeshDims(**run["mesh"]))
     parameters = num_parameters(model)
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
     scheduler = lr_scheduler(optimizer, run["warmup"], run["steps"], cfg.min_lr_ratio)
@@ -404,7 +472,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         print(
             f"[model.train] preset {preset.name}: {parameters:,} parameters, world {env.world_size} on "
             f"{env.device.type} ({precision}), {run['tokens_per_step']:,} tokens/step (batch {run['batch_size']} x seq "
-            f"{run['seq_len']} x accum {run['grad_accum']} x {env.world_size}), lr {run['lr']:g}, warmup {run['warmup']}"
+            f"{run['seq_len']} x accum {run['grad_accum']} x {MeshDims(**run['mesh']).dp}), lr {run['lr']:g}, warmup {run['warmup']}"
             + (f"; resumed from {ckpt_from} at step {start_step}" if ckpt_from is not None else ""),
             flush=True,
         )
@@ -416,13 +484,21 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     started = last_log_time = time.perf_counter()
     trained_tokens = last_log_tokens = 0  # in this process, for throughput
     paused = last_log_paused = 0.0  # seconds spent evaluating and checkpointing: not in tokens/s and MFU
-    losses = [r["loss"] for r in history]
+    losses = [r["loss"] for r in history if r.get("loss") is not None and math.isfinite(r["loss"])]
     val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
     last_eval = {key: r[key] for r in history for key in ("val_loss_by_source", "val_loss_reference") if key in r}
     ckpt = ckpt_from
     steps = run["steps"]
-    for step in range(start_step + 1, steps + 1):
+    # Stability (model/stability.py): skipped steps, loss spikes, rollbacks.
+    skipped = history[-1].get("skipped_steps", 0) if history else 0
+    consecutive_skips, spikes, rollbacks, rolled_back_from = 0, SpikeDetector(cfg.spike_window, cfg.spike_zscore), [], None
+    profiler = StepProfiler(cfg.profile_steps, out, env.rank)
+    step = start_step
+    while step < steps:
+        step += 1
+        profiler.begin(step)
         lr = scheduler.get_last_lr()[0]
+        inject_weight_fault(model, step, env.rank)
         loss_sum = torch.zeros((), device=env.device)
         for _ in range(run["grad_accum"]):
             x, y = windows.batch(run["batch_size"])
@@ -430,33 +506,80 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 loss = model(x.to(env.device), y.to(env.device))
             (loss / run["grad_accum"]).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        inject_gradient_fault(model, step, env.rank)
+        grad_norm = clip_gradients(model, cfg.grad_clip)  # global, before clipping; clips only when finite
         kill_point("step", step, env.rank)
-        optimizer.step()
+        loss_value = all_reduce_mean(loss_sum.item() / run["grad_accum"], env)
+        finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
+        spike_z = spikes.check(loss_value)
+        if spike_z is not None:
+            if env.is_main:
+                print(f"[model.train] loss spike at step {step}: loss {loss_value:.4f} is {spike_z:.1f} standard deviations "
+                      f"above the mean of the last {cfg.spike_window} steps", flush=True)
+            if cfg.spike_rollback and ckpt is not None:
+                if len(rollbacks) >= cfg.max_rollbacks:
+                    raise TrainingStopped(f"loss spike at step {step} after {len(rollbacks)} rollbacks (--max-rollbacks "
+                                          f"{cfg.max_rollbacks}); the newest checkpoint is {ckpt}")
+                optimizer.zero_grad(set_to_none=True)
+                loading = time.perf_counter()
+                meta = load_checkpoint(ckpt, model, optimizer, scheduler, args, env)  # not the data position
+                paused += time.perf_counter() - loading
+                rollbacks.append({"at_step": step, "to_step": meta["step"], "loss": loss_value, "zscore": spike_z})
+                rolled_back_from, step, tokens_seen = step, meta["step"], meta["tokens_seen"]
+                if env.is_main:
+                    print(f"[model.train] rolled back to {ckpt.name}: steps {step + 1}-{rolled_back_from} are trained "
+                          f"again on the batches after the spike (theirs are skipped)", flush=True)
+                    metrics.close()
+                    history = _read_metrics(metrics_path, step)
+                    metrics = open(metrics_path, "w")
+                    metrics.writelines(json.dumps(r) + "\n" for r in history)
+                    metrics.flush()
+                    losses = [r["loss"] for r in history if r.get("loss") is not None and math.isfinite(r["loss"])]
+                continue
+        if finite:
+            optimizer.step()
+            consecutive_skips = 0
+        else:  # the gradients are dropped; the batch stays consumed (model/stability.py)
+            skipped += 1
+            consecutive_skips += 1
+            if env.is_main:
+                print(f"[model.train] step {step} skipped: loss {loss_value}, gradient norm {grad_norm} "
+                      f"({consecutive_skips} in a row, {skipped} in all)", flush=True)
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         tokens_seen += run["tokens_per_step"]
         trained_tokens += run["tokens_per_step"]
+        trace = profiler.end(step)
+        if trace is not None and env.is_main:
+            print(f"[model.train] profile of steps {cfg.profile_steps}: {trace} (one per rank)", flush=True)
 
         last_step = step == steps
         evaluate_now = have_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))
-        log_now = step == start_step + 1 or last_step or step % cfg.log_every == 0 or evaluate_now
+        log_now = (step == start_step + 1 or last_step or step % cfg.log_every == 0 or evaluate_now or not finite
+                   or spike_z is not None or rolled_back_from is not None)
         if log_now:
-            loss_value = all_reduce_mean(loss_sum.item() / run["grad_accum"], env)
-            losses.append(loss_value)
+            if math.isfinite(loss_value):
+                losses.append(loss_value)
             now = time.perf_counter()
             tokens_per_s = (trained_tokens - last_log_tokens) / max(now - last_log_time - (paused - last_log_paused), 1e-9)
             record = {
                 "step": step,
-                "loss": loss_value,
+                "loss": loss_value if math.isfinite(loss_value) else None,
                 "lr": lr,
-                "grad_norm": full_value(grad_norm),
+                "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                 "tokens_seen": tokens_seen,
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu(tokens_per_s, flops_token, peak, env.world_size),
                 "peak_mem_gib": all_reduce_max(peak_memory_bytes(env.device), env) / 2**30,
                 "elapsed_s": now - started,
+                "skipped_steps": skipped,
             }
+            if not finite:
+                record["skipped"] = True
+            if spike_z is not None:
+                record["loss_spike_z"] = spike_z
+            if rolled_back_from is not None:
+                record["rolled_back_from"], rolled_back_from = rolled_back_from, None
             last_log_time, last_log_tokens, last_log_paused = now, trained_tokens, paused
             if evaluate_now:
                 losses_now = {name: evaluate(model, batches, env, precision) for name, batches in val.items()}
@@ -474,11 +597,16 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 metrics.flush()
                 mfu_text = f" mfu {100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
                 print(
-                    f"step {step}/{steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {record['grad_norm']:.3f} "
+                    f"step {step}/{steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {grad_norm:.3f} "
                     f"tok/s {tokens_per_s:,.0f}{mfu_text}" + (f" val_loss {val_loss:.4f}" if "val_loss" in record else "")
                     + (f" ref_loss {record['val_loss_reference']:.4f}" if "val_loss_reference" in record else ""),
                     flush=True,
                 )
+        if consecutive_skips >= cfg.max_skipped_steps:
+            raise TrainingStopped(
+                f"{consecutive_skips} consecutive steps ({step - consecutive_skips + 1}-{step}) had a non-finite loss or "
+                f"gradient norm (--max-skipped-steps {cfg.max_skipped_steps}): stopped; the newest checkpoint is {ckpt}"
+            )
         if last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0):
             saving = time.perf_counter()
             ckpt = save_checkpoint(
@@ -512,6 +640,9 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         # The last evaluation's per-source and reference losses (as in metrics.jsonl).
         "val_loss_by_source": last_eval.get("val_loss_by_source"),
         "val_loss_reference": last_eval.get("val_loss_reference"),
+        "tokens_per_step": run["tokens_per_step"],
+        "skipped_steps": skipped,
+        "rollbacks": rollbacks,
         "resumed_from": str(ckpt_from) if ckpt_from is not None else None,
         "checkpoint": str(ckpt.relative_to(out)) if ckpt is not None and ckpt.is_relative_to(out) else (str(ckpt) if ckpt else None),
     } | settings
@@ -526,6 +657,26 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = build_parser()
+    ns = p.parse_args(argv)
+    if any(v is not None and v < 1 for v in (ns.steps, ns.batch_size, ns.grad_accum, ns.log_every, ns.batch_tokens,
+                                             ns.dp_replicate, ns.dp_shard, ns.tp, ns.max_skipped_steps)):
+        p.error("--steps, --batch-size, --grad-accum, --log-every, --batch-tokens, --dp-replicate, --dp-shard, --tp "
+                "and --max-skipped-steps must be >= 1")
+    if ns.spike_window < 0 or ns.max_rollbacks < 0:
+        p.error("--spike-window and --max-rollbacks must be >= 0")
+    if ns.keep_last < 0 or ns.keep_every < 0:
+        p.error("--keep-last and --keep-every must be >= 0")
+    if ns.profile_steps:
+        try:
+            parse_steps(ns.profile_steps)
+        except ValueError as exc:
+            p.error(str(exc))
+    return TrainConfig(**{k: v for k, v in vars(ns).items()})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's options (also how `llama-recipe pretrain --train KEY=VALUE` checks its keys)."""
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="token shards folder (pipeline/token_shards.py)")
     p.add_argument("--out", type=Path, required=True, help="run folder: metrics.jsonl, checkpoints/, summary.json")
@@ -557,12 +708,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: datasheet / CPU estimate)")
-    ns = p.parse_args(argv)
-    if any(v is not None and v < 1 for v in (ns.steps, ns.batch_size, ns.grad_accum, ns.log_every)):
-        p.error("--steps, --batch-size, --grad-accum and --log-every must be >= 1")
-    if ns.keep_last < 0 or ns.keep_every < 0:
-        p.error("--keep-last and --keep-every must be >= 0")
-    return TrainConfig(**{k: v for k, v in vars(ns).items()})
+    p.add_argument("--batch-tokens", type=int,
+                   help="global batch in tokens per step, hit exactly (default: the preset's, Table 2: 4M)")
+    mesh = p.add_argument_group("device mesh (model/parallelize.py): dp-replicate x dp-shard x tp = processes")
+    mesh.add_argument("--dp-replicate", type=int, default=1, help="HSDP replicas (default 1: plain FSDP2)")
+    mesh.add_argument("--dp-shard", type=int, help="FSDP2 shard group size (default: the processes left by the others)")
+    mesh.add_argument("--tp", type=int, default=1, help="tensor + sequence parallel degree (ranks of one node)")
+    stab = p.add_argument_group("stability (model/stability.py)")
+    stab.add_argument("--max-skipped-steps", type=int, default=5,
+                      help="stop after N consecutive steps skipped for a non-finite loss or gradient norm")
+    stab.add_argument("--spike-window", type=int, default=100, help="loss-spike z-score over the last N steps (0: off)")
+    stab.add_argument("--spike-zscore", type=float, default=6.0, help="a spike: loss this many standard deviations above the window's mean")
+    stab.add_argument("--spike-rollback", action="store_true",
+                      help="on a spike, reload the newest checkpoint and go on with the batches after the spike")
+    stab.add_argument("--max-rollbacks", type=int, default=3, help="stop at a spike after this many rollbacks")
+    p.add_argument("--profile-steps", type=str,
+                   help="A-B: record steps A to B with torch.profiler, a Chrome trace per rank in RUN_DIR/profile/")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -572,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TokenDataError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"model.train: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except TrainingStopped as exc:
+        print(f"model.train: stopped: {exc}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

@@ -55,6 +55,19 @@ def test_ignored_targets_add_nothing_and_do_not_count_in_the_mean():
     assert (grad_h[~keep] == 0).all() and (grad_h[keep] != 0).any()
 
 
+def test_an_all_ignored_batch_is_nan_with_zero_gradients_as_f_cross_entropy():
+    """No target to average over: the loss is NaN (not a silent 0.0) and the gradients are zero,
+    as F.cross_entropy gives, in training and in evaluation."""
+    h, weight, _ = inputs()
+    ignored = torch.full((TOKENS,), IGNORE_INDEX)
+    loss, grad_h, grad_w = fused(h, weight, ignored, chunk=8)
+    plain_loss, plain_h, plain_w = plain(h, weight, ignored)
+    assert loss.isnan() and plain_loss.isnan()
+    assert torch.equal(grad_h, plain_h) and torch.equal(grad_w, plain_w) and not grad_h.any()
+    with torch.no_grad():
+        assert linear_cross_entropy(h, weight, ignored).isnan()
+
+
 def test_upstream_gradient_scales_the_saved_gradients():
     h, weight, targets = inputs()
     a = h.clone().requires_grad_()

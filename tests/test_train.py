@@ -23,7 +23,7 @@ from model.distributed import apply_activation_checkpointing, autocast, compile_
 from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import ModelArgs, Transformer
 from model.presets import get_preset
-from model.train import lr_at, lr_scheduler, param_groups
+from model.train import TrainConfig, lr_at, lr_scheduler, param_groups, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 BOS, EOS = 1, 2
@@ -90,6 +90,38 @@ def test_lr_schedule_warmup_then_cosine_to_ten_percent():
     assert lr_at(total + 50, peak, warmup, total) == pytest.approx(0.1 * peak)
     decay = [lr_at(s, peak, warmup, total) for s in range(warmup, total + 1)]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
+
+
+def batch(world: int, preset: str = "7B", **options) -> tuple[int, int, int]:
+    run = resolve(TrainConfig(data=Path("."), out=Path("."), preset=preset, **options), 64, world)
+    assert run["tokens_per_step"] == run["batch_size"] * run["grad_accum"] * run["seq_len"] * run["mesh"]["dp_replicate"] * run["mesh"]["dp_shard"]
+    return run["batch_size"], run["grad_accum"], run["tokens_per_step"]
+
+
+def test_the_global_batch_is_exact_at_any_world_size():
+    """Table 2's 4M tokens (2,048 sequences of 2,048) on 1, 8 and 2,048 processes, exactly; on 3
+    (or 4,096) processes it cannot be, and the error names the values that would do."""
+    four_m = 4 * 2**20
+    assert batch(1) == (8, 256, four_m)
+    assert batch(8) == (8, 32, four_m)
+    assert batch(2048) == (1, 1, four_m)  # was 8 x 1 x 2,048: 33.5M tokens per step
+    assert batch(8, batch_size=2) == (2, 128, four_m) and batch(8, grad_accum=8) == (32, 8, four_m)
+    assert batch(16, tp=8) == (8, 128, four_m)  # 2 data-parallel ranks
+    with pytest.raises(ValueError, match=r"preset 7B's global batch of 4,194,304 tokens per step \(2048 sequences of 2048\) does "
+                       r"not split over 3 processes; --batch-tokens 4190208 or 4196352 \(whole sequences on each of the 3\), "
+                       r"or world sizes that keep it: 1, 2, 4, 8, \.\.\."):
+        batch(3)
+    assert batch(3, batch_tokens=4190208) == (2, 341, 4190208)
+    with pytest.raises(ValueError, match="does not split over 4096 processes; --batch-tokens 8388608 "):
+        batch(4096)
+    with pytest.raises(ValueError, match=r"--batch-size 8 on 2048 processes cannot give preset 7B's global batch .*: use --batch-size 1 "
+                       r"--grad-accum 1 \(or leave them out to have them derived\), or --batch-tokens 33554432 to keep --batch-size 8"):
+        batch(2048, batch_size=8)
+    with pytest.raises(ValueError, match="is not a whole number of sequences of 2048 tokens: use --batch-tokens 4194304"):
+        batch(1, batch_tokens=4194305)
+    # Both given, no --batch-tokens: the user's own global batch; the tiny preset's 2,048 on 2 processes: 4 x 1.
+    assert batch(2, "tiny", batch_size=4, grad_accum=2) == (4, 2, 4 * 2 * 256 * 2)
+    assert batch(2, "tiny") == (4, 1, 2048)
 
 
 def test_weight_decay_skips_1d_params_only():

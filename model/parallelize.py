@@ -1,0 +1,205 @@
+"""The device mesh and how the model is spread over it: data parallel (FSDP2, HSDP) and tensor
+parallel with sequence parallel — model/llama.py knows nothing of it (torchtitan's `parallelize`).
+
+    --dp-replicate R --dp-shard S --tp T        R x S x T = the number of processes (torchrun's world)
+
+The mesh is (dp_replicate, dp_shard, tp), outermost first, so the T ranks of a tensor-parallel group
+are consecutive global ranks — the GPUs of one node, where NVLink carries the per-layer traffic —
+then the S ranks that shard parameters, gradients and optimizer state (FSDP2's per-block all-gather
+and reduce-scatter), then R replicas of that (HSDP: gradients all-reduced across replicas once per
+step, nothing else crosses them). A flat FSDP over every rank is R = 1, T = 1.
+
+Tensor parallel (torch.distributed.tensor.parallel, the Megatron-LM layout with sequence parallel):
+- attention: wq, wk, wv column-parallel (each rank computes n_heads / T whole heads, RoPE and
+  attention on those local heads), wo row-parallel;
+- SwiGLU: w1, w3 column-parallel, w2 row-parallel;
+- between them the residual stream, RMSNorms included, is split along the sequence (Shard(1)):
+  the norms run on seq / T tokens, an all-gather brings the full sequence into attention and the
+  feed-forward, a reduce-scatter takes their output back to the sequence shard;
+- the embedding is row-parallel on the vocabulary (each rank looks up its rows, a reduce-scatter
+  gives the sequence shard);
+- the output head and the loss: the final norm's output is all-gathered over the tensor-parallel
+  group and every rank of the group runs the fused, chunked head + cross-entropy (model/loss.py) on
+  the whole sequence with the head's whole weight (replicated over the group, sharded by FSDP over
+  the data-parallel dims). That repeats the head's 2·V·d FLOPs per token T times — ~2% of 7B's
+  per-token FLOPs each — and keeps the loss exact and the (tokens x vocab) logits unbuilt; a
+  vocabulary-parallel loss (torch's loss_parallel) would instead build sharded full logits.
+
+Every rank of a tensor-parallel group reads the same batch (model/train.py gives the data loader
+the data-parallel rank, `MeshDims.dp_rank`); the global batch is counted over the R x S
+data-parallel ranks.
+
+Order, as in torchtitan: tensor parallel, then activation checkpointing and torch.compile per block,
+then FSDP2 over the data-parallel mesh (each block one unit), on the meta device; `materialize`
+(model/distributed.py) then allocates and initializes the shards, the same weights as one process
+draws. DCP checkpoints store global tensors, so a run saved on one mesh resumes on any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
+
+
+@dataclass(frozen=True)
+class MeshDims:
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel ranks: the batch is split over these."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.tp
+
+    def dp_rank(self, rank: int) -> int:
+        """This global rank's data-parallel rank (ranks of one tensor-parallel group share it)."""
+        return rank // self.tp
+
+    def describe(self) -> str:
+        parts = [f"{n} {v}" for n, v in zip(("dp-replicate", "dp-shard", "tp"), (self.dp_replicate, self.dp_shard, self.tp))]
+        return f"mesh {self.dp_replicate} x {self.dp_shard} x {self.tp} ({', '.join(parts)})"
+
+
+def mesh_dims(world: int, dp_replicate: int = 1, dp_shard: int | None = None, tp: int = 1) -> MeshDims:
+    """The mesh for `world` processes; dp_shard None takes what the others leave. Raises ValueError
+    when the product is not the world size."""
+    for name, value in (("--dp-replicate", dp_replicate), ("--dp-shard", dp_shard), ("--tp", tp)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} {value}: must be >= 1")
+    if dp_shard is None:
+        if world % (dp_replicate * tp):
+            raise ValueError(f"--dp-replicate {dp_replicate} x --tp {tp} does not divide the {world} processes")
+        dp_shard = world // (dp_replicate * tp)
+    dims = MeshDims(dp_replicate, dp_shard, tp)
+    if dims.world != world:
+        raise ValueError(
+            f"--dp-replicate {dp_replicate} x --dp-shard {dp_shard} x --tp {tp} = {dims.world} processes, "
+            f"but the run has {world}"
+        )
+    return dims
+
+
+def check_tensor_parallel(dims: MeshDims, n_heads: int, ffn_hidden: int, seq_len: int) -> None:
+    """Tensor parallel splits whole heads, the SwiGLU hidden size and (sequence parallel) the sequence."""
+    if dims.tp == 1:
+        return
+    for what, size in (("attention heads", n_heads), ("SwiGLU hidden size", ffn_hidden), ("sequence length", seq_len)):
+        if size % dims.tp:
+            raise ValueError(f"--tp {dims.tp} must divide the model's {what} ({size})")
+
+
+def build_mesh(dims: MeshDims, device_type: str) -> DeviceMesh:
+    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
+
+
+def dp_mesh(mesh: DeviceMesh, dims: MeshDims) -> DeviceMesh | None:
+    """The mesh FSDP2 shards over: (dp_shard,), or (dp_replicate, dp_shard) for HSDP; None when the
+    data-parallel size is 1 (tensor parallel alone)."""
+    if dims.dp == 1:
+        return None
+    if dims.dp_replicate == 1:
+        return mesh["dp_shard"]
+    return mesh["dp_replicate", "dp_shard"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor parallel
+
+
+class ReplicateParallel(ParallelStyle):
+    """Parameters replicated over the tensor-parallel group, plain tensors in and out (the output
+    head: the loss uses its weight directly, `model(tokens)` calls it on the gathered sequence).
+    The parameters still become DTensors, so every parameter of the model lives on one mesh (gradient
+    clipping, checkpoints) and their gradients, identical on the group's ranks, stay replicated."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        def partition(name, mod, mesh):
+            for key, param in list(mod.named_parameters(recurse=False)):
+                mod.register_parameter(key, nn.Parameter(distribute_tensor(param, mesh, [Replicate()], src_data_rank=None)))
+
+        def inputs(mod, args, mesh):
+            return tuple(DTensor.from_local(a, mesh, [Replicate()], run_check=False) if isinstance(a, torch.Tensor) else a for a in args)
+
+        def outputs(mod, out, mesh):
+            return out.to_local() if isinstance(out, DTensor) else out
+
+        return distribute_module(module, device_mesh, partition, inputs, outputs)
+
+
+def _gather_sequence(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    """The final norm's output, sequence-sharded, as the whole sequence on every rank of the group
+    (a plain tensor for the fused head + loss); its gradient, the same on every rank, goes back to
+    the sequence shard without communication."""
+    return output.redistribute(placements=[Replicate()]).to_local()
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
+    """Megatron-style tensor + sequence parallel over `tp_mesh` (a model.llama.Transformer, on the
+    meta device or materialized)."""
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "output": ReplicateParallel(),
+        },
+    )
+    model.norm.register_forward_hook(_gather_sequence)
+    for block in model.layers:
+        parallelize_module(
+            block,
+            tp_mesh,
+            {
+                "attention_norm": SequenceParallel(),
+                # The block's forward(x, cos, sin): x gathered to the whole sequence, the RoPE tables as they are.
+                "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None)),
+                "attention.wq": ColwiseParallel(),
+                "attention.wk": ColwiseParallel(),
+                "attention.wv": ColwiseParallel(),
+                "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+                "ffn_norm": SequenceParallel(),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "feed_forward.w1": ColwiseParallel(),
+                "feed_forward.w3": ColwiseParallel(),
+                "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+            },
+        )
+    return model
+
+
+def parallelize(model: nn.Module, env, dims: MeshDims, precision: str, activation_checkpointing: str = "none",
+                compile: bool = False) -> nn.Module:
+    """Tensor parallel (tp > 1), activation checkpointing, torch.compile, then FSDP2 over the
+    data-parallel dims (HSDP when dp_replicate > 1): the model as a rank of the mesh trains it.
+    One process (no process group): only activation checkpointing and compile."""
+    from model.distributed import apply_activation_checkpointing, apply_fsdp, compile_blocks
+
+    mesh = build_mesh(dims, env.device.type) if env.distributed and dims.world > 1 else None
+    if mesh is not None and dims.tp > 1:
+        model = apply_tensor_parallel(model, mesh["tp"])
+    model = apply_activation_checkpointing(model, activation_checkpointing)
+    if compile:
+        model = compile_blocks(model)
+    if mesh is not None and dims.dp > 1:
+        model = apply_fsdp(model, env, precision, dp_mesh(mesh, dims))
+    return model
