@@ -283,16 +283,29 @@ def _build_files(build: Path) -> dict[str, bytes]:
     return {str(p.relative_to(build)): p.read_bytes() for p in wanted if not any(s.startswith(".") for s in p.parts)}
 
 
-def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, tiny_spec, tmp_path, monkeypatch):
+def test_a_build_on_a_two_worker_dask_cluster_from_s3_writes_the_local_bytes_and_publishes_them(
+        recipe_run, tiny_spec, tmp_path, monkeypatch, s3_bucket):
+    """The scale-out case end to end: inputs on S3 (moto's server on 127.0.0.1), every stage's parts on
+    a 2-worker Dask cluster whose workers copy the objects they read, the build published to S3. The
+    parts, shards and every manifest downstream of the readers are the local build's bytes; the
+    readers' manifests differ only in naming the inputs' URLs and versions; the published tree is the
+    build."""
     from distributed import LocalCluster
 
+    import fsspec
+
     from flows.corpus import build_corpus
+    from pipeline.storage import fetch_folder
 
     import threading
 
     import flows.corpus as corpus
 
     out, _ = recipe_run
+    fs, bucket = s3_bucket
+    fs.put(str(out / "samples"), f"{bucket}/raw", recursive=True)
+    # The workers are other processes: they take the store's endpoint from the environment.
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", fsspec.config.conf["s3"]["endpoint_url"])
     # On a cluster the independent sources are in flight at the same time: every source but cc
     # (which needs wikipedia's output) waits here until all the others have been started, so a
     # one-after-the-other scheduler would break the barrier. (The tiny spec's subflows last well
@@ -308,15 +321,24 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
 
     monkeypatch.setattr(corpus, "build_source", subflow_once_all_started)
     started = datetime.now(timezone.utc)
+    url = f"s3://{bucket}/builds/tiny"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         # The spec's 2 processes per stage: the parts go to the cluster as jobs, and a stage that runs
         # whole on a Dask worker (a daemon process, which may not fork) gets one process there.
-        build_corpus(str(tiny_spec), str(out / "samples"), str(tmp_path / "build"),
-                     dask_address=cluster.scheduler_address)
+        result = build_corpus(str(tiny_spec), f"s3://{bucket}/raw", str(tmp_path / "build"),
+                              dask_address=cluster.scheduler_address, publish_url=url)
+    assert result["published"] == url
     local, on_dask = _build_files(out / "build"), _build_files(tmp_path / "build")
     assert set(local) == set(on_dask) and len(local) > 50
-    assert [name for name in local if local[name] != on_dask[name]] == []
+    differing = sorted(n for n in local if local[n] != on_dask[n])
+    assert differing and all(n.endswith("_ingest/manifest.json") for n in differing), differing
+    for name in differing:
+        ours, theirs = json.loads(on_dask[name]), json.loads(local[name])
+        assert all(i["path"].startswith(f"s3://{bucket}/raw/") for i in ours["inputs"]), name
+        assert [i["sha256"] for i in ours["inputs"]] == [i["sha256"] for i in theirs["inputs"]]
+        assert {k: v for k, v in ours.items() if k not in ("inputs", "identity")} == \
+            {k: v for k, v in theirs.items() if k not in ("inputs", "identity")}, name
     _assert_parts_ran_on_the_cluster(tmp_path / "build", tiny_spec)
     assert not all_started.broken
     # The mixture's and the token shards' passes ran in the cluster's workers too, not in this process.
@@ -329,6 +351,11 @@ def test_a_build_on_a_two_worker_dask_cluster_writes_the_same_bytes(recipe_run, 
     # ... and a source still waits for the one whose output it reads: wikipedia before cc.
     times = {name: (start, end) for name, start, end in runs}
     assert times["source-wikipedia"][1] <= times["source-cc"][0]
+    # Published: the build's tree; what `pretrain --tokens s3://...` fetches is its token shards.
+    published = {p[len(f"{bucket}/builds/tiny/"):]: fs.cat_file(p) for p in fs.find(f"{bucket}/builds/tiny")}
+    assert {n: published[n] for n in on_dask} == on_dask
+    tokens = fetch_folder(f"{url}/tokens", tmp_path / "fetched-tokens")
+    assert _build_files(tokens) == _build_files(tmp_path / "build" / "tokens")
 
 
 def _assert_parts_ran_on_the_cluster(build: Path, spec_path: Path) -> None:
@@ -360,38 +387,6 @@ def _source_runs_since(started) -> list[tuple[str, object, object]]:
             return sorted((r.name, r.start_time, r.end_time) for r in runs if r.name.startswith("source-"))
 
     return asyncio.run(read())
-
-
-def test_a_build_from_an_object_store_writes_the_local_bytes_and_publishes_them(recipe_run, tiny_spec, tmp_path, s3_bucket):
-    """Inputs on S3 (moto's server on 127.0.0.1), published to S3: the same parts and shards as the
-    local build; manifests differ only in naming the inputs' URLs; the published tree is the build."""
-    from flows.corpus import build_corpus
-    from pipeline.storage import fetch_folder
-
-    fs, bucket = s3_bucket
-    out, _ = recipe_run
-    fs.put(str(out / "samples"), f"{bucket}/raw", recursive=True)
-    url = f"s3://{bucket}/builds/tiny"
-    result = build_corpus(str(tiny_spec), f"s3://{bucket}/raw", str(tmp_path / "build"), publish_url=url)
-    assert result["published"] == url
-    local, from_s3 = _build_files(out / "build"), _build_files(tmp_path / "build")
-    assert set(local) == set(from_s3) and len(local) > 50
-    # Only the readers' manifests differ (they name the URLs and versions, which their identities
-    # take); every part, shard and downstream manifest is byte for byte the local build's: what the
-    # workers read has the local files' sha256, and that is what the stages downstream depend on.
-    differing = sorted(n for n in local if local[n] != from_s3[n])
-    assert differing and all(n.endswith("_ingest/manifest.json") for n in differing), differing
-    for name in differing:
-        ours, theirs = json.loads(from_s3[name]), json.loads(local[name])
-        assert all(i["path"].startswith(f"s3://{bucket}/raw/") for i in ours["inputs"]), name
-        assert [i["sha256"] for i in ours["inputs"]] == [i["sha256"] for i in theirs["inputs"]]
-        assert {k: v for k, v in ours.items() if k not in ("inputs", "identity")} == \
-            {k: v for k, v in theirs.items() if k not in ("inputs", "identity")}, name
-    published = {p[len(f"{bucket}/builds/tiny/"):]: fs.cat_file(p) for p in fs.find(f"{bucket}/builds/tiny")}
-    assert {n: published[n] for n in from_s3} == from_s3
-    # What `pretrain --tokens s3://...` fetches is the build's token shards.
-    tokens = fetch_folder(f"{url}/tokens", tmp_path / "fetched-tokens")
-    assert _build_files(tokens) == _build_files(tmp_path / "build" / "tokens")
 
 
 def test_a_build_on_a_two_cpu_ray_cluster_writes_the_same_bytes(recipe_run, tiny_spec, tmp_path, monkeypatch):
