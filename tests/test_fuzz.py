@@ -33,8 +33,8 @@ def test_every_reader_is_fuzzed():
 
 
 def test_no_reader_or_cleaner_crashes_or_hangs_on_mutated_real_samples(tmp_path):
-    rows = fuzz.campaign(inputs=40, seed=2026, timeout=60, work=tmp_path)
-    assert sum(r["inputs"] for r in rows) >= 300
+    rows = fuzz.campaign(inputs=25, seed=2026, timeout=60, work=tmp_path)  # scripts/fuzz.py runs 2,000 per reader
+    assert sum(r["inputs"] for r in rows) >= 190
     bad = [e for r in rows for e in r["examples"]]
     assert not bad, "\n".join(bad)
     for row in rows:
