@@ -105,6 +105,9 @@ def test_clean_rejects_no_section_and_too_short():
     assert clean(r"\documentclass{article}\begin{document}" + FILLER + r"\end{document}").reason == "no_section"
     # \section in a comment or a \titleformat argument in the preamble is not a section
     assert clean("% \\section{Old}\n\\titleformat{\\section}{}\n" + FILLER).reason == "no_section"
+    # rp_v1's section-like headers: \part and \subsection start the kept text too (\partial does not)
+    assert clean("\\begin{document}Title page.\n\\part{One}\n" + FILLER).text.startswith("\\part{One}")
+    assert clean("\\begin{document}$\\partial{x}$\n\\subsection*{Start}\n" + FILLER).text.startswith("\\subsection*{Start}")
     assert clean(r"\section{A} Short.").reason == "empty_after_clean"
     assert clean(r"\section{A} Short.", min_chars=5).reason is None
 

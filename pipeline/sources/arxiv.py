@@ -514,7 +514,11 @@ def expand_macros(text: str, macros: dict[str, Macro], max_passes: int, max_grow
     return text, total, True
 
 
-FIRST_SECTION = re.compile(r"\\(?:section|chapter)\s*\*?\s*[\[{]")  # not \titleformat{\chapter}
+# The first section-like header (LLaMA §2: "we removed everything before the first section"). rp_v1's
+# _clean_tex_file lists \chapter, \part, \section, \subsection, \subsubsection and \paragraph
+# (+ \subparagraph, which a missing "|" fuses with \paragraph so neither can match); its greedy
+# "^(.*)" keeps from the LAST such header, a known bug: here, from the first one, as its docstring says.
+FIRST_SECTION = re.compile(r"\\(?:part|chapter|section|subsection|subsubsection)\s*\*?\s*[\[{]")  # not \titleformat{\chapter}
 BEGIN_DOCUMENT = re.compile(r"\\begin\s*\{document\}")
 END_DOCUMENT = re.compile(r"\\end\s*\{document\}")
 BIBLIOGRAPHY = [
