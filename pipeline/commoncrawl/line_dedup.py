@@ -182,7 +182,7 @@ class CCLineDedup(ExchangeStage):
             group = self._group_of(part)
             for p in range(self.partitions):
                 at = by_partition[bounds[p] : bounds[p + 1]]
-                duplicates = np.load(self._path("duplicates", group, p), mmap_mode="r")
+                duplicates = self.load(self._path("duplicates", group, p), mmap=True)
                 if len(at) and len(duplicates):
                     found = np.searchsorted(duplicates, hashes[at]).clip(max=len(duplicates) - 1)
                     duplicated[at] = np.asarray(duplicates[found]) == hashes[at]

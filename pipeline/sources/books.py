@@ -535,7 +535,7 @@ class BooksDedup(ExchangeStage):
     def _sketches(self, part: int) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(ids, signatures, shingle counts) of one part, as pass 1 spilled them."""
         ids = json.loads(self._path("ids", part, suffix=".json").read_text())
-        return ids, np.load(self._path("signatures", part), mmap_mode="r"), np.load(self._path("sizes", part))[:, 0]
+        return ids, self.load(self._path("signatures", part), mmap=True), self.load(self._path("sizes", part))[:, 0]
 
     def _minhash(self, signature: np.ndarray) -> MinHash:
         return MinHash(seed=1, hashvalues=np.array(signature), scheme="affine32")
@@ -580,7 +580,7 @@ class BooksDedup(ExchangeStage):
     def _check_pairs(self, pairs: list[tuple[str, str, list[int], list[int]]]) -> list[tuple[str, str, float]]:
         def shingles(where: list[int]) -> np.ndarray:
             part, start, end = where
-            return np.asarray(np.load(self._path("shingles", part), mmap_mode="r")[start:end])
+            return np.asarray(self.load(self._path("shingles", part), mmap=True)[start:end])
 
         above = []
         for a, b, where_a, where_b in pairs:
