@@ -274,11 +274,20 @@ def test_serve_registers_a_scheduled_deployment(prefect_server, tiny_spec, tmp_p
     finally:
         serving.terminate()
         serving.wait(timeout=30)
+        # Leave the suite's server as found: a deployment nothing serves any more is what `doctor`
+        # reports as unhealthy (the foreman marks it NOT_READY a minute later), and later tests ask it.
+
+        async def delete() -> None:
+            async with get_client() as client:
+                if (registered := await deployment()) is not None:
+                    await client.delete_deployment(registered.id)
+
+        asyncio.run(delete())
 
 
 def _build_files(build: Path) -> dict[str, bytes]:
     """Every manifest, Parquet part and token shard of a build (not timing.json, nor BUILD.json)."""
-    wanted = [p for p in build.rglob("*") if p.is_file() and (p.suffix in (".parquet", ".bin", ".idx")
+    wanted = [p for p in build.rglob("*") if p.is_file() and (p.suffix in (".parquet", ".bin", ".idx", ".src")
                                                                or p.name == "manifest.json")]
     return {str(p.relative_to(build)): p.read_bytes() for p in wanted if not any(s.startswith(".") for s in p.parts)}
 
