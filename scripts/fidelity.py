@@ -161,6 +161,10 @@ def perplexity_rows(work: Path) -> list[list[str]]:
 STATIC_ROWS = [
     # Other sources, checked on the real samples by the tests named in the last column (their
     # figures come from those checks; rerun the tests to see them hold).
+    ["arXiv: preamble", "rp_v1 `_clean_tex_file`: everything before the first section-like header (`\\part`, "
+     "`\\chapter`, `\\section`, `\\subsection`, `\\subsubsection`) is cut; its greedy regex in fact keeps only "
+     "from the last one, a bug", "cut before the first such header after `\\begin{document}`",
+     "same (the bug not copied)", "tests/test_arxiv.py::test_clean_rejects_no_section_and_too_short"],
     ["arXiv: back matter", "rp_v1 arxiv cleaner: everything from the first `\\appendix`, `\\bibliography{`, "
      "`thebibliography` or `references` environment on is cut", "the same, on the flattened paper (also "
      "`\\printbibliography`)", "same; `cut_back_matter: false` (the paper's sentence: only the bibliography)",
