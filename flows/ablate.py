@@ -32,7 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.documents import StageError, is_complete
-from pipeline.spec import SPEC_DIR, BuildSpec, load_spec
+from pipeline.spec import BuildSpec, load_spec, spec_path
 
 BASE = "base"
 # Proxy models: the training settings every run of an ablation shares. cpu: minutes per run on 2
@@ -50,15 +50,6 @@ METRIC_REFERENCE = "val_loss_reference"
 # -- variants -------------------------------------------------------------------------------------
 
 
-def spec_file(spec: str | Path) -> Path:
-    path = Path(spec)
-    if not path.exists() and (SPEC_DIR / f"{path}.yaml").exists():
-        path = SPEC_DIR / f"{path}.yaml"
-    if not path.is_file():
-        raise StageError(f"{path}: spec file not found")
-    return path
-
-
 def parse_variants(variants: list[str], vary: list[str]) -> dict[str, dict[str, Any]]:
     """`--variant NAME=SPEC` (a spec file per variant) and `--vary NAME:STAGE.KEY=VALUE` /
     `--vary NAME:-STAGE` (the base spec with a stage's config key set, VALUE read as YAML, or a
@@ -68,7 +59,7 @@ def parse_variants(variants: list[str], vary: list[str]) -> dict[str, dict[str, 
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
             raise StageError(f"--variant {text!r}: expected NAME=SPEC_FILE")
-        found[name] = {"spec": str(spec_file(path))}
+        found[name] = {"spec": str(spec_path(path))}
     for text in vary:
         name, sep, change = text.partition(":")
         if not sep or not name or not change:
@@ -287,7 +278,7 @@ def ablate(base_spec: str, inputs_dir: str, out_dir: str, variants: dict[str, di
     if not seeds:
         raise StageError("no seeds")
     out = Path(out_dir)
-    specs = write_variant_specs(spec_file(base_spec), variants, out / "specs")
+    specs = write_variant_specs(spec_path(base_spec), variants, out / "specs")
     eval_sources = eval_sources or ["wikipedia"]
     builds = {BASE: build_corpus(str(specs[BASE]), inputs_dir, str(out / "builds" / BASE), workers=workers)}
     reference = reference_task(builds[BASE]["tokens"], str(out / "reference"), eval_sources)

@@ -333,6 +333,12 @@ def as_input(path: Path | str | RemoteFile) -> Path | RemoteFile:
     return path if isinstance(path, RemoteFile) else Path(path)
 
 
+def job_input(path: Path | str | RemoteFile) -> str | RemoteFile:
+    """An input file as a cluster job carries it (as_input turns it back): a RemoteFile as it is, a
+    local path as a string."""
+    return path if isinstance(path, RemoteFile) else str(path)
+
+
 def dependency_digest(path: Path | RemoteFile) -> str:
     """The digest a stage records and hashes for one file it depends on: the sha256 of its bytes,
     except for another stage folder's manifest.json, which is hashed without the paths of that
@@ -550,12 +556,11 @@ class StageFolder(PartFolder):
     ):
         self.output = Path(output)
         self.resume = resume  # adopt a crashed run's temporary folder of the same identity (run_stage)
-        self.resumed_from: str | None = None  # the adopted folder's name
         # The owner in the name, "<pid>@<host>": on a shared filesystem only the host that made a
         # leftover can tell whether its process is gone.
         super().__init__(stage, self.output.parent / f".{self.output.name}.tmp-{_owner()}")
         self.config = config
-        self.inputs = [p if isinstance(p, RemoteFile) else Path(p) for p in inputs]
+        self.inputs = [as_input(p) for p in inputs]
         self.code_version = code_version
         self.kind = kind
         self.source = source
@@ -570,13 +575,16 @@ class StageFolder(PartFolder):
     # -- lifecycle
     def __enter__(self) -> "StageFolder":
         try:
-            identity = self.identity()
-            if not (self.resume and self._adopt_leftover(identity)):
+            # Only a resumable folder needs its identity here (to adopt a leftover, and for a later
+            # run to adopt this one): the others skip hashing their inputs a second time.
+            identity = self.identity() if self.resume else None
+            if not (identity and self._adopt_leftover(identity)):
                 if self.tmp.exists():
                     shutil.rmtree(self.tmp)
                 self.tmp.mkdir(parents=True)
             self._remove_leftovers()
-            (self.tmp / TMP_IDENTITY).write_text(identity + "\n")
+            if identity:
+                (self.tmp / TMP_IDENTITY).write_text(identity + "\n")
         except OSError as exc:
             raise self._write_error(exc) from exc
         return self
@@ -612,7 +620,6 @@ class StageFolder(PartFolder):
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
-            self.resumed_from = leftover.name
             return True
         return False
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.documents import RemoteFile, as_input
+from pipeline.documents import as_input, job_input
 from pipeline.stage import Stage
 
 PARTITIONS = 64  # the default split; memory per reduce is 1/PARTITIONS of the records (not in the identity)
@@ -53,7 +53,7 @@ class ExchangeStage(Stage):
         self._root.mkdir(parents=True, exist_ok=True)
 
     def worker_state(self) -> dict[str, Any]:
-        return {"partitions": self.partitions, "inputs": [p if isinstance(p, RemoteFile) else str(p) for p in self._inputs]}
+        return {"partitions": self.partitions, "inputs": [job_input(p) for p in self._inputs]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.partitions = state["partitions"]

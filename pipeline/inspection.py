@@ -22,9 +22,9 @@ import html
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from pipeline.documents import StageError, is_complete, open_parquet, read_manifest
+from pipeline.documents import Document, StageError, is_complete, read_documents, read_manifest
 
 PREVIEW_CHARS = 300  # of each sampled document's text
 DIFF_LINES = 40  # of each before/after diff
@@ -88,16 +88,9 @@ class _Smallest:
         return [item for _, item in sorted(self.heap, key=lambda entry: -entry[0])]
 
 
-def _rows(path: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
-    parquet = open_parquet(path)
-    present = [c for c in columns if c in parquet.schema_arrow.names]
-    for batch in parquet.iter_batches(batch_size=1024, columns=present):
-        yield from batch.to_pylist()
-
-
-def _sample(row: dict[str, Any], part: int) -> Sample:
-    text = row.get("text") or ""
-    return Sample(row["id"], part, text[:PREVIEW_CHARS], len(text), row.get("reason"))
+def _sample(doc: Document, part: int) -> Sample:
+    text = doc.text or ""
+    return Sample(doc.id, part, text[:PREVIEW_CHARS], len(text), doc.reason)
 
 
 def stage_folder(build_or_folder: Path, stage: str | None = None) -> Path:
@@ -127,24 +120,24 @@ def stage_samples(folder: Path, n: int = 3, seed: int = 0, reason: str | None = 
 
     by_reason: dict[str, _Smallest] = {}
     for index in with_rejected:
-        for row in _rows(folder / rejected_parts[index]["path"], ["id", "reason"]):
-            name = (row.get("reason") or "").split(":", 1)[0]
-            if reason is not None and reason not in (name, row.get("reason")):
+        for doc in read_documents(folder / rejected_parts[index]["path"], ["id", "reason"]):
+            name = (doc.reason or "").split(":", 1)[0]
+            if reason is not None and reason not in (name, doc.reason):
                 continue
-            by_reason.setdefault(name, _Smallest(n)).offer(_key(seed, row["id"]), lambda: (index, row["id"]))
+            by_reason.setdefault(name, _Smallest(n)).offer(_key(seed, doc.id), lambda: (index, doc.id))
         # Texts are read only for the documents sampled (a second pass over the few parts read).
     wanted = {(part, doc_id) for smallest in by_reason.values() for part, doc_id in smallest.items()}
     texts: dict[tuple[int, str], Sample] = {}
     for index in sorted({part for part, _ in wanted}):
-        for row in _rows(folder / rejected_parts[index]["path"], ["id", "text", "reason"]):
-            if (index, row["id"]) in wanted:
-                texts[(index, row["id"])] = _sample(row, index)
+        for doc in read_documents(folder / rejected_parts[index]["path"], ["id", "text", "reason"]):
+            if (index, doc.id) in wanted:
+                texts[(index, doc.id)] = _sample(doc, index)
     emptied = {key for key, sample in texts.items() if sample.chars == 0}
     for index in sorted({part for part, _ in emptied}):  # what the stage emptied: show what it was
         source = _input_part(folder, manifest, index)
-        for row in _rows(source, ["id", "text"]) if source is not None else ():
-            if (index, row["id"]) in emptied:
-                texts[(index, row["id"])].before = (row["text"] or "")[:PREVIEW_CHARS]
+        for doc in read_documents(source, ["id", "text"]) if source is not None else ():
+            if (index, doc.id) in emptied:
+                texts[(index, doc.id)].before = (doc.text or "")[:PREVIEW_CHARS]
     counts = manifest.get("rejected_by_reason", {})
     for name in sorted(by_reason, key=lambda r: (-counts.get(r, 0), r)):
         result.rejected[name] = [texts[item] for item in by_reason[name].items()]
@@ -152,8 +145,8 @@ def stage_samples(folder: Path, n: int = 3, seed: int = 0, reason: str | None = 
     if kept:
         smallest = _Smallest(n)
         for index in with_kept:
-            for row in _rows(folder / outputs[index]["path"], ["id", "text"]):
-                smallest.offer(_key(seed, row["id"]), lambda: _sample(row, index))
+            for doc in read_documents(folder / outputs[index]["path"], ["id", "text"]):
+                smallest.offer(_key(seed, doc.id), lambda: _sample(doc, index))
         result.kept = smallest.items()
 
     result.edits = _edits(folder, manifest, with_kept, n, seed)
@@ -185,13 +178,13 @@ def _edits(folder: Path, manifest: dict[str, Any], chosen: list[int], n: int, se
         source = _input_part(folder, manifest, index)
         if source is None:
             continue
-        before = _rows(source, ["id", "text"])
-        for row in _rows(folder / outputs[index]["path"], ["id", "text"]):
-            original = next((r for r in before if r["id"] == row["id"]), None)  # same order, rejected ones skipped
+        before = read_documents(source, ["id", "text"])
+        for doc in read_documents(folder / outputs[index]["path"], ["id", "text"]):
+            original = next((d for d in before if d.id == doc.id), None)  # same order, rejected ones skipped
             if original is None:
                 break  # not the input it came from (a reordering stage): no diffs for this part
-            if original["text"] != row["text"] and smallest.wants(key := _key(seed, row["id"])):
-                smallest.offer(key, lambda: _edit(row["id"], index, original["text"] or "", row["text"] or ""))
+            if original.text != doc.text and smallest.wants(key := _key(seed, doc.id)):
+                smallest.offer(key, lambda: _edit(doc.id, index, original.text or "", doc.text or ""))
     return smallest.items()
 
 

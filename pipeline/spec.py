@@ -171,13 +171,19 @@ class BuildSpec(Strict):
         return order
 
 
-def load_spec(path: Path | str) -> BuildSpec:
-    """Load and validate a spec file; a bare name like `demo` means data_specs/demo.yaml."""
+def spec_path(path: Path | str) -> Path:
+    """A spec file's path; a bare name like `demo` means data_specs/demo.yaml."""
     path = Path(path)
     if not path.exists() and (SPEC_DIR / f"{path}.yaml").exists():
         path = SPEC_DIR / f"{path}.yaml"
     if not path.is_file():
         raise StageError(f"{path}: spec file not found")
+    return path
+
+
+def load_spec(path: Path | str) -> BuildSpec:
+    """Load and validate a spec file; a bare name like `demo` means data_specs/demo.yaml."""
+    path = spec_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -53,6 +53,7 @@ from pipeline.documents import (
     RemoteFile,
     StageError,
     as_input,
+    job_input,
     StageFolder,
     code_version_of,
     annotation_types_of,
@@ -589,7 +590,7 @@ def run_stage(
         if done:
             folder.timings["parts_resumed"] = len(done)
         if executor is not None and stage.parallel_parts and stage.remote_parts:
-            jobs = [PartJob(*stage._job_fields(), tmp=str(folder.tmp), files=tuple(f if isinstance(f, RemoteFile) else str(f) for f in files), index=index)
+            jobs = [PartJob(*stage._job_fields(), tmp=str(folder.tmp), files=tuple(job_input(f) for f in files), index=index)
                     for index in todo]
             written = ((counts, counters, who) for counts, counters, who in executor.map(run_part_job, jobs))
         else:
