@@ -322,7 +322,10 @@ def trainer_options(pairs: list[str]) -> list[str]:
         if known[option].nargs == 0:  # a flag
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"--train {pair}: {option} is a flag, give true or false")
-            args += [option] if value.lower() in ("true", "1", "yes") else []
+            if value.lower() in ("true", "1", "yes"):
+                args.append(option)
+            elif "--no-" + option[2:] in known:  # a flag that defaults to on (--tensorboard / --no-tensorboard)
+                args.append("--no-" + option[2:])
         else:
             args += [option, value]
     return args

@@ -206,7 +206,7 @@ def set_aside_stale_run(tokens_dir: str, run_dir: str, train: TrainSpec) -> str 
     previous = run / "previous"
     shutil.rmtree(previous, ignore_errors=True)
     previous.mkdir()
-    for name in ("checkpoints", "metrics.jsonl", "summary.json", "loss_curve.png"):
+    for name in ("checkpoints", "metrics.jsonl", "tensorboard", "summary.json", "loss_curve.png"):
         if (run / name).exists():
             (run / name).rename(previous / name)
     return f"{' and '.join(reasons)} since {ckpt}: moved that run to {previous}, training afresh"

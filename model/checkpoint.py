@@ -12,6 +12,13 @@ step-000100/ once every rank's shards and meta.json are in it. So a folder named
 meta.json is complete, and a crash at any moment leaves at most a .partial folder, which the next
 start removes. (On several nodes the run folder must be on a shared filesystem, as for any DCP save.)
 
+Asynchronous (--async-checkpoint, `Checkpointer`): dcp.async_save copies the state to CPU memory,
+training goes on, and a thread writes the copy into the same .partial folder over a gloo process
+group of its own. Rank 0 commits (meta.json, rename) once its write is done: DCP writes .metadata
+last, after every rank has reported its shards written, so the same rule holds — a step-* folder
+with meta.json is complete, a crash mid-write leaves only a .partial folder. One write is in flight
+at a time (the next save, a rollback and the end of the run wait for it).
+
 Retention (`prune_checkpoints`, rank 0 after each commit): the newest `keep_last` complete
 checkpoints stay, and every one whose step is a multiple of `keep_every`; other complete ones are
 deleted, oldest first. A deletion first renames step-000100/ to .step-000100.deleting/ (atomic: from
@@ -35,13 +42,16 @@ import json
 import os
 import random
 import shutil
+import time
 import warnings
-from dataclasses import asdict
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -181,6 +191,120 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class _Writer(dcp.FileSystemWriter):
+    """DCP's file writer, plus the "ckpt-write" kill point once this rank's shards are written and
+    before DCP's .metadata is (in the background thread when the save is asynchronous)."""
+
+    def __init__(self, path: Path, step: int, rank: int):
+        super().__init__(path)
+        self._step, self._rank = step, rank
+
+    def write_data(self, plan, planner):
+        written = super().write_data(plan, planner)
+        kill_point("ckpt-write", self._step, self._rank)
+        return written
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose tensors are written (or being written, by dcp.async_save's thread) into
+    its .partial folder and that is not committed yet."""
+
+    step: int
+    partial: Path
+    final: Path
+    meta: dict[str, Any] | None  # rank 0: what meta.json will hold
+    writing: Future | None  # None once this rank's part is written
+    committed: bool = False
+
+    def written(self) -> bool:
+        if self.writing is not None and self.writing.done():
+            self.writing.result()  # raises what the background write raised
+            self.writing = None
+        return self.writing is None
+
+
+def start_checkpoint(
+    run_dir: Path | str,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    model_args: ModelArgs,
+    env: DistEnv,
+    extra: dict[str, Any] | None = None,
+    asynchronous: bool = False,
+    process_group: dist.ProcessGroup | None = None,
+) -> PendingCheckpoint:
+    """Collective: every rank calls it after optimizer step `step`. Writes the state of this moment
+    into checkpoints/.step-N.partial/: synchronously, or (asynchronous) copies it to CPU memory and
+    returns while dcp.async_save writes the copy from a thread — over `process_group`, a gloo group of
+    its own, so the thread's collectives never interleave with training's. Commit with
+    `commit_checkpoint` (collective) or, without waiting, `commit_if_written` (rank 0)."""
+    final = checkpoint_dir(run_dir, step)
+    partial = final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
+    if env.is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "rng").mkdir(parents=True)
+    barrier(env)
+    state, param_groups = _tensor_state(model, optimizer)
+    writer = _Writer(partial, step, env.rank)
+    writing = None
+    with _single_process(env):
+        if asynchronous:
+            if not env.distributed:  # the thread's warning, out of reach of _single_process's catch_warnings
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to", category=UserWarning)
+            writing = dcp.async_save(state, storage_writer=writer, process_group=process_group, no_dist=not env.distributed)
+        else:
+            dcp.save(state, storage_writer=writer, no_dist=not env.distributed)
+    _write_json(partial / "rng" / f"rank-{env.rank:05d}.json", _rng_state())
+    meta = None
+    if env.is_main:
+        meta = {
+            "step": step,
+            "world_size": env.world_size,
+            "model_args": asdict(model_args),
+            "scheduler": scheduler.state_dict(),
+            "optimizer_param_groups": param_groups,
+        } | (extra or {})
+    return PendingCheckpoint(step, partial, final, meta, writing)
+
+
+def _commit(pending: PendingCheckpoint) -> None:
+    """Rank 0, once every rank's shards and DCP's .metadata are in the .partial folder."""
+    kill_point("ckpt", pending.step, 0)
+    _write_json(pending.partial / META_FILE, pending.meta)  # last: its presence marks the folder complete
+    if pending.final.exists():  # the same step saved by an earlier attempt of this run
+        shutil.rmtree(pending.final)
+    os.rename(pending.partial, pending.final)
+    pending.committed = True
+
+
+def commit_if_written(pending: PendingCheckpoint, env: DistEnv) -> bool:
+    """Not collective: rank 0 commits an asynchronous checkpoint as soon as its write is done; any
+    rank returns whether its own part is written (and raises what the write raised). Rank 0's write
+    ends with DCP's finish step — .metadata, written after every rank reported its shards written —
+    so rank 0 alone can tell that the whole checkpoint is on disk."""
+    if not pending.written():
+        return False
+    if env.is_main and not pending.committed:
+        _commit(pending)
+    return True
+
+
+def commit_checkpoint(pending: PendingCheckpoint, env: DistEnv) -> Path:
+    """Collective: wait for this rank's write, then rank 0 commits (unless it already has)."""
+    if pending.writing is not None:
+        pending.writing.result()
+        pending.writing = None
+    barrier(env)
+    if env.is_main and not pending.committed:
+        _commit(pending)
+    barrier(env)
+    pending.committed = True
+    return pending.final
+
+
 def save_checkpoint(
     run_dir: Path | str,
     step: int,
@@ -191,33 +315,8 @@ def save_checkpoint(
     env: DistEnv,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Collective: every rank calls it after optimizer step `step`. Returns the committed folder."""
-    final = checkpoint_dir(run_dir, step)
-    partial = final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
-    if env.is_main:
-        shutil.rmtree(partial, ignore_errors=True)
-        (partial / "rng").mkdir(parents=True)
-    barrier(env)
-    state, param_groups = _tensor_state(model, optimizer)
-    with _single_process(env):
-        dcp.save(state, checkpoint_id=partial, no_dist=not env.distributed)
-    _write_json(partial / "rng" / f"rank-{env.rank:05d}.json", _rng_state())
-    barrier(env)
-    kill_point("ckpt", step, env.rank)
-    if env.is_main:
-        meta = {
-            "step": step,
-            "world_size": env.world_size,
-            "model_args": asdict(model_args),
-            "scheduler": scheduler.state_dict(),
-            "optimizer_param_groups": param_groups,
-        } | (extra or {})
-        _write_json(partial / META_FILE, meta)  # last: its presence marks the folder complete
-        if final.exists():  # the same step saved by an earlier attempt of this run
-            shutil.rmtree(final)
-        os.rename(partial, final)
-    barrier(env)
-    return final
+    """Collective: a synchronous checkpoint after optimizer step `step`. Returns the committed folder."""
+    return commit_checkpoint(start_checkpoint(run_dir, step, model, optimizer, scheduler, model_args, env, extra), env)
 
 
 def read_meta(ckpt_dir: Path | str) -> dict[str, Any]:
@@ -269,3 +368,62 @@ def load_model_state(ckpt_dir: Path | str) -> tuple[ModelArgs, dict[str, torch.T
     with _single_process(None):
         dcp.load({"model": state}, checkpoint_id=Path(ckpt_dir), no_dist=True)
     return args, state, meta
+
+
+class Checkpointer:
+    """A run's checkpoints: saved synchronously or in the background (--async-checkpoint, one write
+    in flight at a time), committed atomically, the old ones pruned (rank 0).
+
+    In the background: `save` copies the state to CPU memory and returns; each step `poll` lets rank
+    0 commit the checkpoint as soon as its write is done (no collective); `wait` (collective) waits
+    for the write and commits it — before the next save, before a rollback loads the newest
+    checkpoint, and at the end of the run. The state is the one of the step saved, whatever
+    training does meanwhile (the copy), so resuming from it is bit for bit the same as from a
+    synchronous checkpoint."""
+
+    def __init__(self, run_dir: Path | str, env: DistEnv, asynchronous: bool, keep_last: int, keep_every: int,
+                 latest: Path | None = None):
+        self.run_dir, self.env, self.asynchronous = Path(run_dir), env, asynchronous
+        self.keep_last, self.keep_every = keep_last, keep_every
+        self.latest = latest  # the newest committed checkpoint (as of the last wait on ranks other than 0)
+        self.pending: PendingCheckpoint | None = None
+        self._started = 0.0
+        # dcp.async_save's thread runs collectives (planning, finish); on a group of its own they never
+        # interleave with the training loop's. gloo: the staged copy is in CPU memory.
+        self.group = dist.new_group(backend="gloo") if asynchronous and env.distributed else None
+
+    def save(self, step: int, model, optimizer, scheduler, model_args: ModelArgs, extra: dict[str, Any]) -> None:
+        """Collective: checkpoint the state after optimizer step `step`."""
+        self.wait()
+        self._started = time.perf_counter()
+        self.pending = start_checkpoint(self.run_dir, step, model, optimizer, scheduler, model_args, self.env, extra,
+                                        asynchronous=self.asynchronous, process_group=self.group)
+        if not self.asynchronous:
+            self.wait()
+
+    def poll(self) -> None:
+        """Not collective: commit a background write that has finished (rank 0)."""
+        if self.pending is None or self.pending.committed:
+            return
+        if commit_if_written(self.pending, self.env) and self.env.is_main:
+            self._committed()
+
+    def wait(self) -> Path | None:
+        """Collective: the write in flight, if any, finished and committed. Returns the newest checkpoint."""
+        if self.pending is not None:
+            already = self.pending.committed
+            commit_checkpoint(self.pending, self.env)
+            if not already:
+                self._committed()
+            self.latest, self.pending = self.pending.final, None
+        return self.latest
+
+    def _committed(self) -> None:
+        self.latest = self.pending.final
+        if not self.env.is_main:
+            return
+        if self.asynchronous:
+            print(f"[model.train] checkpoint {self.latest.name} committed, written in the background in "
+                  f"{time.perf_counter() - self._started:.1f} s", flush=True)
+        for old in prune_checkpoints(self.run_dir, self.keep_last, self.keep_every, self.pending.step):
+            print(f"[model.train] deleted checkpoint {old.name} (keep last {self.keep_last}, every {self.keep_every})", flush=True)

@@ -27,9 +27,10 @@ accumulation, tokens per step, warmup, peak lr, steps, tokens — and `plan_line
 launcher (flows/pretrain.py) calls the same two functions to show the plan before torchrun starts,
 and passes on only what the user set.
 
-Writes to RUN_DIR: metrics.jsonl (one JSON line per logged step), checkpoints/step-NNNNNN/
-(model/checkpoint.py: torch.distributed.checkpoint, atomic) and summary.json at the end. Only rank 0
-writes the logs; every rank writes its checkpoint shards.
+Writes to RUN_DIR: metrics.jsonl (one JSON line per logged step) and TensorBoard event files in
+tensorboard/ (model/run_log.py), checkpoints/step-NNNNNN/ (model/checkpoint.py:
+torch.distributed.checkpoint, atomic; in the background with --async-checkpoint) and summary.json at
+the end. Only rank 0 writes the logs; every rank writes its checkpoint shards.
 
 Resume: by default a run continues from the newest complete checkpoint in RUN_DIR — model,
 optimizer, lr scheduler, RNG states and the data loader's position — on any world size, and
@@ -69,12 +70,11 @@ import torch
 from model.checkpoint import (
     PARTIAL_SUFFIX,
     CheckpointError,
+    Checkpointer,
     latest_checkpoint,
     load_checkpoint,
-    prune_checkpoints,
     read_meta,
     remove_partial,
-    save_checkpoint,
 )
 from model.data import TokenDataError, TokenShards, TokenStream, eval_batches
 from model.distributed import (
@@ -95,6 +95,7 @@ from model.llama import ModelArgs, Transformer, ffn_hidden_dim, num_parameters
 from model.parallelize import MeshDims, check_tensor_parallel, mesh_dims, parallelize
 from model.presets import PRESETS, count_parameters, get_preset
 from model.profiling import StepProfiler, parse_steps
+from model.run_log import RunLog
 from model.stability import SpikeDetector, TrainingStopped, clip_gradients
 
 ADAM_BETAS = (0.9, 0.95)  # §2.2
@@ -126,6 +127,7 @@ class TrainConfig:
     eval_batches: int = 4  # batches per evaluation set (the val split, each source's val documents, --eval-ref)
     eval_ref: Path | None = None  # a fixed reference set: a token shards folder of the same tokenizer (its val split)
     ckpt_every: int = 1000  # 0: checkpoint only at the end
+    async_checkpoint: bool = False  # write checkpoints from a background thread (dcp.async_save)
     keep_last: int = 3  # checkpoints kept: the newest keep_last (0: all) ...
     keep_every: int = 0  # ... and every step that is a multiple of keep_every (0: none)
     resume: str = "auto"  # auto: newest complete checkpoint of --out, if any; none; or a checkpoint folder
@@ -144,6 +146,7 @@ class TrainConfig:
     spike_rollback: bool = False  # on a spike, reload the newest checkpoint (its data is not replayed)
     max_rollbacks: int = 3  # stop at the next spike after this many rollbacks
     profile_steps: str | None = None  # "A-B": torch.profiler trace of steps A to B (RUN_DIR/profile/)
+    tensorboard: bool = True  # TensorBoard event files in RUN_DIR/tensorboard/ beside metrics.jsonl
 
 
 def lr_at(step: int, peak_lr: float, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
@@ -411,13 +414,6 @@ def evaluation_sets(cfg: TrainConfig, shards: TokenShards, run: dict, rank: int,
     return sets
 
 
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= upto]
-
-
 def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val: list,
            ckpt_from: Path | None, resumed: dict | None) -> dict:
     preset = get_preset(cfg.preset)
@@ -454,14 +450,10 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
 
     flops_token = flops_per_token(args, parameters, run["seq_len"])
     peak, peak_source = (cfg.peak_flops, "--peak-flops") if cfg.peak_flops else peak_flops(env.device, precision)
-    metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, start_step) if ckpt_from is not None else []
-    metrics = None
+    log = RunLog(out, start_step if ckpt_from is not None else None, writer=env.is_main, tensorboard=cfg.tensorboard)
+    history = log.history
+    checkpoints = Checkpointer(out, env, cfg.async_checkpoint, cfg.keep_last, cfg.keep_every, latest=ckpt_from)
     if env.is_main:
-        # Records past the checkpoint belong to the lost attempt: the resumed run writes them again.
-        metrics = open(metrics_path, "w")
-        metrics.writelines(json.dumps(r) + "\n" for r in history)
-        metrics.flush()
         for line in plan_lines(run):
             print(f"[model.train] plan: {line}", flush=True)
         before = (resumed or {}).get("run", {})
@@ -487,7 +479,6 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     losses = [r["loss"] for r in history if r.get("loss") is not None and math.isfinite(r["loss"])]
     val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
     last_eval = {key: r[key] for r in history for key in ("val_loss_by_source", "val_loss_reference") if key in r}
-    ckpt = ckpt_from
     steps = run["steps"]
     # Stability (model/stability.py): skipped steps, loss spikes, rollbacks.
     skipped = history[-1].get("skipped_steps", 0) if history else 0
@@ -496,6 +487,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     step = start_step
     while step < steps:
         step += 1
+        checkpoints.poll()  # commits a background checkpoint write that has finished
         profiler.begin(step)
         lr = scheduler.get_last_lr()[0]
         inject_weight_fault(model, step, env.rank)
@@ -516,7 +508,8 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
             if env.is_main:
                 print(f"[model.train] loss spike at step {step}: loss {loss_value:.4f} is {spike_z:.1f} standard deviations "
                       f"above the mean of the last {cfg.spike_window} steps", flush=True)
-            if cfg.spike_rollback and ckpt is not None:
+            ckpt = checkpoints.wait() if cfg.spike_rollback else None  # the newest, committed on every rank
+            if ckpt is not None:
                 if len(rollbacks) >= cfg.max_rollbacks:
                     raise TrainingStopped(f"loss spike at step {step} after {len(rollbacks)} rollbacks (--max-rollbacks "
                                           f"{cfg.max_rollbacks}); the newest checkpoint is {ckpt}")
@@ -529,12 +522,8 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 if env.is_main:
                     print(f"[model.train] rolled back to {ckpt.name}: steps {step + 1}-{rolled_back_from} are trained "
                           f"again on the batches after the spike (theirs are skipped)", flush=True)
-                    metrics.close()
-                    history = _read_metrics(metrics_path, step)
-                    metrics = open(metrics_path, "w")
-                    metrics.writelines(json.dumps(r) + "\n" for r in history)
-                    metrics.flush()
-                    losses = [r["loss"] for r in history if r.get("loss") is not None and math.isfinite(r["loss"])]
+                log.rewind(step)
+                losses = [r["loss"] for r in log.history if r.get("loss") is not None and math.isfinite(r["loss"])]
                 continue
         if finite:
             optimizer.step()
@@ -592,9 +581,8 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                     record["val_loss_reference"] = losses_now["reference"]
                 last_eval |= {k: record[k] for k in ("val_loss_by_source", "val_loss_reference") if k in record}
                 paused += time.perf_counter() - now
-            if metrics is not None:
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+            log.write(record)
+            if env.is_main:
                 mfu_text = f" mfu {100 * record['mfu']:.1f}%" if record["mfu"] is not None else ""
                 print(
                     f"step {step}/{steps} loss {loss_value:.4f} lr {lr:.3g} grad_norm {grad_norm:.3f} "
@@ -605,20 +593,21 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         if consecutive_skips >= cfg.max_skipped_steps:
             raise TrainingStopped(
                 f"{consecutive_skips} consecutive steps ({step - consecutive_skips + 1}-{step}) had a non-finite loss or "
-                f"gradient norm (--max-skipped-steps {cfg.max_skipped_steps}): stopped; the newest checkpoint is {ckpt}"
+                f"gradient norm (--max-skipped-steps {cfg.max_skipped_steps}): stopped; the newest checkpoint is "
+                f"{checkpoints.wait()}"
             )
         if last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0):
-            saving = time.perf_counter()
-            ckpt = save_checkpoint(
-                out, step, model, optimizer, scheduler, args, env,
+            saving = time.perf_counter()  # with --async-checkpoint: the copy to CPU memory only
+            checkpoints.save(
+                step, model, optimizer, scheduler, args,
                 # The loader's global position (model/data.py TokenStream), the same on every rank.
                 extra={"tokens_seen": tokens_seen, "data_loader": windows.state_dict()} | settings,
             )
-            if env.is_main:
-                for old in prune_checkpoints(out, cfg.keep_last, cfg.keep_every, step):
-                    print(f"[model.train] deleted checkpoint {old.name} (keep last {cfg.keep_last}, every {cfg.keep_every})", flush=True)
             paused += time.perf_counter() - saving
 
+    waiting = time.perf_counter()
+    ckpt = checkpoints.wait()  # the last background write, committed
+    paused += time.perf_counter() - waiting
     elapsed = time.perf_counter() - started
     tokens_per_s = trained_tokens / max(elapsed - paused, 1e-9)
     summary = {
@@ -646,8 +635,8 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         "resumed_from": str(ckpt_from) if ckpt_from is not None else None,
         "checkpoint": str(ckpt.relative_to(out)) if ckpt is not None and ckpt.is_relative_to(out) else (str(ckpt) if ckpt else None),
     } | settings
+    log.close()
     if env.is_main:
-        metrics.close()
         tmp = out / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         tmp.rename(out / "summary.json")
@@ -697,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-ref", type=Path, default=None,
                    help="a reference set evaluated with the others: a token shards folder of the same tokenizer (its val split)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="0: checkpoint only at the end")
+    p.add_argument("--async-checkpoint", action="store_true",
+                   help="write checkpoints from a background thread (dcp.async_save): training stalls only to copy the state to CPU memory")
     p.add_argument("--keep-last", type=int, default=3, help="checkpoints kept: the newest N (0: all) ...")
     p.add_argument("--keep-every", type=int, default=0, help="... and those of steps that are multiples of N (0: none)")
     p.add_argument("--resume", default="auto",
@@ -724,6 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     stab.add_argument("--max-rollbacks", type=int, default=3, help="stop at a spike after this many rollbacks")
     p.add_argument("--profile-steps", type=str,
                    help="A-B: record steps A to B with torch.profiler, a Chrome trace per rank in RUN_DIR/profile/")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="TensorBoard event files in RUN_DIR/tensorboard/ beside metrics.jsonl (default: on)")
     return p
 
 

@@ -99,7 +99,8 @@ def test_pretrain_cli_passes_mesh_dims_intervals_and_any_trainer_option(tmp_path
     base = ["pretrain", "--tokens", str(tmp_path / "tokens"), "--out", str(tmp_path / "run"), "--dry-run"]
     result = CliRunner().invoke(app, [*base, "--preset", "65B", "--nproc", "8", "--nnodes", "8", "--rdzv-endpoint", "h:1",
                                       "--tp", "8", "--batch-size", "1", "--ckpt-every", "500", "--eval-every", "250",
-                                      "--train", "spike_rollback=true", "--train", "max-skipped-steps=10", "--train", "compile=false"])
+                                      "--train", "spike_rollback=true", "--train", "max-skipped-steps=10", "--train", "compile=false",
+                                      "--train", "async_checkpoint=true", "--train", "tensorboard=false"])
     assert result.exit_code == 0, result.output
     assert "plan: parallel: mesh 1 x 8 x 8 (dp-replicate 1, dp-shard 8, tp 8)" in result.output
     assert "micro-batch 1 x accumulation 256 x 8 data-parallel ranks x 2048 tokens = 4,194,304 tokens per step" in result.output
@@ -108,6 +109,7 @@ def test_pretrain_cli_passes_mesh_dims_intervals_and_any_trainer_option(tmp_path
     assert trainer[trainer.index("--tp") + 1] == "8" and trainer[trainer.index("--ckpt-every") + 1] == "500"
     assert trainer[trainer.index("--eval-every") + 1] == "250" and trainer[trainer.index("--max-skipped-steps") + 1] == "10"
     assert "--spike-rollback" in trainer and "--compile" not in trainer
+    assert "--async-checkpoint" in trainer and "--no-tensorboard" in trainer
     for bad, message in ((["--train", "nope=1"], "KEY a trainer option"), (["--train", "compile=maybe"], "is a flag"),
                          (["--preset", "7B", "--nproc", "3"], "does not split over 3 processes")):
         refused = CliRunner().invoke(app, [*base, *bad])

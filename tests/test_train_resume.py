@@ -20,6 +20,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from model.checkpoint import (
+    Checkpointer,
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
@@ -84,6 +85,40 @@ def test_checkpoint_round_trip_in_one_process(tmp_path):
         load_checkpoint(ckpt, *trained(other, steps=0), other, ENV1)
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         load_model_state(tmp_path / "checkpoints" / "step-000006")
+
+
+def test_an_async_checkpoint_holds_the_state_of_its_step_while_training_goes_on(tmp_path):
+    """--async-checkpoint: save() returns once the state is copied; weights changed meanwhile do
+    not reach the files; the checkpoint is committed (meta.json, renamed) once the thread is done."""
+    model, optimizer, scheduler = trained()
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    checkpoints = Checkpointer(tmp_path, ENV1, asynchronous=True, keep_last=1, keep_every=0)
+    checkpoints.save(2, model, optimizer, scheduler, ARGS, {"tokens_seen": 64})
+    with torch.no_grad():  # training goes on while the thread writes
+        for param in model.parameters():
+            param.add_(1.0)
+    assert latest_checkpoint(tmp_path) in (None, tmp_path / "checkpoints" / "step-000002")  # never a half one
+    assert checkpoints.wait() == tmp_path / "checkpoints" / "step-000002" == latest_checkpoint(tmp_path)
+    fresh_model, fresh_opt, fresh_sched = trained(steps=0)
+    assert load_checkpoint(latest_checkpoint(tmp_path), fresh_model, fresh_opt, fresh_sched, ARGS, ENV1)["step"] == 2
+    for name, tensor in fresh_model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    checkpoints.save(3, model, optimizer, scheduler, ARGS, {"tokens_seen": 96})  # waits for nothing, prunes step 2
+    checkpoints.wait()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000003"]
+
+
+def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a tag as TensorBoard shows it: its own reader, purges applied."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def float32(value: float) -> float:
+    return torch.tensor(value, dtype=torch.float32).item()  # TensorBoard stores scalars as float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +215,32 @@ def test_killed_while_writing_a_checkpoint_resumes_bit_for_bit(data, reference, 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000008", "step-000012"]
     assert curve(out) == curve(reference)
     assert_same_weights(out, reference)
+
+
+@pytest.mark.slow
+def test_async_checkpoints_resume_bit_for_bit_after_a_kill_in_the_background_write(data, reference, tmp_path):
+    """--async-checkpoint: both ranks die inside dcp.async_save's thread, once their step-8 shards
+    are written and before DCP's .metadata is. The step-4 checkpoint, also written in the
+    background, was committed; the half one never is. The resumed run reproduces the synchronous
+    reference bit for bit, and TensorBoard shows each step once, the lost attempt's points purged."""
+    out = tmp_path / "run"
+    killed = run_subprocess(train_cmd(data, out, "--async-checkpoint"), env={"LLAMA_RECIPE_KILL_AT": "ckpt-write:8"})
+    assert_killed(killed)
+    assert "checkpoint step-000004 committed, written in the background" in killed.stdout
+    partial = out / "checkpoints" / ".step-000008.partial"
+    assert partial.is_dir() and not (partial / ".metadata").exists() and not (partial / "meta.json").exists()
+    assert latest_checkpoint(out).name == "step-000004"
+
+    resumed = run_subprocess(train_cmd(data, out, "--async-checkpoint"))
+    assert resumed.returncode == 0, explain(resumed)
+    assert "removed the incomplete checkpoint .step-000008.partial" in resumed.stdout
+    assert "step-000004 at step 4" in resumed.stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000008", "step-000012"]
+    assert curve(out) == curve(reference)
+    assert_same_weights(out, reference)
+    want = records(reference)
+    assert tensorboard_scalars(out, "train/loss") == [(r["step"], float32(r["loss"])) for r in want]
+    assert tensorboard_scalars(out, "val/loss") == [(r["step"], float32(r["val_loss"])) for r in want if "val_loss" in r]
 
 
 def without_batch_options(args: list[str]) -> list[str]:
