@@ -196,6 +196,12 @@ class Transformer(nn.Module):
         h = self.norm(h)
         if targets is None:
             return self.output(h).float()
+        return self.head_loss(h, targets)
+
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The output head and the mean cross-entropy, fused (model/loss.py). Tensor parallelism
+        replaces it on the model it parallelizes: each rank its share of the sequence
+        (model/parallelize.py sequence_parallel_head_loss)."""
         return linear_cross_entropy(h.reshape(-1, h.size(-1)), self.output.weight, targets.reshape(-1), self.loss_kernel)
 
 

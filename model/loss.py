@@ -20,8 +20,9 @@ its mean, as with F.cross_entropy(ignore_index=-100); a batch whose every target
 mean: the loss is NaN (0/0) and the gradients zero, exactly F.cross_entropy's behaviour (the trainer
 skips a step whose loss or gradient norm is not finite, model/train.py).
 
-Under tensor parallelism (model/parallelize.py) the head's weight is a DTensor replicated over the
-group and the hidden state is the whole sequence on every rank of it: the loss uses the local copy.
+Under tensor parallelism (model/parallelize.py sequence_parallel_head_loss) each rank runs it on its
+share of the sequence with its local copy of the head's weight, and `n_valid` is the group's count
+of targets, so that the ranks' losses add up to the batch's mean.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 
 IGNORE_INDEX = -100
 # 256 tokens x 32000 vocab x 4 bytes = 32 MB of fp32 logits per chunk: large enough for efficient
@@ -88,10 +88,10 @@ def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, kernel: Kernel, chunk: int):
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, kernel: Kernel, chunk: int,
+                n_valid: torch.Tensor):
         dtype = _compute_dtype(h, weight)
         h_c, w_c = h.to(dtype), weight.to(dtype)
-        n_valid = (targets != IGNORE_INDEX).sum()
         scale = 1.0 / n_valid.clamp(min=1).to(torch.float32)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h_c)
@@ -108,22 +108,25 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None, None
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None, None, None
 
 
 def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, kernel: Kernel = loss_and_logit_grad, chunk: int = CHUNK_TOKENS
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, kernel: Kernel = loss_and_logit_grad,
+    chunk: int = CHUNK_TOKENS, n_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of logits = h @ weight.T, without materializing the logits.
     h: (tokens, dim), weight: (vocab, dim), targets: (tokens,) with IGNORE_INDEX to skip.
-    Equal to F.cross_entropy(F.linear(h, weight).float(), targets, ignore_index=-100)."""
-    if isinstance(weight, DTensor):  # replicated over a tensor-parallel group: its gradient stays replicated
-        weight = weight.to_local()
+    Equal to F.cross_entropy(F.linear(h, weight).float(), targets, ignore_index=-100).
+    n_valid: the mean's denominator when these tokens are a share of the batch (sequence-parallel
+    ranks: model/parallelize.py); default the targets not ignored here."""
+    if n_valid is None:
+        n_valid = (targets != IGNORE_INDEX).sum()
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return _ChunkedLinearCrossEntropy.apply(h, weight, targets, kernel, chunk)
+        return _ChunkedLinearCrossEntropy.apply(h, weight, targets, kernel, chunk, n_valid)
     # Evaluation: the loss alone, still chunk by chunk.
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     for start in range(0, h.shape[0], chunk):
         logits = F.linear(h[start:start + chunk], weight).float()
         total += F.cross_entropy(logits, targets[start:start + chunk], ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (targets != IGNORE_INDEX).sum()
+    return total / n_valid

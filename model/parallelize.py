@@ -18,12 +18,15 @@ Tensor parallel (torch.distributed.tensor.parallel, the Megatron-LM layout with 
   feed-forward, a reduce-scatter takes their output back to the sequence shard;
 - the embedding is row-parallel on the vocabulary (each rank looks up its rows, a reduce-scatter
   gives the sequence shard);
-- the output head and the loss: the final norm's output is all-gathered over the tensor-parallel
-  group and every rank of the group runs the fused, chunked head + cross-entropy (model/loss.py) on
-  the whole sequence with the head's whole weight (replicated over the group, sharded by FSDP over
-  the data-parallel dims). That repeats the head's 2·V·d FLOPs per token T times — ~2% of 7B's
-  per-token FLOPs each — and keeps the loss exact and the (tokens x vocab) logits unbuilt; a
-  vocabulary-parallel loss (torch's loss_parallel) would instead build sharded full logits.
+- the output head and the loss, split along the sequence: the final norm's output stays
+  sequence-sharded and each rank of the group runs the fused, chunked head + cross-entropy
+  (model/loss.py) on its seq / T tokens with its copy of the head's weight (replicated over the
+  group, sharded by FSDP over the data-parallel dims); the weight's gradient, a partial sum over
+  the rank's tokens, is summed over the group by DTensor, and so are the rank's loss sums
+  (`sequence_parallel_head_loss`). The head's 2·V·d FLOPs per token are divided by T like the
+  blocks', no rank gathers the sequence for it, and the (tokens x vocab) logits are never built.
+  (A vocabulary-parallel loss, torch's loss_parallel, would split the weight instead but build
+  the sharded logits: V·seq·4 bytes per sequence per rank / T.)
 
 Every rank of a tensor-parallel group reads the same batch (model/train.py gives the data loader
 the data-parallel rank, `MeshDims.dp_rank`); the global batch is counted over the R x S
@@ -37,12 +40,13 @@ draws. DCP checkpoints store global tensors, so a run saved on one mesh resumes 
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -51,6 +55,8 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
     parallelize_module,
 )
+
+from model.loss import IGNORE_INDEX, linear_cross_entropy
 
 MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
 
@@ -136,8 +142,8 @@ class ReplicateParallel(ParallelStyle):
             for key, param in list(mod.named_parameters(recurse=False)):
                 mod.register_parameter(key, nn.Parameter(distribute_tensor(param, mesh, [Replicate()], src_data_rank=None)))
 
-        def inputs(mod, args, mesh):
-            return tuple(DTensor.from_local(a, mesh, [Replicate()], run_check=False) if isinstance(a, torch.Tensor) else a for a in args)
+        def inputs(mod, args, mesh):  # the sequence-sharded final norm's output, gathered (logits path)
+            return tuple(a.redistribute(placements=[Replicate()]) if isinstance(a, DTensor) else a for a in args)
 
         def outputs(mod, out, mesh):
             return out.to_local() if isinstance(out, DTensor) else out
@@ -145,11 +151,30 @@ class ReplicateParallel(ParallelStyle):
         return distribute_module(module, device_mesh, partition, inputs, outputs)
 
 
-def _gather_sequence(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-    """The final norm's output, sequence-sharded, as the whole sequence on every rank of the group
-    (a plain tensor for the fused head + loss); its gradient, the same on every rank, goes back to
-    the sequence shard without communication."""
-    return output.redistribute(placements=[Replicate()]).to_local()
+def _group_sum(value: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """The sum over the tensor-parallel group of each rank's `value`, on every rank (an all-reduce,
+    as a Partial -> Replicate DTensor redistribution); its gradient reaches each rank's `value` whole."""
+    return DTensor.from_local(value, mesh, [Partial()], run_check=False).full_tensor()
+
+
+def sequence_parallel_head_loss(model: nn.Module, h: DTensor, targets: torch.Tensor) -> torch.Tensor:
+    """Transformer.head_loss under tensor parallelism: the fused head + cross-entropy of each rank's
+    share of the sequence. h is the final norm's output, sequence-sharded (Shard(1)); targets the
+    whole (batch, seq) of the group's batch. Each rank runs the chunked head on its seq / T tokens
+    with its local copy of the replicated head weight — whose gradient, from those tokens alone, is
+    declared Partial, so DTensor sums it over the group — and the per-rank sums of the loss are
+    added up (divided by the group's count of targets). The head's 2·V·d FLOPs per token are thus
+    split over the group, not repeated, and neither the logits nor the gathered sequence are built."""
+    mesh = h.device_mesh
+    local_h = h.to_local()  # (batch, seq / T, dim); its gradient goes back as the same Shard(1)
+    share = local_h.shape[1]
+    start = mesh.get_local_rank() * share
+    local_targets = targets[:, start:start + share].reshape(-1)
+    n_valid = _group_sum((local_targets != IGNORE_INDEX).sum(), mesh)
+    weight = model.output.weight.to_local(grad_placements=[Partial()])
+    local = linear_cross_entropy(local_h.reshape(-1, local_h.shape[-1]), weight, local_targets, model.loss_kernel,
+                                 n_valid=n_valid)
+    return _group_sum(local, mesh)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
@@ -164,7 +189,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
             "output": ReplicateParallel(),
         },
     )
-    model.norm.register_forward_hook(_gather_sequence)
+    model.head_loss = types.MethodType(sequence_parallel_head_loss, model)
     for block in model.layers:
         parallelize_module(
             block,

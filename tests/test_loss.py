@@ -45,6 +45,21 @@ def test_fp32_loss_and_gradients_equal_the_plain_path_for_any_chunking(chunk):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_shares_of_the_tokens_with_the_whole_count_add_up_to_the_whole_loss():
+    """What each sequence-parallel rank computes (model/parallelize.py sequence_parallel_head_loss):
+    its share of the tokens divided by the whole batch's count of targets. The shares' losses and
+    weight gradients add up to the whole batch's; the hidden-state gradients are the whole's rows."""
+    h, weight, targets = inputs()
+    whole = plain(h, weight, targets)
+    n_valid = (targets != IGNORE_INDEX).sum()
+    shares = [fused(h[rows], weight, targets[rows], chunk=8, n_valid=n_valid) for rows in (slice(0, 20), slice(20, TOKENS))]
+    torch.testing.assert_close(shares[0][0] + shares[1][0], whole[0])
+    torch.testing.assert_close(torch.cat([shares[0][1], shares[1][1]]), whole[1])
+    torch.testing.assert_close(shares[0][2] + shares[1][2], whole[2])
+    with torch.no_grad():  # evaluation: the same share
+        torch.testing.assert_close(linear_cross_entropy(h[:20], weight, targets[:20], n_valid=n_valid), shares[0][0])
+
+
 def test_ignored_targets_add_nothing_and_do_not_count_in_the_mean():
     h, weight, targets = inputs(ignored=0)
     keep = torch.arange(TOKENS) % 3 != 0

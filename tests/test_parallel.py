@@ -1,8 +1,9 @@
 """The device mesh (model/parallelize.py, issue 17): --dp-replicate x --dp-shard x --tp processes,
 FSDP2 / HSDP on the data-parallel dims, tensor + sequence parallel on attention and SwiGLU. On CPU
-with gloo and the real trainer under torchrun: 4 processes as 2 x 2 (data x tensor parallel) train
-the curve one process trains over the same global batch, and a DCP checkpoint written on that mesh
-resumes on 4 x 1 (flat FSDP2) and on 2 x 2 HSDP with the same curve. Tolerance: float32 rounding —
+with gloo and the real trainer under torchrun: 4 processes as 2 x 2 (data x tensor parallel, the
+head + loss split along the sequence) and as 4 x 1 (flat FSDP2) train the curve one process trains
+over the same global batch, and a DCP checkpoint written on the 2 x 2 mesh resumes as 2 x 2 HSDP with
+the same curve. Tolerance: float32 rounding —
 losses and gradient norms within a relative 1e-5 (measured: 1e-7), weights within 1e-5."""
 
 from __future__ import annotations
@@ -81,12 +82,17 @@ def test_tensor_parallel_and_hsdp_train_the_single_process_curve_and_resume_acro
     done = train(data, tp, "--tp", "2", nproc=4)  # 2 data-parallel ranks x micro-batch 4, each split over 2 TP ranks
     assert "mesh 1 x 2 x 2" in done.stdout and "micro-batch 4 x accumulation 1 x 2 data-parallel ranks" in done.stdout
     assert_same_curve(tp, one, list(range(1, 7)))
-    # The TP run's step-3 checkpoint (2-D DTensor shards) continues as flat FSDP2 over 4 and as HSDP 2 x 2.
-    for name, mesh in (("flat", []), ("hsdp", ["--dp-replicate", "2"])):
-        run = resumed_from(tp, "step-000003", tmp_path / name)
-        done = train(data, run, *mesh, nproc=4)
-        assert "at step 3" in done.stdout and "micro-batch 2 x accumulation 1 x 4 processes" in done.stdout
-        assert_same_curve(run, one, list(range(1, 7)))
+    # Flat FSDP2 over the 4 processes (4 x 1), from scratch: the same curve.
+    flat = tmp_path / "flat"
+    done = train(data, flat, nproc=4)
+    assert "world 4 on cpu" in done.stdout and "parallel: mesh" not in done.stdout  # no plan line: plain FSDP2
+    assert "micro-batch 2 x accumulation 1 x 4 processes" in done.stdout
+    assert_same_curve(flat, one, list(range(1, 7)))
+    # The TP run's step-3 checkpoint (2-D DTensor shards) continues as HSDP 2 x 2.
+    run = resumed_from(tp, "step-000003", tmp_path / "hsdp")
+    done = train(data, run, "--dp-replicate", "2", nproc=4)
+    assert "at step 3" in done.stdout and "micro-batch 2 x accumulation 1 x 4 processes" in done.stdout
+    assert_same_curve(run, one, list(range(1, 7)))
 
 
 def test_pretrain_cli_passes_mesh_dims_intervals_and_any_trainer_option(tmp_path):
