@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/tokens_bench.py --out BENCHMARKS.md
 	$(PY) bench/sources_bench.py --out BENCHMARKS.md
 	$(PY) bench/train_bench.py --out BENCHMARKS.md
+	$(PY) bench/checkpoint_bench.py --out BENCHMARKS.md
 	$(PY) bench/scaling_bench.py --out BENCHMARKS.md
 	$(PY) bench/speedup_bench.py --out BENCHMARKS.md
 

@@ -106,7 +106,7 @@ def render_summary(spec: BuildSpec, out: Path, extra: dict[str, Any] | None = No
         f"mixture          {build / 'mixture'}",
         f"tokenizer        {build / 'tokenizer' / 'artifacts' / 'tokenizer.model'}",
         f"token shards     {build / 'tokens'}/(train|val)/shard-*.bin + .idx",
-        f"training run     {train}/metrics.jsonl, checkpoints/, summary.json",
+        f"training run     {train}/metrics.jsonl, tensorboard/, checkpoints/, summary.json",
     ]
     for key, value in (extra or {}).items():
         parts.append(f"{key:<16} {value}")

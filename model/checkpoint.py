@@ -250,10 +250,10 @@ def start_checkpoint(
     state, param_groups = _tensor_state(model, optimizer)
     writer = _Writer(partial, step, env.rank)
     writing = None
+    if asynchronous and not env.distributed:  # the thread warns after _single_process's catch_warnings is gone
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to", category=UserWarning)
     with _single_process(env):
         if asynchronous:
-            if not env.distributed:  # the thread's warning, out of reach of _single_process's catch_warnings
-                warnings.filterwarnings("ignore", message=".*assuming the intent is to", category=UserWarning)
             writing = dcp.async_save(state, storage_writer=writer, process_group=process_group, no_dist=not env.distributed)
         else:
             dcp.save(state, storage_writer=writer, no_dist=not env.distributed)
