@@ -219,8 +219,7 @@ def split_global_batch(
     if per_process < pp:
         fix = f"--batch-tokens {pp * dp * seq_len} or more, or " if suggest_batch_tokens else ""
         raise ValueError(f"{what} gives each of the {dp} data-parallel ranks {per_process} sequences, fewer than the "
-                         f"{pp} micro-batches the {pp} pipeline stages need (--pp {pp}): use {fix}--pp "
-                         + " or ".join(str(p) for p in range(1, min(per_process, pp - 1) + 1)))
+                         f"{pp} micro-batches the {pp} pipeline stages need (--pp {pp}): use {fix}--pp {per_process} or fewer")
     options = [(b, per_process // b) for b in _divisors(per_process) if per_process // b >= pp]
     fits = [(b, a) for b, a in options if batch_size in (None, b) and grad_accum in (None, a)]
     if not fits:
@@ -500,9 +499,10 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
             print(f"[model.train] plan: {line}", flush=True)
         before = (resumed or {}).get("run", {})
         if before.get("world_size", env.world_size) != env.world_size:
+            dp_before = MeshDims(**before["mesh"]).dp if "mesh" in before else before["world_size"]  # data-parallel ranks
             print(f"[model.train] global batch kept across world sizes: micro-batch {before.get('batch_size')} x accumulation "
-                  f"{before.get('grad_accum')} x {before['world_size']} before, {run['batch_size']} x {run['grad_accum']} x "
-                  f"{env.world_size} now, {run['tokens_per_step']:,} tokens per step", flush=True)
+                  f"{before.get('grad_accum')} x {dp_before} before, {run['batch_size']} x {run['grad_accum']} x "
+                  f"{MeshDims(**run['mesh']).dp} now, {run['tokens_per_step']:,} tokens per step", flush=True)
         print(
             f"[model.train] preset {preset.name}: {parameters:,} parameters, world {env.world_size} on "
             f"{env.device.type} ({precision}), {run['tokens_per_step']:,} tokens/step (batch {run['batch_size']} x seq "
