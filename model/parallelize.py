@@ -36,10 +36,11 @@ Every rank of a tensor-parallel group, and every stage of a pipeline, reads the 
 (model/train.py gives the data loader the data-parallel rank, `MeshDims.dp_rank`); the global batch
 is counted over the R x S data-parallel ranks.
 
-Order, as in torchtitan: the pipeline stage cut from the whole model, tensor parallel, then activation checkpointing and torch.compile per block,
-then FSDP2 over the data-parallel mesh (each block one unit), on the meta device; `materialize`
-(model/distributed.py) then allocates and initializes the shards, the same weights as one process
-draws. DCP checkpoints store global tensors, so a run saved on one mesh resumes on any other.
+Order, as in torchtitan: the pipeline stage cut from the whole model, tensor parallel, then
+activation checkpointing and torch.compile per block, then FSDP2 over the data-parallel mesh (each
+block one unit), on the meta device; `materialize` (model/distributed.py) then allocates and
+initializes the shards, the same weights as one process draws. DCP checkpoints store global tensors,
+so a run saved on one mesh resumes on any other.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def test_tensor_parallel_and_hsdp_train_the_single_process_curve_and_resume_acro
 
 
 def test_pretrain_cli_passes_mesh_dims_intervals_and_any_trainer_option(tmp_path):
-    """`llama-recipe pretrain` passes the mesh, the checkpoint and eval intervals, and any trainer
+    """`llama-recipe pretrain` passes the mesh (--pp too), the checkpoint and eval intervals, and any trainer
     option as --train KEY=VALUE (checked against the trainer's parser); the plan shows the mesh."""
     from typer.testing import CliRunner
 
@@ -180,8 +180,13 @@ def test_pretrain_cli_passes_mesh_dims_intervals_and_any_trainer_option(tmp_path
     assert trainer[trainer.index("--eval-every") + 1] == "250" and trainer[trainer.index("--max-skipped-steps") + 1] == "10"
     assert "--spike-rollback" in trainer and "--compile" not in trainer
     assert "--async-checkpoint" in trainer and "--no-tensorboard" in trainer
+    staged = CliRunner().invoke(app, [*base, "--preset", "65B", "--nproc", "8", "--nnodes", "8", "--rdzv-endpoint", "h:1",
+                                      "--pp", "8", "--batch-size", "1"])
+    assert staged.exit_code == 0, staged.output
+    assert "pipeline 8 stages (1F1B, 256 micro-batches, bubble 3%), FSDP2 over 8" in staged.output and " --pp 8" in staged.output
     for bad, message in ((["--train", "nope=1"], "KEY a trainer option"), (["--train", "compile=maybe"], "is a flag"),
-                         (["--preset", "7B", "--nproc", "3"], "does not split over 3 processes")):
+                         (["--preset", "7B", "--nproc", "3"], "does not split over 3 processes"),
+                         (["--preset", "7B", "--nproc", "6", "--pp", "3"], "--pp 3 must divide the model's 32 layers")):
         refused = CliRunner().invoke(app, [*base, *bad])
         assert refused.exit_code != 0 and message in refused.output, refused.output
 
