@@ -117,6 +117,9 @@ class Attention(nn.Module):
         q = self.wq(x).view(batch, seq, -1, self.head_dim)
         k = self.wk(x).view(batch, seq, -1, self.head_dim)
         v = self.wv(x).view(batch, seq, -1, self.head_dim)
+        # The tables' first `seq` rows: the model passes them whole, because its own input may be a
+        # share of the sequence (sequence parallel inside a pipeline stage) while attention sees all of it.
+        cos, sin = cos[:seq], sin[:seq]
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         # (batch, heads, seq, head_dim); SDPA picks the flash / memory-efficient kernel (§2.4 uses
         # xformers' causal attention for the same reason: no materialized seq x seq mask).
@@ -196,10 +199,9 @@ class Transformer(nn.Module):
         seq = tokens.shape[1]
         if seq > self.args.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.args.max_seq_len}")
-        cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         for layer in self.layers.values():
-            h = layer(h, cos, sin)
+            h = layer(h, self.rope_cos, self.rope_sin)
         if self.norm is None:  # a pipeline stage before the last
             return h
         h = self.norm(h)

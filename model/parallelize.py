@@ -11,7 +11,9 @@ all-gather and reduce-scatter), then R replicas of that (HSDP: gradients all-red
 once per step, nothing else crosses them), then P pipeline stages (model/pipeline.py: each holds
 n_layers / P blocks and passes one hidden state per micro-batch to the next — the least traffic,
 so the outermost dim, the one that crosses the slowest links). A flat FSDP over every rank is
-P = R = T = 1. Pipeline and tensor parallel are not combined (refused).
+P = R = T = 1. With tensor parallel inside pipeline stages, each rank passes its sequence shard of
+the hidden state (the residual stream is one between blocks) to the same tensor-parallel rank of the
+next stage.
 
 Tensor parallel (torch.distributed.tensor.parallel, the Megatron-LM layout with sequence parallel):
 - attention: wq, wk, wv column-parallel (each rank computes n_heads / T whole heads, RoPE and
@@ -129,16 +131,13 @@ def check_tensor_parallel(dims: MeshDims, n_heads: int, ffn_hidden: int, seq_len
 
 
 def check_pipeline_parallel(dims: MeshDims, n_layers: int) -> None:
-    """Pipeline stages hold equal numbers of whole blocks; tensor parallel is not combined with them."""
+    """Pipeline stages hold equal numbers of whole blocks."""
     if dims.pp == 1:
         return
     if n_layers % dims.pp:
         fits = [p for p in range(2, n_layers + 1) if n_layers % p == 0][:6]
         raise ValueError(f"--pp {dims.pp} must divide the model's {n_layers} layers (equal stages): "
                          f"use --pp {' or '.join(map(str, fits))}")
-    if dims.tp > 1:
-        raise ValueError(f"--pp {dims.pp} with --tp {dims.tp}: pipeline and tensor parallel together are not "
-                         "implemented; use one of them (with FSDP2/HSDP on the data-parallel dims)")
 
 
 def build_mesh(dims: MeshDims, device_type: str) -> DeviceMesh:
@@ -208,15 +207,13 @@ def sequence_parallel_head_loss(model: nn.Module, h: DTensor, targets: torch.Ten
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
     """Megatron-style tensor + sequence parallel over `tp_mesh` (a model.llama.Transformer, on the
     meta device or materialized)."""
-    parallelize_module(
-        model,
-        tp_mesh,
-        {
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-            "norm": SequenceParallel(),
-            "output": ReplicateParallel(),
-        },
-    )
+    outer = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+        "output": ReplicateParallel(),
+    }
+    # A pipeline stage (model/pipeline.py) has the embedding or the norm and head only at its ends.
+    parallelize_module(model, tp_mesh, {name: style for name, style in outer.items() if getattr(model, name) is not None})
     model.head_loss = types.MethodType(sequence_parallel_head_loss, model)
     for block in model.layers.values():
         parallelize_module(

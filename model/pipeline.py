@@ -32,9 +32,11 @@ is all-reduced over the stages (model/stability.py clip_gradients).
 Evaluation is forward-only through the stages (`Pipeline.eval_loss`): the hidden state of one
 evaluation batch sent stage to stage (point-to-point over the pp group), the last stage's loss.
 
-Limits: equal stages of whole blocks (P divides n_layers), one stage per rank (no interleaving), not
-combined with tensor parallel; the static stage shapes need full micro-batches of one sequence
-length (the trainer's are). Checked on CPU with gloo (tests/test_parallel.py), not on GPUs: there the
+Tensor parallel inside the stages (--tp T): the stages pass each tensor-parallel rank's sequence
+shard of the hidden state, (batch, seq / T, dim), to the same rank of the next stage.
+
+Limits: equal stages of whole blocks (P divides n_layers), one stage per rank (no interleaving); the
+static stage shapes need full micro-batches of one sequence length (the trainer's are). Checked on CPU with gloo (tests/test_parallel.py), not on GPUs: there the
 activation dtype between stages follows FSDP2's bf16 parameters (`activation_dtype`).
 """
 
@@ -82,15 +84,17 @@ class Pipeline:
     """This rank's stage of the pipeline and the schedule that trains it."""
 
     def __init__(self, stage_model: nn.Module, pp_mesh: DeviceMesh, device: torch.device, grad_accum: int,
-                 batch_size: int, seq_len: int, dim: int, dtype: torch.dtype):
-        self.model, self.device, self.dim, self.dtype = stage_model, device, dim, dtype
+                 batch_size: int, seq_len: int, dim: int, dtype: torch.dtype, tp: int = 1):
+        """tp: the tensor-parallel degree inside each stage; a rank passes on its seq / tp share of
+        the hidden state (sequence parallel: the residual stream between blocks is split so)."""
+        self.model, self.device, self.dim, self.dtype, self.tp = stage_model, device, dim, dtype, tp
         self.group = pp_mesh.get_group()
         self.stage, self.stages = pp_mesh.get_local_rank(), pp_mesh.size()
         self.is_first, self.is_last = self.stage == 0, self.stage == self.stages - 1
         # Static shapes on the meta device: the schedule needs no trial forward to learn them. The
         # hidden state requires grad: its gradient goes back to the previous stage.
         with torch.device("meta"):
-            hidden = torch.empty(batch_size, seq_len, dim, dtype=dtype, requires_grad=True)
+            hidden = torch.empty(batch_size, seq_len // tp, dim, dtype=dtype, requires_grad=True)
             inputs = torch.empty(batch_size, seq_len, dtype=torch.int64) if self.is_first else hidden
             outputs = torch.empty((), dtype=torch.float32, requires_grad=True) if self.is_last else hidden
         pipeline_stage = PipelineStage(stage_model, self.stage, self.stages, device, input_args=inputs,
@@ -121,7 +125,8 @@ class Pipeline:
         if self.is_first:
             h = tokens
         else:
-            h = torch.empty(*tokens.shape, self.dim, dtype=self.dtype, device=self.device)
+            batch, seq = tokens.shape
+            h = torch.empty(batch, seq // self.tp, self.dim, dtype=self.dtype, device=self.device)
             dist.recv(h, group=self.group, group_src=self.stage - 1)
         if not self.is_last:
             dist.send(self.model(h).to(self.dtype).contiguous(), group=self.group, group_dst=self.stage + 1)

@@ -336,7 +336,7 @@ def plan_lines(run: dict) -> list[str]:
     ]
     if mesh.tp > 1 or mesh.dp_replicate > 1 or mesh.pp > 1:
         stages = (f"pipeline {mesh.pp} stages (1F1B, {run['grad_accum']} micro-batches, bubble "
-                  f"{(mesh.pp - 1) / (run['grad_accum'] + mesh.pp - 1):.0%}), " if mesh.pp > 1 else "")
+                  f"{(mesh.pp - 1) / (run['grad_accum'] + mesh.pp - 1):.1%}), " if mesh.pp > 1 else "")
         lines.insert(1, f"parallel: {mesh.describe()}: {stages}FSDP2 over {mesh.dp_shard}"
                      + (f", HSDP {mesh.dp_replicate} replicas" if mesh.dp_replicate > 1 else "")
                      + (f", tensor + sequence parallel over {mesh.tp}" if mesh.tp > 1 else ""))
@@ -463,7 +463,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     pipeline = None
     if dims.pp > 1:
         pipeline = Pipeline(model, device_mesh["pp"], env.device, run["grad_accum"], run["batch_size"], run["seq_len"],
-                            args.dim, activation_dtype(env.device, precision, dims.dp > 1))
+                            args.dim, activation_dtype(env.device, precision, dims.dp > 1), dims.tp)
     with torch.device("meta"):
         parameters = num_parameters(Transformer(args))  # the whole model's, whichever part this rank holds
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
