@@ -141,6 +141,8 @@ def check_pipeline_parallel(dims: MeshDims, n_layers: int) -> None:
 
 
 def build_mesh(dims: MeshDims, device_type: str) -> DeviceMesh:
+    if dims.pp == 1:  # no pipeline: the 3-D mesh, without a size-1 dim and its process groups
+        return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS[1:])
     return init_device_mesh(device_type, (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
 
 

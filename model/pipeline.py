@@ -35,9 +35,10 @@ evaluation batch sent stage to stage (point-to-point over the pp group), the las
 Tensor parallel inside the stages (--tp T): the stages pass each tensor-parallel rank's sequence
 shard of the hidden state, (batch, seq / T, dim), to the same rank of the next stage.
 
-Limits: equal stages of whole blocks (P divides n_layers), one stage per rank (no interleaving); the
-static stage shapes need full micro-batches of one sequence length (the trainer's are). Checked on CPU with gloo (tests/test_parallel.py), not on GPUs: there the
-activation dtype between stages follows FSDP2's bf16 parameters (`activation_dtype`).
+Limits: equal stages of whole blocks (P divides n_layers), one stage per rank (no interleaved or
+zero-bubble schedules); the static stage shapes need full micro-batches of one sequence length (the
+trainer's are). Checked on CPU with gloo (tests/test_parallel.py), not on GPUs, where the hidden
+state between stages takes the dtype of FSDP2's bf16 parameters (`activation_dtype`).
 """
 
 from __future__ import annotations
