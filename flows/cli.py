@@ -354,6 +354,7 @@ def pretrain(
     dp_replicate: Optional[int] = typer.Option(None, min=1, help="Mesh: HSDP replicas (default 1)."),
     dp_shard: Optional[int] = typer.Option(None, min=1, help="Mesh: FSDP2 shard group size (default: what the others leave)."),
     tp: Optional[int] = typer.Option(None, min=1, help="Mesh: tensor + sequence parallel degree (GPUs of one node)."),
+    pp: Optional[int] = typer.Option(None, min=1, help="Mesh: pipeline stages, the outermost dim (model/pipeline.py)."),
     train_options: Optional[list[str]] = typer.Option(
         None, "--train", help="Any trainer option as KEY=VALUE (python -m model.train --help), repeatable: "
         "--train spike_rollback=true --train max_skipped_steps=10."),
@@ -367,7 +368,7 @@ def pretrain(
     train = load_spec(spec).train if spec else TrainSpec()
     options = {"--precision": precision, "--activation-checkpointing": activation_checkpointing,
                "--keep-last": keep_last, "--keep-every": keep_every, "--batch-tokens": batch_tokens,
-               "--dp-replicate": dp_replicate, "--dp-shard": dp_shard, "--tp": tp}
+               "--dp-replicate": dp_replicate, "--dp-shard": dp_shard, "--tp": tp, "--pp": pp}
     try:
         passed = trainer_options(train_options or [])
     except ValueError as exc:

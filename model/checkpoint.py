@@ -140,6 +140,22 @@ def _tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> t
     return state, optim_state["param_groups"]
 
 
+def _whole_model_param_groups(param_groups: list[dict], env: DistEnv) -> list[dict]:
+    """The optimizer's param groups with the parameter names of every rank: under pipeline parallel
+    (model/pipeline.py) a rank's groups name only its stage's parameters, and meta.json must name
+    them all for the checkpoint to load on another mesh (set_state_dict maps groups by name). The
+    same groups a single process has; unchanged where every rank holds every name."""
+    if not env.distributed:
+        return param_groups
+    every_rank: list[list[dict]] = [None] * env.world_size  # type: ignore[list-item]
+    dist.all_gather_object(every_rank, param_groups)
+    merged = []
+    for groups in zip(*every_rank):
+        names = list(dict.fromkeys(name for group in groups for name in group["params"]))  # in stage order, once
+        merged.append(groups[0] | {"params": names})
+    return merged
+
+
 def _leaves(tree: Any, prefix: str = ""):
     if isinstance(tree, dict):
         for key, value in tree.items():
@@ -248,6 +264,7 @@ def start_checkpoint(
         (partial / "rng").mkdir(parents=True)
     barrier(env)
     state, param_groups = _tensor_state(model, optimizer)
+    param_groups = _whole_model_param_groups(param_groups, env)
     writer = _Writer(partial, step, env.rank)
     writing = None
     if asynchronous and not env.distributed:  # the thread warns after _single_process's catch_warnings is gone

@@ -142,9 +142,9 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> nn.Module:
         return model
     if mode not in ("selective", "full"):
         raise ValueError(f"activation checkpointing {mode!r}: expected none, selective or full")
-    for index, block in enumerate(model.layers):
+    for key, block in model.layers.items():
         context = {"context_fn": partial(create_selective_checkpoint_contexts, _keep_matmuls)} if mode == "selective" else {}
-        model.layers[index] = checkpoint_wrapper(block, preserve_rng_state=False, **context)
+        model.layers[key] = checkpoint_wrapper(block, preserve_rng_state=False, **context)
     return model
 
 
@@ -152,7 +152,7 @@ def compile_blocks(model: nn.Module) -> nn.Module:
     """torch.compile each TransformerBlock in place (torchtitan's granularity: the blocks are
     identical, so one compiled graph serves all of them, and FSDP2's hooks stay outside it), and
     the per-chunk softmax kernel of the fused head + loss (model/loss.py)."""
-    for block in model.layers:
+    for block in model.layers.values():
         block.compile()
     model.loss_kernel = compile_loss_kernel()
     return model
@@ -180,7 +180,7 @@ def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32", mesh: De
         if env.device.type == "cuda" and precision == "bf16"
         else MixedPrecisionPolicy()
     )
-    blocks = list(model.layers)
+    blocks = list(model.layers.values())
     for index, block in enumerate(blocks):
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=index < len(blocks) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp)
@@ -191,35 +191,52 @@ def apply_fsdp(model: nn.Module, env: DistEnv, precision: str = "fp32", mesh: De
 
 
 @torch.no_grad()
-def materialize(model: Transformer, device: torch.device, seed: int) -> Transformer:
+def materialize(model: Transformer, device: torch.device, seed: int,
+                whole_model: list[tuple[str, torch.Size]] | None = None) -> Transformer:
     """Allocate a meta-device model (sharded by apply_fsdp or not) on `device` and initialize it
     (Transformer.init_weights's distributions, drawn after torch.manual_seed(seed)): the same
     weights on any world size. A sharded parameter is drawn whole (one at a time, so a rank briefly holds one
     full parameter) and this rank keeps its slice: DTensor's own random ops are not
-    sharding-invariant on CPU."""
+    sharding-invariant on CPU. `whole_model`: the (name, shape) of every parameter of the whole
+    model in order, when `model` is one pipeline stage of it (model/pipeline.py): every one is
+    drawn, in that order, and the stage keeps its own, so the stages' weights are one process's."""
     model.to_empty(device=device)
     torch.manual_seed(seed)
-    for name, param in model.named_parameters():
-        if isinstance(param, DTensor):
-            full = torch.empty(param.shape, dtype=param.dtype, device=device)
-            init_parameter(name, full)
+    own = {_plain_name(name): param for name, param in model.named_parameters()}
+    order = whole_model if whole_model is not None else [(name, param.shape) for name, param in own.items()]
+    for name, shape in order:
+        param = own.get(name)
+        if param is not None and not isinstance(param, DTensor):
+            init_parameter(name, param)
+            continue
+        full = torch.empty(shape, dtype=torch.float32 if param is None else param.dtype, device=device)
+        init_parameter(name, full)  # another stage's parameter: drawn only to keep the random stream in step
+        if param is not None:
             # src_data_rank=None: every rank slices its own copy, no communication.
             shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
             param.to_local().copy_(shard.to_local())
-            del full, shard
-        else:
-            init_parameter(name, param)
+            del shard
+        del full
+    missing = own.keys() - {name for name, _ in order}
+    if missing:
+        raise ValueError(f"materialize: parameters {sorted(missing)} are not in the whole model's")
     model.init_rope()
     return model
 
 
-def all_reduce_mean(value: float, env: DistEnv) -> float:
-    """Average a Python float over ranks (identity for one process)."""
+def _plain_name(name: str) -> str:
+    """A parameter's name without the activation-checkpoint and torch.compile wrappers' parts."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+def all_reduce_mean(value: float, env: DistEnv, holders: int | None = None) -> float:
+    """Average a Python float over ranks (identity for one process). `holders`: how many ranks hold
+    a value when the others pass 0 (the last pipeline stages hold the loss); default all."""
     if not env.distributed:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.item() / env.world_size
+    return t.item() / (holders or env.world_size)
 
 
 def _all_reduce_int(value: int, env: DistEnv, op: dist.ReduceOp) -> int:

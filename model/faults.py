@@ -79,6 +79,8 @@ def inject_weight_fault(model, step: int, rank: int) -> None:
     import torch
 
     for kind in _faults("spike", step, rank):
+        if model.output is None:  # a pipeline stage before the last (model/pipeline.py) has no head
+            continue
         with torch.no_grad():
             weight = model.output.weight
             (weight.to_local() if hasattr(weight, "to_local") else weight).mul_(SPIKE_SCALE)

@@ -11,7 +11,10 @@ a training loss. The architecture differs from the original transformer in three
 
 Also as in LLaMA: no biases anywhere, untied input embedding and output head.
 The file knows nothing about FSDP, tensor parallelism or devices: model/distributed.py and
-model/parallelize.py wrap it.
+model/parallelize.py wrap it. Pipeline parallelism (model/pipeline.py) keeps one stage's share of
+it: the other blocks deleted from `layers` (a ModuleDict keyed "0", "1", ..., so a block keeps its
+name layers.N.* on any stage) and the embedding, or the final norm and head, set to None — the
+forward skips what the stage does not have.
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ class Attention(nn.Module):
         q = self.wq(x).view(batch, seq, -1, self.head_dim)
         k = self.wk(x).view(batch, seq, -1, self.head_dim)
         v = self.wv(x).view(batch, seq, -1, self.head_dim)
+        # The tables' first `seq` rows: the model passes them whole, because its own input may be a
+        # share of the sequence (sequence parallel inside a pipeline stage) while attention sees all of it.
+        cos, sin = cos[:seq], sin[:seq]
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         # (batch, heads, seq, head_dim); SDPA picks the flash / memory-efficient kernel (§2.4 uses
         # xformers' causal attention for the same reason: no materialized seq x seq mask).
@@ -154,7 +160,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        # A dict, not a list: a pipeline stage deletes the blocks it does not run and the rest keep
+        # their global names (layers.N.*), which checkpoints and the Hugging Face export rely on.
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(i, args) for i in range(args.n_layers)})
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)  # untied from tok_embeddings
         # Non-persistent: derived from args, so checkpoints hold only learned weights (as Meta's do).
@@ -185,14 +193,17 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: (batch, seq) int64. Without `targets`: float32 logits (batch, seq, vocab). With
         `targets` (same shape as tokens; -100 = ignore): the mean next-token cross-entropy, computed
-        by the fused, chunked head + loss (model/loss.py), which never builds the full logits."""
+        by the fused, chunked head + loss (model/loss.py), which never builds the full logits.
+        A pipeline stage (model/pipeline.py) without the embedding takes the previous stage's hidden
+        state (batch, seq, dim) as `tokens`; one without the final norm and head returns its own."""
         seq = tokens.shape[1]
         if seq > self.args.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.args.max_seq_len}")
-        cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, cos, sin)
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        for layer in self.layers.values():
+            h = layer(h, self.rope_cos, self.rope_sin)
+        if self.norm is None:  # a pipeline stage before the last
+            return h
         h = self.norm(h)
         if targets is None:
             return self.output(h).float()

@@ -1,13 +1,19 @@
-"""The device mesh and how the model is spread over it: data parallel (FSDP2, HSDP) and tensor
-parallel with sequence parallel — model/llama.py knows nothing of it (torchtitan's `parallelize`).
+"""The device mesh and how the model is spread over it: pipeline parallel, data parallel (FSDP2,
+HSDP) and tensor parallel with sequence parallel — model/llama.py knows nothing of it (torchtitan's
+`parallelize`).
 
-    --dp-replicate R --dp-shard S --tp T        R x S x T = the number of processes (torchrun's world)
+    --pp P --dp-replicate R --dp-shard S --tp T        P x R x S x T = the number of processes (torchrun's world)
 
-The mesh is (dp_replicate, dp_shard, tp), outermost first, so the T ranks of a tensor-parallel group
-are consecutive global ranks — the GPUs of one node, where NVLink carries the per-layer traffic —
-then the S ranks that shard parameters, gradients and optimizer state (FSDP2's per-block all-gather
-and reduce-scatter), then R replicas of that (HSDP: gradients all-reduced across replicas once per
-step, nothing else crosses them). A flat FSDP over every rank is R = 1, T = 1.
+The mesh is (pp, dp_replicate, dp_shard, tp), outermost first, so the T ranks of a tensor-parallel
+group are consecutive global ranks — the GPUs of one node, where NVLink carries the per-layer
+traffic — then the S ranks that shard parameters, gradients and optimizer state (FSDP2's per-block
+all-gather and reduce-scatter), then R replicas of that (HSDP: gradients all-reduced across replicas
+once per step, nothing else crosses them), then P pipeline stages (model/pipeline.py: each holds
+n_layers / P blocks and passes one hidden state per micro-batch to the next — the least traffic,
+so the outermost dim, the one that crosses the slowest links). A flat FSDP over every rank is
+P = R = T = 1. With tensor parallel inside pipeline stages, each rank passes its sequence shard of
+the hidden state (the residual stream is one between blocks) to the same tensor-parallel rank of the
+next stage.
 
 Tensor parallel (torch.distributed.tensor.parallel, the Megatron-LM layout with sequence parallel):
 - attention: wq, wk, wv column-parallel (each rank computes n_heads / T whole heads, RoPE and
@@ -28,14 +34,15 @@ Tensor parallel (torch.distributed.tensor.parallel, the Megatron-LM layout with 
   (A vocabulary-parallel loss, torch's loss_parallel, would split the weight instead but build
   the sharded logits: V·seq·4 bytes per sequence per rank / T.)
 
-Every rank of a tensor-parallel group reads the same batch (model/train.py gives the data loader
-the data-parallel rank, `MeshDims.dp_rank`); the global batch is counted over the R x S
-data-parallel ranks.
+Every rank of a tensor-parallel group, and every stage of a pipeline, reads the same batch
+(model/train.py gives the data loader the data-parallel rank, `MeshDims.dp_rank`); the global batch
+is counted over the R x S data-parallel ranks.
 
-Order, as in torchtitan: tensor parallel, then activation checkpointing and torch.compile per block,
-then FSDP2 over the data-parallel mesh (each block one unit), on the meta device; `materialize`
-(model/distributed.py) then allocates and initializes the shards, the same weights as one process
-draws. DCP checkpoints store global tensors, so a run saved on one mesh resumes on any other.
+Order, as in torchtitan: the pipeline stage cut from the whole model, tensor parallel, then
+activation checkpointing and torch.compile per block, then FSDP2 over the data-parallel mesh (each
+block one unit), on the meta device; `materialize` (model/distributed.py) then allocates and
+initializes the shards, the same weights as one process draws. DCP checkpoints store global tensors,
+so a run saved on one mesh resumes on any other.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from torch.distributed.tensor.parallel import (
 
 from model.loss import IGNORE_INDEX, linear_cross_entropy
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class MeshDims:
     dp_replicate: int = 1
     dp_shard: int = 1
     tp: int = 1
+    pp: int = 1  # pipeline stages (model/pipeline.py), the outermost dim
 
     @property
     def dp(self) -> int:
@@ -74,31 +82,40 @@ class MeshDims:
 
     @property
     def world(self) -> int:
-        return self.dp * self.tp
+        return self.pp * self.dp * self.tp
 
     def dp_rank(self, rank: int) -> int:
-        """This global rank's data-parallel rank (ranks of one tensor-parallel group share it)."""
-        return rank // self.tp
+        """This global rank's data-parallel rank: the ranks of one tensor-parallel group, and the
+        pipeline stages of one data-parallel replica, share it (they read the same batches)."""
+        return rank // self.tp % self.dp
+
+    def pp_rank(self, rank: int) -> int:
+        """This global rank's pipeline stage."""
+        return rank // (self.dp * self.tp)
 
     def describe(self) -> str:
-        parts = [f"{n} {v}" for n, v in zip(("dp-replicate", "dp-shard", "tp"), (self.dp_replicate, self.dp_shard, self.tp))]
-        return f"mesh {self.dp_replicate} x {self.dp_shard} x {self.tp} ({', '.join(parts)})"
+        names, values = ["dp-replicate", "dp-shard", "tp"], [self.dp_replicate, self.dp_shard, self.tp]
+        if self.pp > 1:
+            names, values = ["pp", *names], [self.pp, *values]
+        parts = [f"{n} {v}" for n, v in zip(names, values)]
+        return f"mesh {' x '.join(map(str, values))} ({', '.join(parts)})"
 
 
-def mesh_dims(world: int, dp_replicate: int = 1, dp_shard: int | None = None, tp: int = 1) -> MeshDims:
+def mesh_dims(world: int, dp_replicate: int = 1, dp_shard: int | None = None, tp: int = 1, pp: int = 1) -> MeshDims:
     """The mesh for `world` processes; dp_shard None takes what the others leave. Raises ValueError
     when the product is not the world size."""
-    for name, value in (("--dp-replicate", dp_replicate), ("--dp-shard", dp_shard), ("--tp", tp)):
+    for name, value in (("--pp", pp), ("--dp-replicate", dp_replicate), ("--dp-shard", dp_shard), ("--tp", tp)):
         if value is not None and value < 1:
             raise ValueError(f"{name} {value}: must be >= 1")
+    given = f"--pp {pp} x " if pp > 1 else ""
     if dp_shard is None:
-        if world % (dp_replicate * tp):
-            raise ValueError(f"--dp-replicate {dp_replicate} x --tp {tp} does not divide the {world} processes")
-        dp_shard = world // (dp_replicate * tp)
-    dims = MeshDims(dp_replicate, dp_shard, tp)
+        if world % (pp * dp_replicate * tp):
+            raise ValueError(f"{given}--dp-replicate {dp_replicate} x --tp {tp} does not divide the {world} processes")
+        dp_shard = world // (pp * dp_replicate * tp)
+    dims = MeshDims(dp_replicate, dp_shard, tp, pp)
     if dims.world != world:
         raise ValueError(
-            f"--dp-replicate {dp_replicate} x --dp-shard {dp_shard} x --tp {tp} = {dims.world} processes, "
+            f"{given}--dp-replicate {dp_replicate} x --dp-shard {dp_shard} x --tp {tp} = {dims.world} processes, "
             f"but the run has {world}"
         )
     return dims
@@ -113,8 +130,20 @@ def check_tensor_parallel(dims: MeshDims, n_heads: int, ffn_hidden: int, seq_len
             raise ValueError(f"--tp {dims.tp} must divide the model's {what} ({size})")
 
 
+def check_pipeline_parallel(dims: MeshDims, n_layers: int) -> None:
+    """Pipeline stages hold equal numbers of whole blocks."""
+    if dims.pp == 1:
+        return
+    if n_layers % dims.pp:
+        fits = [p for p in range(2, n_layers + 1) if n_layers % p == 0][:6]
+        raise ValueError(f"--pp {dims.pp} must divide the model's {n_layers} layers (equal stages): "
+                         f"use --pp {' or '.join(map(str, fits))}")
+
+
 def build_mesh(dims: MeshDims, device_type: str) -> DeviceMesh:
-    return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
+    if dims.pp == 1:  # no pipeline: the 3-D mesh, without a size-1 dim and its process groups
+        return init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS[1:])
+    return init_device_mesh(device_type, (dims.pp, dims.dp_replicate, dims.dp_shard, dims.tp), mesh_dim_names=MESH_DIMS)
 
 
 def dp_mesh(mesh: DeviceMesh, dims: MeshDims) -> DeviceMesh | None:
@@ -180,17 +209,15 @@ def sequence_parallel_head_loss(model: nn.Module, h: DTensor, targets: torch.Ten
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
     """Megatron-style tensor + sequence parallel over `tp_mesh` (a model.llama.Transformer, on the
     meta device or materialized)."""
-    parallelize_module(
-        model,
-        tp_mesh,
-        {
-            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-            "norm": SequenceParallel(),
-            "output": ReplicateParallel(),
-        },
-    )
+    outer = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+        "output": ReplicateParallel(),
+    }
+    # A pipeline stage (model/pipeline.py) has the embedding or the norm and head only at its ends.
+    parallelize_module(model, tp_mesh, {name: style for name, style in outer.items() if getattr(model, name) is not None})
     model.head_loss = types.MethodType(sequence_parallel_head_loss, model)
-    for block in model.layers:
+    for block in model.layers.values():
         parallelize_module(
             block,
             tp_mesh,
@@ -213,13 +240,19 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
 
 
 def parallelize(model: nn.Module, env, dims: MeshDims, precision: str, activation_checkpointing: str = "none",
-                compile: bool = False) -> nn.Module:
-    """Tensor parallel (tp > 1), activation checkpointing, torch.compile, then FSDP2 over the
-    data-parallel dims (HSDP when dp_replicate > 1): the model as a rank of the mesh trains it.
-    One process (no process group): only activation checkpointing and compile."""
+                compile: bool = False, mesh: DeviceMesh | None = None) -> nn.Module:
+    """Pipeline parallel (pp > 1: the model cut to this rank's stage, model/pipeline.py), tensor
+    parallel (tp > 1), activation checkpointing, torch.compile, then FSDP2 over the data-parallel
+    dims (HSDP when dp_replicate > 1): the model as a rank of the mesh trains it. `mesh`: the one
+    build_mesh made for `dims` (built here when None). One process (no process group): only
+    activation checkpointing and compile."""
     from model.distributed import apply_activation_checkpointing, apply_fsdp, compile_blocks
+    from model.pipeline import keep_stage
 
-    mesh = build_mesh(dims, env.device.type) if env.distributed and dims.world > 1 else None
+    if mesh is None and env.distributed and dims.world > 1:
+        mesh = build_mesh(dims, env.device.type)
+    if mesh is not None and dims.pp > 1:
+        model = keep_stage(model, dims.pp, mesh["pp"].get_local_rank())
     if mesh is not None and dims.tp > 1:
         model = apply_tensor_parallel(model, mesh["tp"])
     model = apply_activation_checkpointing(model, activation_checkpointing)

@@ -2,7 +2,8 @@
 step, a run of them stops the run, and loss spikes are detected (and optionally rolled back).
 
 - Gradient norm: the global L2 norm of all gradients before clipping, the same number on every rank
-  (under FSDP2 / tensor parallel the per-shard norms are all-reduced). If it — or the step's loss —
+  (under FSDP2 / tensor parallel the per-shard norms are all-reduced, under pipeline parallel the
+  stages' norms too). If it — or the step's loss —
   is not finite (an inf or NaN anywhere, e.g. a bf16 overflow or a bad batch), the optimizer step
   is skipped: the weights and AdamW's moments stay as they were, the gradients are dropped. The
   step still counts: its batch was consumed and is not replayed (the data loader moves on, as it
@@ -28,6 +29,7 @@ import math
 from collections import deque
 
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 
@@ -35,13 +37,18 @@ class TrainingStopped(RuntimeError):
     """The run cannot usefully go on (consecutive non-finite steps, repeated loss spikes)."""
 
 
-def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+def clip_gradients(model: torch.nn.Module, max_norm: float, pp_group: dist.ProcessGroup | None = None) -> float:
     """The global gradient norm before clipping, as a float (identical on every rank); the
-    gradients are clipped to max_norm only when it is finite (else the caller skips the step)."""
+    gradients are clipped to max_norm only when it is finite (else the caller skips the step).
+    pp_group: the pipeline's stages, each holding a part of the model (model/pipeline.py)."""
     params = [p for p in model.parameters() if p.grad is not None]
     total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
     if isinstance(total, DTensor):  # FSDP2 / tensor parallel: reduce the per-shard norms
         total = total.full_tensor()
+    if pp_group is not None:  # this stage's norm -> the whole model's: sqrt of the stages' sum of squares
+        total = total.pow(2)
+        dist.all_reduce(total, group=pp_group)
+        total = total.sqrt()
     norm = float(total)
     if math.isfinite(norm):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)

@@ -17,7 +17,9 @@ The recipe:
   naming values that would give it.
 - Length: Table 2's tokens (1.0T for 7B and 13B, 1.4T for 33B and 65B) at that batch, unless --steps.
 - Distribution, activation checkpointing and torch.compile: model/distributed.py; the device mesh
-  (--dp-replicate x --dp-shard x --tp: FSDP2, HSDP, tensor + sequence parallel): model/parallelize.py.
+  (--pp x --dp-replicate x --dp-shard x --tp: pipeline stages, FSDP2, HSDP, tensor + sequence
+  parallel): model/parallelize.py, model/pipeline.py (the accumulation's micro-batches are the
+  pipeline's).
 - Stability: a step with a non-finite loss or gradient norm is skipped, loss spikes are logged and
   optionally rolled back (model/stability.py). The model is built
   on the meta device, sharded, then materialized and initialized (model/distributed.py materialize).
@@ -66,6 +68,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.device_mesh import DeviceMesh
 
 from model.checkpoint import (
     PARTIAL_SUFFIX,
@@ -92,7 +95,8 @@ from model.distributed import (
 from model.faults import inject_gradient_fault, inject_weight_fault, kill_point
 from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import ModelArgs, Transformer, ffn_hidden_dim, num_parameters
-from model.parallelize import MeshDims, check_tensor_parallel, mesh_dims, parallelize
+from model.parallelize import MeshDims, build_mesh, check_pipeline_parallel, check_tensor_parallel, mesh_dims, parallelize
+from model.pipeline import Pipeline, activation_dtype
 from model.presets import PRESETS, count_parameters, get_preset
 from model.profiling import StepProfiler, parse_steps
 from model.run_log import RunLog
@@ -140,6 +144,7 @@ class TrainConfig:
     dp_replicate: int = 1  # mesh (model/parallelize.py): HSDP replicas ...
     dp_shard: int | None = None  # ... FSDP2 shards (default: world / (dp_replicate * tp)) ...
     tp: int = 1  # ... tensor + sequence parallel degree
+    pp: int = 1  # ... pipeline stages (model/pipeline.py), the outermost dim
     max_skipped_steps: int = 5  # stop after this many consecutive steps with a non-finite loss or gradient norm
     spike_window: int = 100  # loss-spike detection: z-score of a step's loss against the last N steps (0: off)
     spike_zscore: float = 6.0  # ... a spike is a loss this many standard deviations above their mean
@@ -188,12 +193,13 @@ def _nearest_multiples(target: int, unit: int) -> list[int]:
 
 def split_global_batch(
     tokens_per_step: int, seq_len: int, dp: int, batch_size: int | None, grad_accum: int | None, cap: int,
-    what: str, unit: str = "processes", suggest_batch_tokens: bool = True,
+    what: str, unit: str = "processes", suggest_batch_tokens: bool = True, pp: int = 1,
 ) -> tuple[int, int]:
     """(micro-batch, accumulation) that give exactly `tokens_per_step` over `dp` data-parallel ranks,
     keeping whichever of batch_size / grad_accum the user gave (None: free); with the micro-batch
     free, the largest one not above `cap` (or the smallest above it when none is). `what` names the
-    batch in messages. Raises ValueError naming values that would work when there are none."""
+    batch in messages. pp: pipeline stages, which need an accumulation (the pipeline's micro-batches)
+    of at least pp. Raises ValueError naming values that would work when there are none."""
     sequences = tokens_per_step // seq_len
     what = f"{what} of {tokens_per_step:,} tokens per step ({sequences} sequences of {seq_len})"
     if tokens_per_step % seq_len:
@@ -208,7 +214,13 @@ def split_global_batch(
                    + f" (whole sequences on each of the {dp}), or {fix}")
         raise ValueError(f"{what} does not split over {dp} {unit}; {fix}")
     per_process = sequences // dp
-    options = [(b, per_process // b) for b in _divisors(per_process)]
+    if grad_accum is not None and grad_accum < pp:
+        raise ValueError(pipeline_accumulation_error(grad_accum, pp))
+    if per_process < pp:
+        fix = f"--batch-tokens {pp * dp * seq_len} or more, or " if suggest_batch_tokens else ""
+        raise ValueError(f"{what} gives each of the {dp} data-parallel ranks {per_process} sequences, fewer than the "
+                         f"{pp} micro-batches the {pp} pipeline stages need (--pp {pp}): use {fix}--pp {per_process} or fewer")
+    options = [(b, per_process // b) for b in _divisors(per_process) if per_process // b >= pp]
     fits = [(b, a) for b, a in options if batch_size in (None, b) and grad_accum in (None, a)]
     if not fits:
         near = [o for o in options if o[0] <= max(batch_size or 1, cap)][-3:] or options[:3]
@@ -226,14 +238,19 @@ def split_global_batch(
 
 def keep_global_batch(
     tokens_per_step: int, seq_len: int, world_size: int, batch_size: int | None, grad_accum: int | None, saved_batch_size: int,
-    unit: str = "processes",
+    unit: str = "processes", pp: int = 1,
 ) -> tuple[int, int]:
     """(micro-batch, accumulation) that give a resumed run's `tokens_per_step` on `world_size`
     data-parallel ranks, keeping whichever of batch_size / grad_accum the user gave (None: free);
     with the micro-batch free, the largest one not above the checkpointed run's (that one fit in
     memory). Raises ValueError naming values that would work when there are none."""
     return split_global_batch(tokens_per_step, seq_len, world_size, batch_size, grad_accum, saved_batch_size,
-                              "the checkpoint's global batch", unit, suggest_batch_tokens=False)
+                              "the checkpoint's global batch", unit, suggest_batch_tokens=False, pp=pp)
+
+
+def pipeline_accumulation_error(grad_accum: int, pp: int) -> str:
+    return (f"--grad-accum {grad_accum} with --pp {pp}: the pipeline's micro-batches are the accumulation, and "
+            f"{pp} stages need at least {pp} of them (1F1B); use --grad-accum {pp} or more, or leave it out")
 
 
 def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: dict | None = None) -> dict:
@@ -251,25 +268,29 @@ def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: 
     seq_len = cfg.seq_len or preset.max_seq_len
     if seq_len > preset.max_seq_len:
         raise ValueError(f"--seq-len {seq_len} exceeds preset {preset.name} context {preset.max_seq_len}")
-    mesh = mesh_dims(world_size, cfg.dp_replicate, cfg.dp_shard, cfg.tp)
+    mesh = mesh_dims(world_size, cfg.dp_replicate, cfg.dp_shard, cfg.tp, cfg.pp)
     shape = preset.model_args(vocab_size or preset.vocab_size or 1, seq_len)
     check_tensor_parallel(mesh, shape.n_heads, ffn_hidden_dim(shape), seq_len)
-    dp, unit = mesh.dp, "processes" if mesh.tp == 1 else "data-parallel ranks"
+    check_pipeline_parallel(mesh, shape.n_layers)
+    dp, unit = mesh.dp, "processes" if mesh.dp == world_size else "data-parallel ranks"
     if resumed and resumed.get("seq_len") == seq_len and resumed.get("tokens_per_step"):
         if cfg.batch_tokens and cfg.batch_tokens != resumed["tokens_per_step"]:
             raise ValueError(f"--batch-tokens {cfg.batch_tokens} would change the checkpoint's global batch of "
                              f"{resumed['tokens_per_step']:,} tokens per step; a resumed run keeps it")
         batch_size, grad_accum = keep_global_batch(
             resumed["tokens_per_step"], seq_len, dp, cfg.batch_size, cfg.grad_accum,
-            resumed.get("batch_size") or DEFAULT_MICRO_BATCH, unit,
+            resumed.get("batch_size") or DEFAULT_MICRO_BATCH, unit, mesh.pp,
         )
     elif cfg.batch_size and cfg.grad_accum and not cfg.batch_tokens:
+        if cfg.grad_accum < mesh.pp:
+            raise ValueError(pipeline_accumulation_error(cfg.grad_accum, mesh.pp))
         batch_size, grad_accum = cfg.batch_size, cfg.grad_accum  # the user's own global batch
     else:
         target, what = ((cfg.batch_tokens, "the --batch-tokens global batch") if cfg.batch_tokens
                         else (preset.batch_tokens, f"preset {preset.name}'s global batch"))
         batch_size, grad_accum = split_global_batch(
             target, seq_len, dp, cfg.batch_size, cfg.grad_accum, cfg.batch_size or DEFAULT_MICRO_BATCH, what, unit,
+            pp=mesh.pp,
         )
     tokens_per_step = batch_size * seq_len * grad_accum * dp
     if cfg.steps:
@@ -288,7 +309,7 @@ def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: 
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "world_size": world_size,
-        "mesh": {"dp_replicate": mesh.dp_replicate, "dp_shard": mesh.dp_shard, "tp": mesh.tp},
+        "mesh": {"pp": mesh.pp, "dp_replicate": mesh.dp_replicate, "dp_shard": mesh.dp_shard, "tp": mesh.tp},
         "tokens_per_step": tokens_per_step,
         "preset_tokens_per_step": preset.batch_tokens,
         "lr": lr,
@@ -305,7 +326,7 @@ def plan_lines(run: dict) -> list[str]:
     params = f"{run['parameters']:,} parameters" if run["parameters"] else "parameters: vocab from the tokenizer"
     budget = f" (preset: {run['preset_tokens']:,})" if run["preset_tokens"] else ""
     mesh = MeshDims(**run["mesh"]) if "mesh" in run else MeshDims(1, run["world_size"], 1)
-    ranks = f"{mesh.dp} processes" if mesh.tp == 1 else f"{mesh.dp} data-parallel ranks"
+    ranks = f"{mesh.dp} processes" if mesh.dp == mesh.world else f"{mesh.dp} data-parallel ranks"
     lines = [
         f"preset {run['preset']}: {params}, context {run['seq_len']}",
         f"batch: micro-batch {run['batch_size']} x accumulation {run['grad_accum']} x {ranks} x "
@@ -313,23 +334,28 @@ def plan_lines(run: dict) -> list[str]:
         f"schedule: peak lr {run['lr']:g}, warmup {run['warmup']:,} steps, cosine to {run['min_lr']:g}",
         f"length: {run['steps']:,} steps, {run['tokens']:,} tokens{budget}",
     ]
-    if mesh.tp > 1 or mesh.dp_replicate > 1:
-        lines.insert(1, f"parallel: {mesh.describe()}: FSDP2 over {mesh.dp_shard}"
+    if mesh.tp > 1 or mesh.dp_replicate > 1 or mesh.pp > 1:
+        stages = (f"pipeline {mesh.pp} stages (1F1B, {run['grad_accum']} micro-batches, bubble "
+                  f"{(mesh.pp - 1) / (run['grad_accum'] + mesh.pp - 1):.1%}), " if mesh.pp > 1 else "")
+        lines.insert(1, f"parallel: {mesh.describe()}: {stages}FSDP2 over {mesh.dp_shard}"
                      + (f", HSDP {mesh.dp_replicate} replicas" if mesh.dp_replicate > 1 else "")
                      + (f", tensor + sequence parallel over {mesh.tp}" if mesh.tp > 1 else ""))
     return lines
 
 
-def build_model(args: ModelArgs, env: DistEnv, precision: str, cfg: TrainConfig, mesh: MeshDims | None = None) -> torch.nn.Module:
+def build_model(args: ModelArgs, env: DistEnv, precision: str, cfg: TrainConfig, mesh: MeshDims | None = None,
+                device_mesh: DeviceMesh | None = None) -> torch.nn.Module:
     """The model on env.device, ready to train: built on the meta device (no memory), parallelized
-    over the mesh (model/parallelize.py: tensor parallel, activation checkpointing, torch.compile,
-    FSDP2/HSDP; default mesh: FSDP2 over every rank), then materialized and initialized, so a rank
-    holds its shard and one full parameter at most, never the whole model."""
+    over the mesh (model/parallelize.py: the pipeline stage, tensor parallel, activation
+    checkpointing, torch.compile, FSDP2/HSDP; default mesh: FSDP2 over every rank), then
+    materialized and initialized, so a rank holds its shard and one full parameter at most, never
+    the whole model. `device_mesh`: the DeviceMesh of `mesh`, when the caller built it."""
     with torch.device("meta"):
         model = Transformer(args)
+    whole_model = [(name, param.shape) for name, param in model.named_parameters()]  # before a pipeline cuts it
     mesh = mesh or mesh_dims(env.world_size)
-    model = parallelize(model, env, mesh, precision, cfg.activation_checkpointing, cfg.compile)
-    return materialize(model, env.device, cfg.seed)
+    model = parallelize(model, env, mesh, precision, cfg.activation_checkpointing, cfg.compile, device_mesh)
+    return materialize(model, env.device, cfg.seed, whole_model)
 
 
 def checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
@@ -346,14 +372,22 @@ def checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list, env: DistEnv, precision: str) -> float:
+def evaluate(model: torch.nn.Module, batches: list, env: DistEnv, precision: str, pipeline: Pipeline | None = None) -> float:
+    """The mean loss of `batches` over the data-parallel ranks (through the stages under --pp:
+    the last ones hold the loss)."""
     model.eval()
     losses = []
     for x, y in batches:
         with autocast(env.device, precision, env.distributed):
-            losses.append(model(x.to(env.device), y.to(env.device)).item())
+            x, y = x.to(env.device), y.to(env.device)
+            losses.append((pipeline.eval_loss(x, y) if pipeline is not None else model(x, y)).item())
     model.train()
-    return all_reduce_mean(sum(losses) / len(losses), env)
+    return all_reduce_mean(sum(losses) / len(losses), env, loss_holders(env, pipeline))
+
+
+def loss_holders(env: DistEnv, pipeline: Pipeline | None) -> int:
+    """The ranks whose loss counts in the mean: all, or those of the last pipeline stage."""
+    return env.world_size // pipeline.stages if pipeline is not None else env.world_size
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -423,8 +457,15 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores (model/flops.py counts their peak)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    model = build_model(args, env, precision, cfg, MeshDims(**run["mesh"]))
-    parameters = num_parameters(model)
+    dims = MeshDims(**run["mesh"])
+    device_mesh = build_mesh(dims, env.device.type) if env.distributed and dims.world > 1 else None
+    model = build_model(args, env, precision, cfg, dims, device_mesh)
+    pipeline = None
+    if dims.pp > 1:
+        pipeline = Pipeline(model, device_mesh["pp"], env.device, run["grad_accum"], run["batch_size"], run["seq_len"],
+                            args.dim, activation_dtype(env.device, precision, dims.dp > 1), dims.tp)
+    with torch.device("meta"):
+        parameters = num_parameters(Transformer(args))  # the whole model's, whichever part this rank holds
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
     scheduler = lr_scheduler(optimizer, run["warmup"], run["steps"], cfg.min_lr_ratio)
     # Every rank must run the same evaluation collectives: a set is evaluated only where every rank
@@ -458,9 +499,10 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
             print(f"[model.train] plan: {line}", flush=True)
         before = (resumed or {}).get("run", {})
         if before.get("world_size", env.world_size) != env.world_size:
+            dp_before = MeshDims(**before["mesh"]).dp if "mesh" in before else before["world_size"]  # data-parallel ranks
             print(f"[model.train] global batch kept across world sizes: micro-batch {before.get('batch_size')} x accumulation "
-                  f"{before.get('grad_accum')} x {before['world_size']} before, {run['batch_size']} x {run['grad_accum']} x "
-                  f"{env.world_size} now, {run['tokens_per_step']:,} tokens per step", flush=True)
+                  f"{before.get('grad_accum')} x {dp_before} before, {run['batch_size']} x {run['grad_accum']} x "
+                  f"{MeshDims(**run['mesh']).dp} now, {run['tokens_per_step']:,} tokens per step", flush=True)
         print(
             f"[model.train] preset {preset.name}: {parameters:,} parameters, world {env.world_size} on "
             f"{env.device.type} ({precision}), {run['tokens_per_step']:,} tokens/step (batch {run['batch_size']} x seq "
@@ -492,16 +534,21 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         lr = scheduler.get_last_lr()[0]
         inject_weight_fault(model, step, env.rank)
         loss_sum = torch.zeros((), device=env.device)
-        for _ in range(run["grad_accum"]):
+        if pipeline is not None:  # the accumulation's micro-batches go through the stages together
+            xs, ys = zip(*(windows.batch(run["batch_size"]) for _ in range(run["grad_accum"])))
+            with autocast(env.device, precision, env.distributed):
+                loss_sum = pipeline.train_step(torch.cat(xs).to(env.device), torch.cat(ys).to(env.device))
+        for _ in range(run["grad_accum"] if pipeline is None else 0):
             x, y = windows.batch(run["batch_size"])
             with autocast(env.device, precision, env.distributed):
                 loss = model(x.to(env.device), y.to(env.device))
             (loss / run["grad_accum"]).backward()
             loss_sum += loss.detach()
         inject_gradient_fault(model, step, env.rank)
-        grad_norm = clip_gradients(model, cfg.grad_clip)  # global, before clipping; clips only when finite
+        # Global, before clipping; clips only when finite.
+        grad_norm = clip_gradients(model, cfg.grad_clip, pipeline.group if pipeline is not None else None)
         kill_point("step", step, env.rank)
-        loss_value = all_reduce_mean(loss_sum.item() / run["grad_accum"], env)
+        loss_value = all_reduce_mean(loss_sum.item() / run["grad_accum"], env, loss_holders(env, pipeline))
         finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
         spike_z = spikes.check(loss_value)
         if spike_z is not None:
@@ -571,7 +618,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 record["rolled_back_from"], rolled_back_from = rolled_back_from, None
             last_log_time, last_log_tokens, last_log_paused = now, trained_tokens, paused
             if evaluate_now:
-                losses_now = {name: evaluate(model, batches, env, precision) for name, batches in val.items()}
+                losses_now = {name: evaluate(model, batches, env, precision, pipeline) for name, batches in val.items()}
                 if "val" in losses_now:
                     val_loss = record["val_loss"] = losses_now["val"]
                 by_source = {name.split("/", 1)[1]: loss for name, loss in losses_now.items() if name.startswith("val/")}
@@ -649,9 +696,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = build_parser()
     ns = p.parse_args(argv)
     if any(v is not None and v < 1 for v in (ns.steps, ns.batch_size, ns.grad_accum, ns.log_every, ns.batch_tokens,
-                                             ns.dp_replicate, ns.dp_shard, ns.tp, ns.max_skipped_steps)):
-        p.error("--steps, --batch-size, --grad-accum, --log-every, --batch-tokens, --dp-replicate, --dp-shard, --tp "
-                "and --max-skipped-steps must be >= 1")
+                                             ns.dp_replicate, ns.dp_shard, ns.tp, ns.pp, ns.max_skipped_steps)):
+        p.error("--steps, --batch-size, --grad-accum, --log-every, --batch-tokens, --dp-replicate, --dp-shard, --tp, "
+                "--pp and --max-skipped-steps must be >= 1")
     if ns.spike_window < 0 or ns.max_rollbacks < 0:
         p.error("--spike-window and --max-rollbacks must be >= 0")
     if ns.keep_last < 0 or ns.keep_every < 0:
@@ -701,10 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: datasheet / CPU estimate)")
     p.add_argument("--batch-tokens", type=int,
                    help="global batch in tokens per step, hit exactly (default: the preset's, Table 2: 4M)")
-    mesh = p.add_argument_group("device mesh (model/parallelize.py): dp-replicate x dp-shard x tp = processes")
+    mesh = p.add_argument_group("device mesh (model/parallelize.py): pp x dp-replicate x dp-shard x tp = processes")
     mesh.add_argument("--dp-replicate", type=int, default=1, help="HSDP replicas (default 1: plain FSDP2)")
     mesh.add_argument("--dp-shard", type=int, help="FSDP2 shard group size (default: the processes left by the others)")
     mesh.add_argument("--tp", type=int, default=1, help="tensor + sequence parallel degree (ranks of one node)")
+    mesh.add_argument("--pp", type=int, default=1,
+                      help="pipeline stages (model/pipeline.py: n_layers / pp blocks each, 1F1B over the accumulation's micro-batches)")
     stab = p.add_argument_group("stability (model/stability.py)")
     stab.add_argument("--max-skipped-steps", type=int, default=5,
                       help="stop after N consecutive steps skipped for a non-finite loss or gradient norm")

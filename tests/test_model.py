@@ -81,8 +81,8 @@ def test_init_is_normal_002_and_norms_ones():
     torch.manual_seed(0)
     model = Transformer(small_args(dim=256, vocab_size=1000))
     assert model.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert model.layers[0].feed_forward.w1.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert torch.equal(model.layers[0].attention_norm.weight, torch.ones(256))
+    assert model.layers["0"].feed_forward.w1.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.equal(model.layers["0"].attention_norm.weight, torch.ones(256))
 
 
 def meta_rotate(x: torch.Tensor, theta: float) -> torch.Tensor:

@@ -195,7 +195,7 @@ def test_bf16_autocast_computes_matmuls_in_bf16_with_fp32_weights():
     tokens = torch.randint(0, 50, (2, 32))
     fp32_loss = model(tokens, tokens)
     seen = []
-    model.layers[0].feed_forward.w1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    model.layers["0"].feed_forward.w1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with autocast(torch.device("cpu"), "bf16", sharded=False):
         bf16_loss = model(tokens, tokens)
         logits = model(tokens)
