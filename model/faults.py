@@ -38,6 +38,8 @@ def kill_point(point: str, step: int, rank: int) -> None:
 #                                          to inf (grad-nan: NaN) — on this rank's shard of it
 #   LLAMA_RECIPE_FAULT=spike:9             before step 9's forward pass, multiply the output head's
 #                                          weights by 30: the loss jumps as a real spike does
+#   LLAMA_RECIPE_FAULT=error:4@1           raise a RuntimeError on rank 1 after step 4's backward pass
+#                                          (a failure of one rank: the others must not hang)
 #   LLAMA_RECIPE_FAULT=grad-inf:5@1,grad-nan:6,spike:9     several, comma-separated; @R: rank R only
 #
 # Each fires once per process: a step reached again after a rollback runs clean.
@@ -72,6 +74,11 @@ def inject_gradient_fault(model, step: int, rank: int) -> None:
                 grad.view(-1)[0] = torch.inf if kind == "grad-inf" else torch.nan
                 print(f"[model.faults] {FAULT_ENV}: {kind} at step {step} on rank {rank}", flush=True)
                 break
+
+
+def inject_error(step: int, rank: int) -> None:
+    for kind in _faults("error", step, rank):
+        raise RuntimeError(f"{FAULT_ENV}: {kind} at step {step} on rank {rank}")
 
 
 def inject_weight_fault(model, step: int, rank: int) -> None:

@@ -92,7 +92,7 @@ from model.distributed import (
     materialize,
     resolve_precision,
 )
-from model.faults import inject_gradient_fault, inject_weight_fault, kill_point
+from model.faults import inject_error, inject_gradient_fault, inject_weight_fault, kill_point
 from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import ModelArgs, Transformer, ffn_hidden_dim, num_parameters
 from model.parallelize import MeshDims, build_mesh, check_pipeline_parallel, check_tensor_parallel, mesh_dims, parallelize
@@ -424,10 +424,12 @@ def train(cfg: TrainConfig) -> dict:
     val = evaluation_sets(cfg, shards, run, data_rank, data_world)
 
     env = init_distributed()
-    try:
-        return _train(cfg, run, env, windows, val, ckpt_from, resumed)
-    finally:
-        destroy_distributed()
+    # No teardown when this rank fails: destroy_distributed's barrier would wait for ranks that wait
+    # in a collective this one never joins (a hang until gloo's or NCCL's 30-minute timeout). The
+    # process exits with the error instead, and torchrun stops the other ranks.
+    summary = _train(cfg, run, env, windows, val, ckpt_from, resumed)
+    destroy_distributed()
+    return summary
 
 
 def evaluation_sets(cfg: TrainConfig, shards: TokenShards, run: dict, rank: int, world: int) -> dict[str, list]:
@@ -545,6 +547,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
             (loss / run["grad_accum"]).backward()
             loss_sum += loss.detach()
         inject_gradient_fault(model, step, env.rank)
+        inject_error(step, env.rank)
         # Global, before clipping; clips only when finite.
         grad_norm = clip_gradients(model, cfg.grad_clip, pipeline.group if pipeline is not None else None)
         kill_point("step", step, env.rank)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,18 @@ def test_consecutive_non_finite_steps_stop_the_run(data, tmp_path):
             in stopped.stderr)
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4, 5] and records(out)[-1]["skipped_steps"] == 3
     assert not (out / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_the_run_instead_of_hanging_the_others(data, tmp_path):
+    """Rank 1 raises after step 4's backward pass while rank 0 goes on into the step's collectives:
+    rank 1 exits with its error (no barrier in a teardown the others never reach) and torchrun stops
+    rank 0 — seconds, not the process group's 30-minute timeout."""
+    started = time.monotonic()
+    failed = train(data, tmp_path / "run", "--steps", "12", fault="error:4@1", nproc=2)
+    assert failed.returncode != 0
+    assert "RuntimeError: LLAMA_RECIPE_FAULT: error at step 4 on rank 1" in failed.stdout + failed.stderr
+    assert time.monotonic() - started < 120
 
 
 SPIKE = ["--steps", "12", "--ckpt-every", "4", "--spike-window", "4"]
