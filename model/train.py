@@ -372,13 +372,14 @@ def checkpoint_to_resume(cfg: TrainConfig) -> Path | None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list, env: DistEnv, precision: str, pipeline: Pipeline | None = None) -> float:
+def evaluate(model: torch.nn.Module, batches: list, env: DistEnv, precision: str, pipeline: Pipeline | None = None,
+             fsdp: bool = False) -> float:
     """The mean loss of `batches` over the data-parallel ranks (through the stages under --pp:
-    the last ones hold the loss)."""
+    the last ones hold the loss). fsdp: the model is FSDP2-sharded (model/distributed.py autocast)."""
     model.eval()
     losses = []
     for x, y in batches:
-        with autocast(env.device, precision, env.distributed):
+        with autocast(env.device, precision, fsdp):
             x, y = x.to(env.device), y.to(env.device)
             losses.append((pipeline.eval_loss(x, y) if pipeline is not None else model(x, y)).item())
     model.train()
@@ -460,12 +461,15 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     dims = MeshDims(**run["mesh"])
+    # FSDP2 shards the model only over more than one data-parallel rank (model/parallelize.py); on CUDA
+    # its bf16 parameters replace autocast, so a TP- or PP-only run still needs autocast for bf16.
+    fsdp = env.distributed and dims.dp > 1
     device_mesh = build_mesh(dims, env.device.type) if env.distributed and dims.world > 1 else None
     model = build_model(args, env, precision, cfg, dims, device_mesh)
     pipeline = None
     if dims.pp > 1:
         pipeline = Pipeline(model, device_mesh["pp"], env.device, run["grad_accum"], run["batch_size"], run["seq_len"],
-                            args.dim, activation_dtype(env.device, precision, dims.dp > 1), dims.tp)
+                            args.dim, activation_dtype(env.device, precision, fsdp), dims.tp)
     with torch.device("meta"):
         parameters = num_parameters(Transformer(args))  # the whole model's, whichever part this rank holds
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
@@ -538,11 +542,11 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         loss_sum = torch.zeros((), device=env.device)
         if pipeline is not None:  # the accumulation's micro-batches go through the stages together
             xs, ys = zip(*(windows.batch(run["batch_size"]) for _ in range(run["grad_accum"])))
-            with autocast(env.device, precision, env.distributed):
+            with autocast(env.device, precision, fsdp):
                 loss_sum = pipeline.train_step(torch.cat(xs).to(env.device), torch.cat(ys).to(env.device))
         for _ in range(run["grad_accum"] if pipeline is None else 0):
             x, y = windows.batch(run["batch_size"])
-            with autocast(env.device, precision, env.distributed):
+            with autocast(env.device, precision, fsdp):
                 loss = model(x.to(env.device), y.to(env.device))
             (loss / run["grad_accum"]).backward()
             loss_sum += loss.detach()
@@ -621,7 +625,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 record["rolled_back_from"], rolled_back_from = rolled_back_from, None
             last_log_time, last_log_tokens, last_log_paused = now, trained_tokens, paused
             if evaluate_now:
-                losses_now = {name: evaluate(model, batches, env, precision, pipeline) for name, batches in val.items()}
+                losses_now = {name: evaluate(model, batches, env, precision, pipeline, fsdp) for name, batches in val.items()}
                 if "val" in losses_now:
                     val_loss = record["val_loss"] = losses_now["val"]
                 by_source = {name.split("/", 1)[1]: loss for name, loss in losses_now.items() if name.startswith("val/")}
