@@ -233,10 +233,16 @@ class PendingCheckpoint:
     writing: Future | None  # None once this rank's part is written
     committed: bool = False
 
-    def written(self) -> bool:
-        if self.writing is not None and self.writing.done():
-            self.writing.result()  # raises what the background write raised
+    def finish_writing(self) -> None:
+        """Block until this rank's write is done; raises what the background write raised."""
+        if self.writing is not None:
+            self.writing.result()
             self.writing = None
+
+    def written(self) -> bool:
+        """Whether this rank's write is done, without blocking."""
+        if self.writing is not None and self.writing.done():
+            self.finish_writing()
         return self.writing is None
 
 
@@ -311,9 +317,7 @@ def commit_if_written(pending: PendingCheckpoint, env: DistEnv) -> bool:
 
 def commit_checkpoint(pending: PendingCheckpoint, env: DistEnv) -> Path:
     """Collective: wait for this rank's write, then rank 0 commits (unless it already has)."""
-    if pending.writing is not None:
-        pending.writing.result()
-        pending.writing = None
+    pending.finish_writing()
     barrier(env)
     if env.is_main and not pending.committed:
         _commit(pending)

@@ -161,10 +161,11 @@ def dp_mesh(mesh: DeviceMesh, dims: MeshDims) -> DeviceMesh | None:
 
 
 class ReplicateParallel(ParallelStyle):
-    """Parameters replicated over the tensor-parallel group, plain tensors in and out (the output
-    head: the loss uses its weight directly, `model(tokens)` calls it on the gathered sequence).
-    The parameters still become DTensors, so every parameter of the model lives on one mesh (gradient
-    clipping, checkpoints) and their gradients, identical on the group's ranks, stay replicated."""
+    """Parameters replicated over the tensor-parallel group (the output head). The loss uses its
+    weight directly (`sequence_parallel_head_loss`: a local copy whose partial gradients DTensor sums);
+    `model(tokens)` calls it on the gathered sequence and gets a plain tensor back. The parameters
+    still become DTensors, so every parameter of the model lives on one mesh (gradient clipping,
+    checkpoints) and their gradients stay replicated."""
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         def partition(name, mod, mesh):

@@ -539,17 +539,18 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
         profiler.begin(step)
         lr = scheduler.get_last_lr()[0]
         inject_weight_fault(model, step, env.rank)
-        loss_sum = torch.zeros((), device=env.device)
         if pipeline is not None:  # the accumulation's micro-batches go through the stages together
             xs, ys = zip(*(windows.batch(run["batch_size"]) for _ in range(run["grad_accum"])))
             with autocast(env.device, precision, fsdp):
                 loss_sum = pipeline.train_step(torch.cat(xs).to(env.device), torch.cat(ys).to(env.device))
-        for _ in range(run["grad_accum"] if pipeline is None else 0):
-            x, y = windows.batch(run["batch_size"])
-            with autocast(env.device, precision, fsdp):
-                loss = model(x.to(env.device), y.to(env.device))
-            (loss / run["grad_accum"]).backward()
-            loss_sum += loss.detach()
+        else:
+            loss_sum = torch.zeros((), device=env.device)
+            for _ in range(run["grad_accum"]):
+                x, y = windows.batch(run["batch_size"])
+                with autocast(env.device, precision, fsdp):
+                    loss = model(x.to(env.device), y.to(env.device))
+                (loss / run["grad_accum"]).backward()
+                loss_sum += loss.detach()
         inject_gradient_fault(model, step, env.rank)
         inject_error(step, env.rank)
         # Global, before clipping; clips only when finite.
