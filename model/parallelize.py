@@ -38,7 +38,8 @@ Every rank of a tensor-parallel group, and every stage of a pipeline, reads the 
 (model/train.py gives the data loader the data-parallel rank, `MeshDims.dp_rank`); the global batch
 is counted over the R x S data-parallel ranks.
 
-Order, as in torchtitan: the pipeline stage cut from the whole model, tensor parallel, then
+Order, as in torchtitan: the pipeline stage cut from the whole model, float8 (--float8,
+model/float8.py), tensor parallel, then
 activation checkpointing and torch.compile per block, then FSDP2 over the data-parallel mesh (each
 block one unit), on the meta device; `materialize` (model/distributed.py) then allocates and
 initializes the shards, the same weights as one process draws. DCP checkpoints store global tensors,
@@ -241,19 +242,22 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
 
 
 def parallelize(model: nn.Module, env, dims: MeshDims, precision: str, activation_checkpointing: str = "none",
-                compile: bool = False, mesh: DeviceMesh | None = None) -> nn.Module:
-    """Pipeline parallel (pp > 1: the model cut to this rank's stage, model/pipeline.py), tensor
-    parallel (tp > 1), activation checkpointing, torch.compile, then FSDP2 over the data-parallel
-    dims (HSDP when dp_replicate > 1): the model as a rank of the mesh trains it. `mesh`: the one
-    build_mesh made for `dims` (built here when None). One process (no process group): only
-    activation checkpointing and compile."""
+                compile: bool = False, mesh: DeviceMesh | None = None, float8: str | None = None) -> nn.Module:
+    """Pipeline parallel (pp > 1: the model cut to this rank's stage, model/pipeline.py), float8
+    matmuls in the blocks (`float8`: a model/float8.py recipe), tensor parallel (tp > 1), activation
+    checkpointing, torch.compile, then FSDP2 over the data-parallel dims (HSDP when dp_replicate > 1):
+    the model as a rank of the mesh trains it. `mesh`: the one build_mesh made for `dims` (built here
+    when None). One process (no process group): only float8, activation checkpointing and compile."""
     from model.distributed import apply_activation_checkpointing, apply_fsdp, compile_blocks
+    from model.float8 import convert_to_float8
     from model.pipeline import keep_stage
 
     if mesh is None and env.distributed and dims.world > 1:
         mesh = build_mesh(dims, env.device.type)
     if mesh is not None and dims.pp > 1:
         model = keep_stage(model, dims.pp, mesh["pp"].get_local_rank())
+    if float8 is not None:
+        model = convert_to_float8(model, float8, mesh is not None and dims.dp > 1, env.device)
     if mesh is not None and dims.tp > 1:
         model = apply_tensor_parallel(model, mesh["tp"])
     model = apply_activation_checkpointing(model, activation_checkpointing)

@@ -47,7 +47,8 @@ loss curve is bit for bit the uninterrupted one (tests/test_train_resume.py, als
 the middle of a step or of a checkpoint write: model/faults.py).
 
 Precision: bf16 autocast (or FSDP2's bf16 parameters on CUDA) with fp32 master weights and
-optimizer state where the hardware has bf16, fp32 elsewhere (--precision).
+optimizer state where the hardware has bf16, fp32 elsewhere (--precision); optionally the blocks'
+matmuls in float8 (--float8, model/float8.py).
 
 Metrics per logged step: loss, lr, gradient norm (before clipping), tokens/s, MFU (model/flops.py),
 peak memory, and the validation loss on the held-out val shards every --eval-every steps. tokens/s
@@ -93,6 +94,7 @@ from model.distributed import (
     resolve_precision,
 )
 from model.faults import inject_error, inject_gradient_fault, inject_weight_fault, kill_point
+from model.float8 import RECIPES as FLOAT8_RECIPES, Float8ScalePrecompute, check_float8
 from model.flops import flops_per_token, mfu, peak_flops
 from model.llama import ModelArgs, Transformer, ffn_hidden_dim, num_parameters
 from model.parallelize import MeshDims, build_mesh, check_pipeline_parallel, check_tensor_parallel, mesh_dims, parallelize
@@ -138,6 +140,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 where the hardware has it; fp32; bf16
     activation_checkpointing: str = "none"  # none, selective (keep matmul outputs), full
     compile: bool = False  # torch.compile each block
+    float8: str | None = None  # float8 matmuls in the blocks (model/float8.py: tensorwise, rowwise); None: off
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact reruns on GPU too)
     peak_flops: float | None = None  # per device, for MFU; default: datasheet (GPU) or estimate (CPU)
     batch_tokens: int | None = None  # global batch in tokens; default: the preset's (Table 2: 4M)
@@ -152,6 +155,7 @@ class TrainConfig:
     max_rollbacks: int = 3  # stop at the next spike after this many rollbacks
     profile_steps: str | None = None  # "A-B": torch.profiler trace of steps A to B (RUN_DIR/profile/)
     tensorboard: bool = True  # TensorBoard event files in RUN_DIR/tensorboard/ beside metrics.jsonl
+    checkpoint: bool = True  # False: write no checkpoint at all (benchmarks, throwaway runs)
 
 
 def lr_at(step: int, peak_lr: float, warmup: int, total: int, min_ratio: float = MIN_LR_RATIO) -> float:
@@ -272,6 +276,8 @@ def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: 
     shape = preset.model_args(vocab_size or preset.vocab_size or 1, seq_len)
     check_tensor_parallel(mesh, shape.n_heads, ffn_hidden_dim(shape), seq_len)
     check_pipeline_parallel(mesh, shape.n_layers)
+    if cfg.float8 is not None and mesh.tp > 1:
+        check_float8(cfg.float8, torch.device("cpu"), mesh.tp)  # the refusal that needs no device
     dp, unit = mesh.dp, "processes" if mesh.dp == world_size else "data-parallel ranks"
     if resumed and resumed.get("seq_len") == seq_len and resumed.get("tokens_per_step"):
         if cfg.batch_tokens and cfg.batch_tokens != resumed["tokens_per_step"]:
@@ -354,7 +360,7 @@ def build_model(args: ModelArgs, env: DistEnv, precision: str, cfg: TrainConfig,
         model = Transformer(args)
     whole_model = [(name, param.shape) for name, param in model.named_parameters()]  # before a pipeline cuts it
     mesh = mesh or mesh_dims(env.world_size)
-    model = parallelize(model, env, mesh, precision, cfg.activation_checkpointing, cfg.compile, device_mesh)
+    model = parallelize(model, env, mesh, precision, cfg.activation_checkpointing, cfg.compile, device_mesh, cfg.float8)
     return materialize(model, env.device, cfg.seed, whole_model)
 
 
@@ -424,6 +430,9 @@ def train(cfg: TrainConfig) -> dict:
     windows = TokenStream(shards, run["seq_len"], data_rank, data_world, cfg.seed)
     val = evaluation_sets(cfg, shards, run, data_rank, data_world)
 
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    check_float8(cfg.float8, torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu"), mesh.tp)
+
     env = init_distributed()
     # No teardown when this rank fails: destroy_distributed's barrier would wait for ranks that wait
     # in a collective this one never joins (a hang until gloo's or NCCL's 30-minute timeout). The
@@ -473,6 +482,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     with torch.device("meta"):
         parameters = num_parameters(Transformer(args))  # the whole model's, whichever part this rank holds
     optimizer = make_optimizer(model, run["lr"], cfg.weight_decay)
+    float8_scales = Float8ScalePrecompute(model, cfg.float8, fsdp)  # after every change of the weights
     scheduler = lr_scheduler(optimizer, run["warmup"], run["steps"], cfg.min_lr_ratio)
     # Every rank must run the same evaluation collectives: a set is evaluated only where every rank
     # has a batch of it (a source with too few held-out tokens for a window on each rank is left out).
@@ -492,6 +502,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     start_step, tokens_seen = 0, 0
     if ckpt_from is not None:
         meta = load_checkpoint(ckpt_from, model, optimizer, scheduler, args, env)
+        float8_scales.after_optimizer_step()
         windows.load_state_dict(meta["data_loader"])
         start_step, tokens_seen = meta["step"], meta["tokens_seen"]
 
@@ -571,6 +582,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 optimizer.zero_grad(set_to_none=True)
                 loading = time.perf_counter()
                 meta = load_checkpoint(ckpt, model, optimizer, scheduler, args, env)  # not the data position
+                float8_scales.after_optimizer_step()
                 paused += time.perf_counter() - loading
                 rollbacks.append({"at_step": step, "to_step": meta["step"], "loss": loss_value, "zscore": spike_z})
                 rolled_back_from, step, tokens_seen = step, meta["step"], meta["tokens_seen"]
@@ -582,6 +594,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 continue
         if finite:
             optimizer.step()
+            float8_scales.after_optimizer_step()
             consecutive_skips = 0
         else:  # the gradients are dropped; the batch stays consumed (model/stability.py)
             skipped += 1
@@ -651,7 +664,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 f"gradient norm (--max-skipped-steps {cfg.max_skipped_steps}): stopped; the newest checkpoint is "
                 f"{checkpoints.wait()}"
             )
-        if last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0):
+        if cfg.checkpoint and (last_step or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0)):
             saving = time.perf_counter()  # with --async-checkpoint: the copy to CPU memory only
             checkpoints.save(
                 step, model, optimizer, scheduler, args,
@@ -741,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-ref", type=Path, default=None,
                    help="a reference set evaluated with the others: a token shards folder of the same tokenizer (its val split)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="0: checkpoint only at the end")
+    p.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-checkpoint: write no checkpoint at all, not even at the end (benchmarks, throwaway runs)")
     p.add_argument("--async-checkpoint", action="store_true",
                    help="write checkpoints from a background thread (dcp.async_save): training stalls only to copy the state to CPU memory")
     p.add_argument("--keep-last", type=int, default=3, help="checkpoints kept: the newest N (0: all) ...")
@@ -752,6 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-checkpointing", default="none", choices=["none", "selective", "full"],
                    help="selective: keep matmul and attention outputs, recompute the rest of each block")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    p.add_argument("--float8", choices=FLOAT8_RECIPES, default=None,
+                   help="float8 matmuls in the blocks with torchao (model/float8.py; off by default: LLaMA trained in bf16)")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: datasheet / CPU estimate)")
     p.add_argument("--batch-tokens", type=int,
