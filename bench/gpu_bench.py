@@ -10,7 +10,7 @@ and data for all: micro-batch --batch-size, the rest of the global batch (--batc
 --grad-accum x GPUs sequences) as accumulation, which the trainer derives for each mesh. The layouts
 for N GPUs (those the model's shape allows): 1 GPU; flat FSDP2 over N; HSDP 2 x N/2; tensor +
 sequence parallel over 2 (and over N up to 8) with FSDP2 over the rest; 2 pipeline stages with FSDP2
-over the rest. Throughput and MFU are the trainer's own metrics.jsonl figures (6N + 12·L·d·T FLOPs per
+over the rest; with --float8, each of them again with float8 matmuls. Throughput and MFU are the trainer's own metrics.jsonl figures (6N + 12·L·d·T FLOPs per
 token against the GPU's dense bf16 datasheet peak, model/flops.py; --peak-flops overrides) over the
 steps after --warmup-steps (compilation happens there); peak memory is the trainer's (summary.json,
 the largest rank's). Since every layout trains the same batches from the same weights, the last
@@ -64,7 +64,7 @@ class Layout:
 
 def layouts(n: int, preset: str, seq_len: int, float8: str | None = None) -> list[Layout]:
     """The meshes this benchmark runs on n devices, those the preset's shape allows; with `float8`,
-    each layout without tensor parallel once more with float8 matmuls (model/float8.py)."""
+    each layout once more with float8 matmuls (model/float8.py)."""
     shape = get_preset(preset).model_args(RANDOM_VOCAB)
     candidates = [("1 GPU", MeshDims())] if n == 1 else [(f"FSDP2 {n}", MeshDims(dp_shard=n))]
     if n >= 4 and n % 2 == 0:
@@ -83,7 +83,7 @@ def layouts(n: int, preset: str, seq_len: int, float8: str | None = None) -> lis
         except ValueError:
             continue
         chosen.append(Layout(name, mesh))
-        if float8 and mesh.tp == 1:
+        if float8:
             chosen.append(Layout(f"{name}, float8 {float8}", mesh, float8))
     return chosen
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=5, help="untimed steps first (compilation happens here)")
     parser.add_argument("--gpus", type=int, help="devices to use (default: every GPU here)")
     parser.add_argument("--layouts", help="comma-separated layout names to run (default: all that fit)")
-    parser.add_argument("--float8", choices=FLOAT8_RECIPES, help="also run each layout without TP with float8 matmuls")
+    parser.add_argument("--float8", choices=FLOAT8_RECIPES, help="also run each layout with float8 matmuls")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--activation-checkpointing", default="none", choices=["none", "selective", "full"])

@@ -19,8 +19,8 @@ leaves `output` out too).
 Why off by default: LLaMA trained in bf16 (the paper's A100s have no float8 units); float8 is a
 throughput option for H100-class GPUs (compute capability 8.9+), where torch.compile fuses the casts.
 On a CPU the float8 matmuls are emulated (convert_to_float8): the CPU tests check the numerics, not speed.
-Not combined with tensor parallel here (torchao's Float8ColwiseParallel / Float8RowwiseParallel
-would replace model/parallelize.py's plans): --float8 with --tp > 1 is refused.
+With tensor parallel (--tp), tensorwise float8 uses torchao's float8 plans for the blocks
+(model/parallelize.py apply_tensor_parallel: activations all-gathered in float8).
 """
 
 from __future__ import annotations
@@ -51,15 +51,12 @@ def _torchao_float8():
     return torchao.float8
 
 
-def check_float8(recipe: str | None, device: torch.device, tp: int) -> None:
+def check_float8(recipe: str | None, device: torch.device) -> None:
     """Refuse what float8 training cannot run, before any process group forms."""
     if recipe is None:
         return
     if recipe not in RECIPES:
         raise ValueError(f"--float8 {recipe}: expected one of {', '.join(RECIPES)}")
-    if tp > 1:
-        raise ValueError("--float8 with --tp > 1 is not supported (the tensor-parallel plans are not float8-aware); "
-                         "use --float8 with FSDP2 / HSDP / pipeline stages, or --tp without --float8")
     try:
         _torchao_float8()
     except ImportError as exc:

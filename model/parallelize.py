@@ -208,9 +208,23 @@ def sequence_parallel_head_loss(model: nn.Module, h: DTensor, targets: torch.Ten
     return _group_sum(local, mesh)
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
+def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, float8: str | None = None) -> nn.Module:
     """Megatron-style tensor + sequence parallel over `tp_mesh` (a model.llama.Transformer, on the
-    meta device or materialized)."""
+    meta device or materialized). With tensorwise float8 on GPUs (model/float8.py, the blocks'
+    linears already Float8Linear), torchao's float8 variants of the block plans: the
+    sequence-sharded input of attention and of the feed-forward is cast to float8 before its
+    all-gather (half the bytes), as torchtitan does. Rowwise float8, and float8 on CPU processes
+    (gloo cannot all-gather float8 tensors: "Invalid scalar type"), keep the plain plans: each
+    Float8Linear casts the gathered input itself."""
+    colwise, rowwise, prepare_input = ColwiseParallel, RowwiseParallel, PrepareModuleInput
+    if float8 == "tensorwise" and tp_mesh.device_type == "cuda":
+        from torchao.float8.float8_tensor_parallel import (
+            Float8ColwiseParallel,
+            Float8RowwiseParallel,
+            PrepareFloat8ModuleInput,
+        )
+
+        colwise, rowwise, prepare_input = Float8ColwiseParallel, Float8RowwiseParallel, PrepareFloat8ModuleInput
     outer = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
@@ -226,16 +240,16 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> nn.Module:
             {
                 "attention_norm": SequenceParallel(),
                 # The block's forward(x, cos, sin): x gathered to the whole sequence, the RoPE tables as they are.
-                "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None)),
-                "attention.wq": ColwiseParallel(),
-                "attention.wk": ColwiseParallel(),
-                "attention.wv": ColwiseParallel(),
-                "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+                "attention": prepare_input(input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None)),
+                "attention.wq": colwise(),
+                "attention.wk": colwise(),
+                "attention.wv": colwise(),
+                "attention.wo": rowwise(output_layouts=Shard(1)),
                 "ffn_norm": SequenceParallel(),
-                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-                "feed_forward.w1": ColwiseParallel(),
-                "feed_forward.w3": ColwiseParallel(),
-                "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+                "feed_forward": prepare_input(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "feed_forward.w1": colwise(),
+                "feed_forward.w3": colwise(),
+                "feed_forward.w2": rowwise(output_layouts=Shard(1)),
             },
         )
     return model
@@ -259,7 +273,7 @@ def parallelize(model: nn.Module, env, dims: MeshDims, precision: str, activatio
     if float8 is not None:
         model = convert_to_float8(model, float8, mesh is not None and dims.dp > 1, env.device)
     if mesh is not None and dims.tp > 1:
-        model = apply_tensor_parallel(model, mesh["tp"])
+        model = apply_tensor_parallel(model, mesh["tp"], float8)
     model = apply_activation_checkpointing(model, activation_checkpointing)
     if compile:
         model = compile_blocks(model)

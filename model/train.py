@@ -276,8 +276,6 @@ def resolve(cfg: TrainConfig, vocab_size: int | None, world_size: int, resumed: 
     shape = preset.model_args(vocab_size or preset.vocab_size or 1, seq_len)
     check_tensor_parallel(mesh, shape.n_heads, ffn_hidden_dim(shape), seq_len)
     check_pipeline_parallel(mesh, shape.n_layers)
-    if cfg.float8 is not None and mesh.tp > 1:
-        check_float8(cfg.float8, torch.device("cpu"), mesh.tp)  # the refusal that needs no device
     dp, unit = mesh.dp, "processes" if mesh.dp == world_size else "data-parallel ranks"
     if resumed and resumed.get("seq_len") == seq_len and resumed.get("tokens_per_step"):
         if cfg.batch_tokens and cfg.batch_tokens != resumed["tokens_per_step"]:
@@ -431,7 +429,7 @@ def train(cfg: TrainConfig) -> dict:
     val = evaluation_sets(cfg, shards, run, data_rank, data_world)
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    check_float8(cfg.float8, torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu"), mesh.tp)
+    check_float8(cfg.float8, torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu"))
 
     env = init_distributed()
     # No teardown when this rank fails: destroy_distributed's barrier would wait for ranks that wait

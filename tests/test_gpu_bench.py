@@ -23,7 +23,7 @@ def test_the_layouts_follow_the_device_count_and_the_models_shape():
     assert names(2) == ["FSDP2 2", "TP 2", "PP 2"]
     assert names(8) == ["FSDP2 8", "HSDP 2 x 4", "TP 2 x FSDP2 4", "TP 8", "PP 2 x FSDP2 4"]
     assert names(1, float8="tensorwise") == ["1 GPU", "1 GPU, float8 tensorwise"]
-    assert "TP 2, float8 tensorwise" not in names(2, float8="tensorwise")  # float8 is not combined with TP
+    assert names(2, float8="rowwise")[2:4] == ["TP 2", "TP 2, float8 rowwise"]
     assert "TP 6" not in names(6)  # 1B's 16 heads do not split 6 ways
 
 
