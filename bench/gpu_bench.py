@@ -41,6 +41,7 @@ from bench.report import write_section  # noqa: E402
 
 from model.data import FORMAT  # noqa: E402
 from model.float8 import RECIPES as FLOAT8_RECIPES  # noqa: E402
+from model.flops import mfu  # noqa: E402
 from model.llama import ffn_hidden_dim  # noqa: E402
 from model.parallelize import MeshDims, check_pipeline_parallel, check_tensor_parallel  # noqa: E402
 from model.presets import get_preset  # noqa: E402
@@ -142,7 +143,7 @@ def run_layout(layout: Layout, args, n: int, data: Path, out: Path, batch_tokens
     return result | {
         "micro_batch": run["batch_size"], "grad_accum": run["grad_accum"], "tokens_per_step": per_step,
         "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s / n,
-        "mfu": (tokens_per_s * run["flops_per_token"] / (run["peak_flops"] * n)) if run["peak_flops"] else None,
+        "mfu": mfu(tokens_per_s, run["flops_per_token"], run["peak_flops"], n),
         "peak_flops": run["peak_flops"], "peak_flops_source": run["peak_flops_source"],
         "peak_mem_gib": summary["peak_mem_gib"], "last_loss": summary["last_loss"], "precision": summary["precision"],
         "parameters": summary["parameters"],

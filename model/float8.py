@@ -104,13 +104,14 @@ def float8_linears(model: nn.Module) -> list[nn.Module]:
 
 
 class Float8ScalePrecompute:
-    """After each optimizer step under tensorwise float8 + FSDP2: every float8 weight's scale from
-    its new values in one all-reduce (torchao's precompute_float8_dynamic_scale_for_fsdp), so the
-    next forward all-gathers float8 shards already scaled. A no-op otherwise."""
+    """Under tensorwise float8 + FSDP2, after every change of the weights (an optimizer step, a
+    checkpoint loaded): every float8 weight's scale from its new values in one all-reduce (torchao's
+    precompute_float8_dynamic_scale_for_fsdp), so the next forward all-gathers float8 shards already
+    scaled. A no-op otherwise."""
 
     def __init__(self, model: nn.Module, recipe: str | None, fsdp: bool):
         self.model, self.active = model, recipe == "tensorwise" and fsdp
 
-    def after_optimizer_step(self) -> None:
+    def weights_changed(self) -> None:
         if self.active:
             _torchao_float8().precompute_float8_dynamic_scale_for_fsdp(self.model)

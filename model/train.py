@@ -500,7 +500,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
     start_step, tokens_seen = 0, 0
     if ckpt_from is not None:
         meta = load_checkpoint(ckpt_from, model, optimizer, scheduler, args, env)
-        float8_scales.after_optimizer_step()
+        float8_scales.weights_changed()
         windows.load_state_dict(meta["data_loader"])
         start_step, tokens_seen = meta["step"], meta["tokens_seen"]
 
@@ -580,7 +580,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 optimizer.zero_grad(set_to_none=True)
                 loading = time.perf_counter()
                 meta = load_checkpoint(ckpt, model, optimizer, scheduler, args, env)  # not the data position
-                float8_scales.after_optimizer_step()
+                float8_scales.weights_changed()
                 paused += time.perf_counter() - loading
                 rollbacks.append({"at_step": step, "to_step": meta["step"], "loss": loss_value, "zscore": spike_z})
                 rolled_back_from, step, tokens_seen = step, meta["step"], meta["tokens_seen"]
@@ -592,7 +592,7 @@ def _train(cfg: TrainConfig, run: dict, env: DistEnv, windows: TokenStream, val:
                 continue
         if finite:
             optimizer.step()
-            float8_scales.after_optimizer_step()
+            float8_scales.weights_changed()
             consecutive_skips = 0
         else:  # the gradients are dropped; the batch stays consumed (model/stability.py)
             skipped += 1
