@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 
 from model.distributed import DistEnv, barrier
 from model.faults import kill_point
@@ -133,11 +134,29 @@ def _tensor_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> t
     get_state_dict gives sharded DTensors under FSDP2 and drops the activation-checkpoint and
     torch.compile wrappers from the names, so keys are Meta's parameter names in every setup."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state["state"]}
+    state = _plain_tensors({"model": model_state, "optim": optim_state["state"]})
     for key, value in _leaves(state):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"checkpoint entry {key} is {type(value).__name__}, not a tensor (DCP would pickle it)")
     return state, optim_state["param_groups"]
+
+
+def _plain_tensors(tree: Any) -> Any:
+    """`tree` with torchao's float8 weight wrapper taken off its tensors. Under --float8 tensorwise
+    with FSDP2 (model/float8.py) each weight's local shard, and the AdamW moments made like it, are
+    a tensor subclass (WeightWithDynamicFloat8CastTensor) that DCP would pickle — a checkpoint only
+    a process with torchao could read, and not as plain weights. The plain tensor inside holds the
+    data and shares its storage, so a save writes the same numbers and an in-place load fills the
+    model's own weights."""
+    if isinstance(tree, dict):
+        return {key: _plain_tensors(value) for key, value in tree.items()}
+    local = tree._local_tensor if isinstance(tree, DTensor) else tree
+    inner = getattr(local, "_tensor", None)
+    if type(local) in (torch.Tensor, torch.nn.Parameter) or not isinstance(inner, torch.Tensor):
+        return tree
+    if isinstance(tree, DTensor):
+        return DTensor.from_local(inner, tree.device_mesh, tree.placements, run_check=False, shape=tree.shape, stride=tree.stride())
+    return inner
 
 
 def _whole_model_param_groups(param_groups: list[dict], env: DistEnv) -> list[dict]:

@@ -1,7 +1,7 @@
 """Float8 training (--float8, model/float8.py, torchao's Float8Linear): which layers convert, the
 refusals, and on CPU processes (float8 matmuls emulated: the same casts and scales as on a GPU) that
-a float8 run tracks the fp32 curve, that FSDP2 with float8 all-gathers and tensor parallel with
-torchao's float8 plans train one curve, and that float8 checkpoints resume on another world size."""
+a float8 run tracks the fp32 curve, that FSDP2 with float8 all-gathers and tensor parallel train one
+curve, and that float8 checkpoints hold plain tensors and resume on another mesh."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from model.checkpoint import load_model_state
 from model.float8 import check_float8, convert_to_float8, float8_linears
 from model.llama import ModelArgs, Transformer
 from tests.test_train import counting_docs, run_cli, write_token_shards
@@ -65,38 +68,37 @@ def losses(out) -> list[float]:
 
 
 @pytest.mark.slow
-def test_float8_with_fsdp2_or_tensor_parallel_trains_one_curve_and_resumes_across_world_sizes(tmp_path):
-    """tiny preset, 6 steps of 4,096 tokens. A 2-process FSDP2 run with float8 all-gathers (scales
-    precomputed after each step), checkpointing at step 3; the same run resumed from that checkpoint
-    on 1 process; the same run as tensor parallel over 2 (torchao's float8 plans: activations
-    all-gathered in float8 on GPUs, the plain plans on gloo); an fp32 run of 1 process. The float8
-    curve is within 2% of fp32's and not equal to it; the 1-process resume continues the FSDP2 curve
-    to within 1e-4 (relative: sums change order, and float8 rounding can flip a value's last bit),
-    the tensor-parallel run stays within 1% of it."""
+def test_float8_with_fsdp2_and_tensor_parallel_train_one_curve_and_their_checkpoints_are_plain(tmp_path):
+    """tiny preset, 6 steps of 4,096 tokens. An fp32 run of 1 process; a 2-process FSDP2 run with
+    float8 all-gathers (scales precomputed after each step), checkpointing at step 3; that checkpoint
+    resumed on the same mesh, and as tensor parallel over 2 (torchao's float8 plans on GPUs, the plain
+    plans on gloo). The float8 curve is within 2% of fp32's and not equal to it; the same-mesh resume
+    gives it bit for bit, the tensor-parallel one within 1%. The checkpoint holds plain tensors (no
+    pickled float8 wrapper): it loads without torchao's classes, as any other."""
     data = write_token_shards(tmp_path / "tokens", {"train": counting_docs(200, 300)})
     common = ["--data", str(data), "--preset", "tiny", "--steps", "6", "--log-every", "1", "--seq-len", "128",
               "--batch-tokens", "4096", "--precision", "fp32", "--eval-every", "0", "--no-tensorboard"]
-    fp32, f8, tp = tmp_path / "fp32", tmp_path / "float8", tmp_path / "float8-tp"
-    for out, extra, nproc in ((fp32, [], None), (f8, ["--float8", "tensorwise", "--ckpt-every", "3"], 2),
-                              (tp, ["--float8", "tensorwise", "--tp", "2"], 2)):
+    float8 = ["--float8", "tensorwise", "--ckpt-every", "3"]
+    fp32, f8, resumed, tp = (tmp_path / name for name in ("fp32", "float8", "resumed", "float8-tp"))
+    step3 = f8 / "checkpoints" / "step-000003"
+    for out, extra, nproc in ((fp32, [], None), (f8, float8, 2), (resumed, [*float8, "--resume", str(step3)], 2),
+                              (tp, [*float8, "--tp", "2", "--resume", str(step3)], 2)):
         result = run_cli([*common, "--out", str(out), *extra], nproc)
         assert result.returncode == 0, result.stderr[-3000:]
-    assert "Failed to load" not in result.stderr  # torchao's CUDA-library warnings are silenced on CPU
-    resumed = tmp_path / "resumed"
-    result = run_cli([*common, "--out", str(resumed), "--float8", "tensorwise", "--ckpt-every", "3",
-                      "--resume", str(f8 / "checkpoints" / "step-000003")])
-    assert result.returncode == 0, result.stderr[-3000:]
+        assert "Failed to load" not in result.stderr  # torchao's CUDA-library warnings are silenced on CPU
 
-    reference, float8 = losses(fp32), losses(f8)
-    assert len(float8) == 6 and float8[-1] < float8[0] - 0.5  # it learns
-    assert float8 != reference and all(abs(a - b) / b < 0.02 for a, b in zip(float8, reference))
-    assert all(abs(a - b) / b < 1e-4 for a, b in zip(losses(resumed), float8[3:]))
+    reference, curve = losses(fp32), losses(f8)
+    assert len(curve) == 6 and curve[-1] < curve[0] - 0.5  # it learns
+    assert curve != reference and all(abs(a - b) / b < 0.02 for a, b in zip(curve, reference))
+    assert losses(resumed) == curve[3:]
     # Tensor parallel splits the row-parallel matmuls' sums over two ranks: their last bits change, and
     # a value at an e4m3 rounding boundary then rounds the other way (one float8 step is 6-12% of it),
-    # so the curve drifts more than FSDP2's (measured 1.6e-3 relative by step 4), within float8's noise.
+    # so its curve drifts from FSDP2's more than rounding would (measured 1.6e-3 relative in 3 steps).
     tp_losses = losses(tp)
-    assert len(tp_losses) == 6 and abs(tp_losses[0] - float8[0]) / float8[0] < 1e-4
-    assert all(abs(a - b) / b < 1e-2 for a, b in zip(tp_losses, float8))
-    assert (resumed / "checkpoints" / "step-000006").is_dir()
-    summary = json.loads((f8 / "summary.json").read_text())
-    assert summary["config"]["float8"] == "tensorwise" and summary["world_size"] == 2
+    assert len(tp_losses) == 3 and all(abs(a - b) / b < 1e-2 for a, b in zip(tp_losses, curve[3:]))
+    assert json.loads((f8 / "summary.json").read_text())["config"]["float8"] == "tensorwise"
+
+    saved = FileSystemReader(step3).read_metadata().state_dict_metadata
+    assert all(isinstance(entry, TensorStorageMetadata) for entry in saved.values())  # nothing pickled
+    _, weights, _ = load_model_state(step3)
+    assert torch.isfinite(weights["layers.0.feed_forward.w1.weight"]).all()
