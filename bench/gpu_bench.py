@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [run_layout(layout, args, n, data, Path(scratch) / f"run-{i}", batch_tokens) for i, layout in enumerate(chosen)]
     report = {
         "device": torch.cuda.get_device_name(0) if cuda else "CPU (gloo processes; a functional check, not a benchmark)",
-        "devices": n, "preset": args.preset, "seq_len": args.seq_len, "batch_tokens": batch_tokens,
+        "cuda": cuda, "devices": n, "preset": args.preset, "seq_len": args.seq_len, "batch_tokens": batch_tokens,
         "compile": not args.no_compile, "activation_checkpointing": args.activation_checkpointing,
         "torch": torch.__version__, "steps": args.steps, "warmup_steps": args.warmup_steps,
         "command": " ".join(["bench/gpu_bench.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -227,20 +227,18 @@ def write_report(out: Path, report: dict) -> None:
         if "error" in r:
             section.append(f"| {r['layout']} | {r['mesh']} | failed: {r['error'][:120]} | | | | | |")
             continue
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "unknown peak"
+        mfu_text = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "unknown peak"
         section.append(f"| {r['layout']} | {r['mesh']} | {r['micro_batch']} x {r['grad_accum']} | {r['tokens_per_s']:,.0f} | "
-                       f"{r['tokens_per_s_per_device']:,.0f} | {mfu} | {r['peak_mem_gib']:.1f} GiB | {r['last_loss']:.4f} |")
+                       f"{r['tokens_per_s_per_device']:,.0f} | {mfu_text} | {r['peak_mem_gib']:.1f} GiB | {r['last_loss']:.4f} |")
     best = max((r["mfu"] for r in ok if r["mfu"] is not None), default=None)
-    if report["device"].startswith("CPU"):
-        section += ["", "On CPU processes: the layouts run and agree; the figures are not a benchmark.", ""]
+    if not report["cuda"]:
+        verdict = "On CPU processes: the layouts run and agree; the figures are not a benchmark."
+    elif best is None:
+        verdict = "MFU: no peak known for this device (pass --peak-flops)."
     else:
-        section += [
-        "",
-        (f"MFU against {ok[0]['peak_flops_source']}; goal >= {100 * GOAL_MFU:.0f}%: "
-         f"{'met' if best is not None and best >= GOAL_MFU else 'NOT met'} (best {100 * best:.1f}%)." if best is not None
-         else "MFU: no peak known for this device (pass --peak-flops)."),
-        "",
-        ]
+        verdict = (f"MFU against {ok[0]['peak_flops_source']}; goal >= {100 * GOAL_MFU:.0f}%: "
+                   f"{'met' if best >= GOAL_MFU else 'NOT met'} (best {100 * best:.1f}%).")
+    section += ["", verdict, ""]
     write_section(out, section)
     print(f"wrote the {SECTION[3:]} section of {out}")
 
